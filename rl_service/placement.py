@@ -1,0 +1,101 @@
+"""The one place where `ray.remote(...)` and resource options are applied.
+
+Actor bodies (RolloutWorker, RewardScorer, Learner) are plain classes; this module turns
+each into named Ray actors with the resources its config section asks for:
+
+    rollout-0..N-1   RolloutWorker   cfg.rollout.resources   (one vLLM engine each)
+    reward-0..M-1    RewardScorer    cfg.reward.resources
+    learner-0..K-1   Learner         cfg.learner.resources, gang scheduled in one placement group
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rl_service.config import Config, Resources
+
+
+def actor_options(res: Resources, name: str, max_concurrency: int = 1) -> dict:
+    return {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "resources": dict(res.custom),
+            "name": name, "max_concurrency": max_concurrency,
+            # Ray derives OMP_NUM_THREADS from num_cpus; keep at least one thread.
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(res.num_cpus)))}}}
+
+
+def engine_env() -> dict[str, str]:
+    """Process env a vLLM engine needs (in-process engine, caches inside the project)."""
+    keep = ("TMPDIR", "VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "WANDB_DIR")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
+def make_rollout_workers(cfg: Config, model_path: str) -> list:
+    from rl_service.rollout.worker import RolloutWorker
+
+    cls = ray.remote(RolloutWorker)
+    workers = []
+    for i in range(cfg.rollout.num_workers):
+        opts = actor_options(cfg.rollout.resources, f"rollout-{i}", max_concurrency=4)
+        opts["runtime_env"]["env_vars"].update(engine_env())
+        opts["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.rollout.kv_cache_gib)
+        workers.append(cls.options(**opts).remote(cfg.rollout, model_path, cfg.seed * 100 + i, f"rollout-{i}"))
+    return workers
+
+
+def make_scorers(cfg: Config) -> list:
+    from rl_service.reward.scorer import RewardScorer
+
+    cls = ray.remote(RewardScorer)
+    whole_groups = cfg.learner.advantage != "gae"
+    return [cls.options(**actor_options(cfg.reward.resources, f"reward-{i}", max_concurrency=2))
+               .remote(cfg.reward, f"reward-{i}", whole_groups)
+            for i in range(cfg.reward.num_scorers)]
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous_address() -> tuple[str, int]:
+    """Runs on learner rank 0's node: its IP and a free port for torch.distributed."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+def _learner_actor_class():
+    from rl_service.learner.learner import Learner
+
+    class LearnerActor(Learner):
+        """Ray adapter: refs nested in a list are not resolved by Ray, so fetch them here."""
+
+        def train_step(self, batches, group_size):
+            return super().train_step(ray.get(list(batches)), group_size)
+
+    return LearnerActor
+
+
+def make_learners(cfg: Config, model_path: str):
+    """K learner processes in one placement group (all or nothing). Returns (actors, pg)."""
+
+    lc = cfg.learner
+    bundle = {"CPU": lc.resources.num_cpus, "GPU": lc.resources.num_gpus, **lc.resources.custom}
+    bundle = {k: v for k, v in bundle.items() if v}
+    pg = placement_group([dict(bundle) for _ in range(lc.num_workers)], strategy="PACK", name="learners")
+    ray.get(pg.ready(), timeout=300)
+    addr, port = ray.get(_rendezvous_address.options(
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)).remote())
+    cls = ray.remote(_learner_actor_class())
+    actors = []
+    for rank in range(lc.num_workers):
+        opts = actor_options(lc.resources, f"learner-{rank}")
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)
+        actors.append(cls.options(**opts).remote(lc, model_path, rank, lc.num_workers, addr, port, cfg.seed))
+    return actors, pg
+
+
+def release(pg) -> None:
+    remove_placement_group(pg)

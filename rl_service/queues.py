@@ -1,0 +1,73 @@
+"""Bounded queues between components, carrying object refs to whole batches.
+
+Both implementations share one small interface:
+
+    put(batch, summary=None, timeout=None)   blocks while full (backpressure); raises queue.Full
+    get(timeout) -> batch | None             the batch itself (fetched), None on timeout
+    get_ref(timeout) -> (ref, summary) | None   for the controller: the ref, not the data
+    qsize() -> int
+
+`RayBatchQueue` puts the batch into the object store once (`ray.put`, owned by the producer)
+and moves only the ref and a small summary through the `ray.util.queue.Queue` actor.
+`LocalQueue` is the in-memory twin used by unit tests of actor bodies.
+"""
+
+from __future__ import annotations
+
+import queue as _queue
+from typing import Any
+
+
+class LocalQueue:
+    def __init__(self, maxsize: int):
+        self._q: _queue.Queue = _queue.Queue(maxsize)
+
+    def put(self, batch: Any, summary: Any = None, timeout: float | None = None) -> None:
+        self._q.put((batch, summary), timeout=timeout)
+
+    def get_ref(self, timeout: float | None = None):
+        try:
+            return self._q.get(timeout=timeout)
+        except _queue.Empty:
+            return None
+
+    def get(self, timeout: float | None = None):
+        item = self.get_ref(timeout)
+        return None if item is None else item[0]
+
+    def qsize(self) -> int:
+        return self._q.qsize()
+
+
+class RayBatchQueue:
+    def __init__(self, maxsize: int, name: str):
+        from ray.util.queue import Queue
+
+        # The queue actor needs no CPU of its own: it only moves refs.
+        self._q = Queue(maxsize=maxsize, actor_options={"name": name, "num_cpus": 0})
+        self.name = name
+
+    def put(self, batch: Any, summary: Any = None, timeout: float | None = None) -> None:
+        import ray
+
+        self._q.put((ray.put(batch), summary), block=True, timeout=timeout)
+
+    def get_ref(self, timeout: float | None = None):
+        from ray.util.queue import Empty
+
+        try:
+            return self._q.get(block=True, timeout=timeout)
+        except Empty:
+            return None
+
+    def get(self, timeout: float | None = None):
+        import ray
+
+        item = self.get_ref(timeout)
+        return None if item is None else ray.get(item[0])
+
+    def qsize(self) -> int:
+        return self._q.qsize()
+
+    def shutdown(self) -> None:
+        self._q.shutdown()

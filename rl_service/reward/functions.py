@@ -1,0 +1,72 @@
+"""Reward functions: built-in verifiers by name, or user code as `module:fn` / `file.py:fn`.
+
+A reward function has the signature ``fn(prompt: str, completion: str, **metadata) -> float``;
+`metadata` is the prompt's task data (e.g. ``answer``). This module imports nothing heavy
+so the config can check a reward spec before Ray starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+RewardFn = Callable[..., float]
+
+
+def addition_exact(prompt: str, completion: str, answer: str = "", **_: Any) -> float:
+    """1.0 when the completion is exactly the sum (surrounding whitespace ignored), else 0.0."""
+    return 1.0 if completion.strip() == str(answer) else 0.0
+
+
+BUILTINS: dict[str, RewardFn] = {"addition_exact": addition_exact}
+BUILTIN_NAMES = frozenset(BUILTINS)
+
+
+def load_user_fn(spec: str) -> RewardFn:
+    """Resolve `package.module:fn` or `path/to/file.py:fn` to a callable."""
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise ValueError(f"expected module:fn or path/to/file.py:fn, got {spec!r}")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"{target} does not exist")
+        mod_name = f"rl_service_user_reward_{abs(hash(str(path)))}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
+            sys.modules[mod_name] = module
+    else:
+        module = importlib.import_module(target)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise AttributeError(f"{target} has no callable {name!r}")
+    return fn
+
+
+def resolve_reward_fn(spec: str) -> RewardFn:
+    return BUILTINS[spec] if spec in BUILTINS else load_user_fn(spec)
+
+
+class InvalidReward(ValueError):
+    """The reward function raised or returned something that is not a finite number."""
+
+
+def checked_reward(fn: RewardFn, prompt: str, completion: str, metadata: dict[str, Any]) -> float:
+    """Call `fn` and insist on a finite real number; anything else raises InvalidReward."""
+    try:
+        value = fn(prompt, completion, **metadata)
+    except Exception as err:  # noqa: BLE001 - user code may raise anything
+        raise InvalidReward(f"raised {type(err).__name__}: {err}") from err
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise InvalidReward(f"returned {type(value).__name__} {value!r}, not a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidReward(f"returned {value}")
+    return value

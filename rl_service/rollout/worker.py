@@ -1,0 +1,93 @@
+"""RolloutWorker actor body: pull PromptBatches, generate n samples per prompt, tag, push.
+
+Each sample is tagged with its `sample_id` and the `policy_version` of the weights that
+generated it. A lock serialises generation and weight loads, so one RolloutBatch is
+always produced by exactly one version. Weight loads are verified: the received tensors
+must hash to the published checksum and the engine's logprobs on the probe sequences
+must equal the learner's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rl_service.config import RolloutConfig
+from rl_service.rollout.engine import make_engine
+from rl_service.types import PolicyVersion, PromptBatch, RolloutBatch, Sample
+from rl_service.weight_sync import WeightSyncError, max_probe_diff, state_dict_checksum
+
+
+class RolloutWorker:
+    def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0, name: str = "rollout-0"):
+        self.cfg = cfg
+        self.name = name
+        self.seed = seed
+        self.engine = make_engine(cfg, model_path, seed)
+        self._lock = threading.Lock()
+        self._stop = False
+        self._calls = 0
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    def generate(self, batch: PromptBatch) -> RolloutBatch:
+        cfg = self.cfg
+        with self._lock:
+            start = time.perf_counter()
+            version = self.engine.version
+            self._calls += 1
+            outs = self.engine.generate([p.text for p in batch.prompts], n=cfg.samples_per_prompt,
+                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                        top_p=cfg.top_p, seed=self.seed * 1_000_003 + batch.batch_id)
+            elapsed = time.perf_counter() - start
+        samples = tuple(
+            Sample(sample_id=f"{p.prompt_id}/{k}", prompt_id=p.prompt_id, prompt_text=p.text,
+                   prompt_ids=c.prompt_ids, response_ids=c.token_ids, response_logprobs=c.logprobs,
+                   response_text=c.text, policy_version=version, finish_reason=c.finish_reason,
+                   metadata=dict(p.metadata))
+            for p, group in zip(batch.prompts, outs) for k, c in enumerate(group))
+        return RolloutBatch(batch_id=batch.batch_id, samples=samples, worker=self.name,
+                            policy_version=version, generate_s=elapsed)
+
+    def run(self, prompt_q, rollout_q, poll_s: float = 0.2) -> int:
+        """Loop until `stop()`: pull a PromptBatch, generate, push the RolloutBatch (blocks when
+        the rollout queue is full: backpressure). Returns the number of batches produced."""
+        done = 0
+        while not self._stop:
+            batch = prompt_q.get(timeout=poll_s)
+            if batch is None:
+                continue
+            rollout_q.put(self.generate(batch))
+            done += 1
+        return done
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def load_weights(self, state_dict, meta: PolicyVersion) -> dict:
+        """Load a published version in place and verify it; raises WeightSyncError on mismatch."""
+        start = time.perf_counter()
+        got = state_dict_checksum(state_dict)
+        if got != meta.checksum:
+            raise WeightSyncError(f"{self.name}: checksum of version {meta.version} is {got[:12]}, "
+                                  f"published {meta.checksum[:12]}")
+        with self._lock:
+            self.engine.load_weights(state_dict, meta.version)
+            probe_diff = max_probe_diff(meta.probe_logprobs, self.engine.score([list(p) for p in meta.probe_ids])) \
+                if meta.probe_ids else 0.0
+        if probe_diff > self.cfg.verify_tolerance:
+            raise WeightSyncError(f"{self.name}: version {meta.version} probe logprobs differ from the learner's "
+                                  f"by {probe_diff:.2e} > rollout.verify_tolerance={self.cfg.verify_tolerance}")
+        return {"version": meta.version, "probe_max_diff": probe_diff, "seconds": time.perf_counter() - start}
+
+    def evaluate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy completions (one per prompt) for held-out accuracy."""
+        with self._lock:
+            outs = self.engine.generate(prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+        return [group[0].text for group in outs]
+
+    def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        with self._lock:
+            return self.engine.score(sequences)
