@@ -1,0 +1,109 @@
+"""Masked reductions over right-padded token tensors.
+
+Shapes: B = batch, T = time. `mask` is 0/1 float or bool, `[B, T]` (or any shape that
+matches `x`). Everything is computed in float32. Masked-out entries are selected away
+with `torch.where`, not multiplied by 0, so NaN/inf garbage in padding cannot leak in.
+Empty masks give 0, never NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+LossAgg = Literal["token_mean", "seq_mean"]
+
+
+def _select(x: Tensor, mask: Tensor) -> Tensor:
+    """x where mask else 0, as float32."""
+    return torch.where(mask.bool(), x.float(), torch.zeros((), dtype=torch.float32, device=x.device))
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of `x` over masked entries. x, mask: [B, T] -> scalar (dim=None) or reduced over `dim`."""
+    sel = _select(x, mask)
+    return sel.sum() if dim is None else sel.sum(dim)
+
+
+def masked_count(mask: Tensor, dim: int | None = None) -> Tensor:
+    """Number of masked entries (float32). mask: [B, T] -> scalar or reduced over `dim`."""
+    m = mask.bool().float()
+    return m.sum() if dim is None else m.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of `x` over masked entries; 0 where the mask is empty (never NaN).
+
+    x, mask: [B, T] -> scalar (dim=None) or e.g. [B] for dim=-1.
+    """
+    # clamp(min=1): an empty mask has sum 0, so 0 / 1 = 0 instead of 0 / 0 = NaN.
+    return masked_sum(x, mask, dim) / masked_count(mask, dim).clamp(min=1.0)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of `x` over all masked entries -> scalar.
+
+    unbiased=True uses Bessel's correction n/(n-1); with fewer than 2 entries
+    (where that is undefined) the result is 0 rather than NaN/inf.
+    """
+    mean = masked_mean(x, mask)
+    n = masked_count(mask)
+    var = masked_sum((x.float() - mean) ** 2, mask) / n.clamp(min=1.0)
+    if unbiased:
+        var = torch.where(n > 1, var * n / (n - 1).clamp(min=1.0), torch.zeros_like(var))
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / sqrt(var + eps) over masked entries (unbiased var); masked-out entries 0.
+
+    shift_mean=False adds the mean back (rescale only, keeps the sign of the mean).
+    x, mask: [B, T] -> [B, T]
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=True)
+    out = (x.float() - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return _select(out, mask)
+
+
+def loss_denom(mask: Tensor, mode: LossAgg) -> float:
+    """The count `aggregate_loss` divides by when `denom` is None, as a python float.
+
+    A distributed learner all-reduces (sums) this over processes and passes the result
+    as `denom`: token_mean -> masked tokens, seq_mean -> sequences with >= 1 token.
+    mask: [B, T]
+    """
+    if mode == "token_mean":
+        return float(masked_count(mask))
+    if mode == "seq_mean":
+        return float((masked_count(mask, dim=-1) > 0).sum())
+    raise ValueError(f"unknown loss aggregation {mode!r} (expected 'token_mean' or 'seq_mean')")
+
+
+def aggregate_loss(loss_tok: Tensor, mask: Tensor, mode: LossAgg = "token_mean",
+                   denom: float | Tensor | None = None) -> Tensor:
+    """Reduce per-token losses to a scalar.
+
+    loss_tok, mask: [B, T] -> scalar.
+    token_mean: sum(loss * mask) / (denom or number of masked tokens).
+    seq_mean:   sum_b(masked mean of row b) / (denom or number of non-empty rows).
+
+    `denom` lets a data-parallel learner divide its LOCAL sum by the GLOBAL count
+    (`loss_denom` summed over processes): the per-process losses then add up to the
+    single-process loss, so summed (or world-size-scaled averaged) gradients match it.
+    A denominator <= 0 is treated as 1 (the numerator is 0 then anyway).
+    """
+    if mode == "token_mean":
+        num = masked_sum(loss_tok, mask)
+    elif mode == "seq_mean":
+        num = masked_mean(loss_tok, mask, dim=-1).sum()  # empty rows contribute 0
+    else:
+        raise ValueError(f"unknown loss aggregation {mode!r} (expected 'token_mean' or 'seq_mean')")
+    if denom is None:
+        denom = loss_denom(mask, mode)
+    d = torch.as_tensor(denom, dtype=torch.float32, device=num.device)
+    return num / torch.where(d > 0, d, torch.ones_like(d))

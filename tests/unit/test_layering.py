@@ -1,0 +1,132 @@
+"""Layering rule 1: algo/, config.py, types.py and learner/batching.py never import ray or vllm.
+
+Walks the imports statically (AST, every `import` anywhere in the file, including ones
+inside functions) and follows `rl_service.*` imports recursively, so an indirect path
+(algo -> some rl_service module -> ray) fails too, with the chain in the message.
+Files that are not written yet are skipped, except that algo/ must exist.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "rl_service"
+FORBIDDEN = {"ray", "vllm"}
+ROOTS = ["rl_service/config.py", "rl_service/types.py", "rl_service/learner/batching.py"]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def module_file(name: str) -> Path | None:
+    """rl_service.a.b -> rl_service/a/b.py or rl_service/a/b/__init__.py, if it exists."""
+    base = ROOT.joinpath(*name.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of every module `path` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_pkg = path.name == "__init__.py"
+    package = module_name(path) if is_pkg else module_name(path).rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - (node.level - 1)])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            names.add(mod)
+            # `from pkg import sub` may name a submodule: follow it if it is one
+            names.update(f"{mod}.{alias.name}" for alias in node.names if alias.name != "*")
+    return names
+
+
+def rl_service_files(name: str) -> list[Path]:
+    """Files Python executes for `import name`: every package __init__ on the way, then the module."""
+    parts = name.split(".")
+    files = []
+    for i in range(1, len(parts) + 1):
+        f = module_file(".".join(parts[:i]))
+        if f is not None:
+            files.append(f)
+    return files
+
+
+def forbidden_chains(start: Path, forbidden: set[str]) -> list[str]:
+    """Every 'a.py -> b.py -> ray' chain from `start` reaching a module whose top level is forbidden."""
+    found, seen = [], {start}
+    stack = [(start, [str(start.relative_to(ROOT))])]
+    while stack:
+        path, chain = stack.pop()
+        for mod in sorted(imported_modules(path)):
+            top = mod.split(".")[0]
+            if top in forbidden:
+                found.append(" -> ".join(chain + [mod]))
+            elif top == "rl_service":
+                for f in rl_service_files(mod):
+                    if f not in seen:
+                        seen.add(f)
+                        stack.append((f, chain + [str(f.relative_to(ROOT))]))
+    return found
+
+
+def algo_files() -> list[Path]:
+    return sorted((PKG / "algo").glob("*.py"))
+
+
+def test_algo_package_exists():
+    assert algo_files(), "rl_service/algo/*.py: none found; the layering check would check nothing"
+
+
+@pytest.mark.parametrize("rel", [str(p.relative_to(ROOT)) for p in algo_files()] + ROOTS)
+def test_no_ray_or_vllm_reachable(rel):
+    path = ROOT / rel
+    if not path.is_file():
+        pytest.skip(f"{rel} not written yet")
+    chains = forbidden_chains(path, FORBIDDEN)
+    assert not chains, "forbidden import reached:\n  " + "\n  ".join(chains)
+
+
+def test_algo_imports_only_torch_stdlib_and_algo():
+    """algo/ is pure math: torch + stdlib, and within rl_service only algo itself."""
+    allowed = set(sys.stdlib_module_names) | {"torch", "__future__"}
+    bad = []
+    for path in algo_files():
+        for mod in imported_modules(path):
+            top = mod.split(".")[0]
+            if top == "rl_service":
+                if not (mod == "rl_service.algo" or mod.startswith("rl_service.algo.")):
+                    bad.append(f"{path.name}: {mod}")
+            elif top not in allowed:
+                bad.append(f"{path.name}: {mod}")
+    assert not bad, "algo/ may import only torch, the stdlib and rl_service.algo:\n  " + "\n  ".join(bad)
+
+
+def test_walker_catches_indirect_imports(tmp_path, monkeypatch):
+    """The checker itself: an import of ray two rl_service hops away, inside a function, is found."""
+    fake = tmp_path / "rl_service"
+    (fake / "sub").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "sub" / "__init__.py").write_text("")
+    (fake / "a.py").write_text("from rl_service.sub import b\n")
+    (fake / "sub" / "b.py").write_text("from . import c\n")
+    (fake / "sub" / "c.py").write_text("def f():\n    import vllm.engine\n")
+    (fake / "clean.py").write_text("import torch\nfrom rl_service import missing_module\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    chains = forbidden_chains(fake / "a.py", FORBIDDEN)
+    assert chains == ["rl_service/a.py -> rl_service/sub/b.py -> rl_service/sub/c.py -> vllm.engine"]
+    assert forbidden_chains(fake / "clean.py", FORBIDDEN) == []
