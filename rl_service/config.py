@@ -77,7 +77,7 @@ class SFTConfig(_Section):
     """AdamW learning rate for SFT."""
     target_accuracy: float = Field(0.3, ge=0, le=1)
     """Stop SFT once held-out greedy exact match reaches this (leaves RL room to improve)."""
-    eval_every: int = Field(100, ge=1)
+    eval_every: int = Field(50, ge=1)
     """Steps between held-out accuracy checks during SFT."""
 
 
@@ -115,7 +115,7 @@ class RolloutConfig(_Section):
     """Nucleus sampling mass."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Engine dtype; float32 keeps rollout logprobs equal to the learner's on CPU."""
-    kv_cache_gib: float = Field(1.0, gt=0)
+    kv_cache_gib: float = Field(0.25, gt=0)
     """vLLM CPU KV-cache size (VLLM_CPU_KVCACHE_SPACE)."""
     prompts_per_batch: int = Field(16, ge=1)
     """Prompts per PromptBatch put on the prompt queue (the unit of work of a worker)."""

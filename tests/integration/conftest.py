@@ -1,0 +1,39 @@
+"""Shared fixtures for integration tests (real vLLM, real torch.distributed, made small).
+
+Environment: sockets, compile caches and vLLM's cache stay inside the repo (vLLM leaves
+ZMQ socket files in $TMPDIR). Set at import, before any test imports vllm or ray.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+os.environ.setdefault("TMPDIR", str(REPO / ".tmp" / "pytest"))
+os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".cache" / "inductor"))
+Path(os.environ["TMPDIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def tiny_model_config():
+    """Small, fast model for tests: hidden 64, 2 layers, 2 heads (head_dim 32), 50 SFT steps."""
+    from rl_service.config import ModelConfig, SFTConfig, TinyModelConfig
+
+    return ModelConfig(
+        cache_dir=str(REPO / ".cache" / "test-models"),
+        build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+        sft=SFTConfig(max_steps=50),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """HF directory of the test model; built once, then reused from .cache/test-models."""
+    from rl_service.config import TaskConfig
+    from rl_service.models.build import ensure_model
+
+    return ensure_model(tiny_model_config(), TaskConfig(), seed=0, progress=False)
