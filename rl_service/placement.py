@@ -43,7 +43,6 @@ def make_rollout_workers(cfg: Config, model_path: str) -> list:
     for i in range(cfg.rollout.num_workers):
         opts = actor_options(cfg.rollout.resources, f"rollout-{i}", max_concurrency=4)
         opts["runtime_env"]["env_vars"].update(engine_env())
-        opts["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.rollout.kv_cache_gib)
         workers.append(cls.options(**opts).remote(cfg.rollout, model_path, cfg.seed * 100 + i, f"rollout-{i}"))
     return workers
 
