@@ -186,7 +186,8 @@ class LearnerConfig(_Section):
     lam: float = Field(0.95, ge=0, le=1)
     """GAE lambda."""
     whiten_advantages: bool = True
-    """Whiten advantages over the whole batch (all learner processes)."""
+    """Whiten GAE advantages over the whole batch (all learner processes). Group estimators
+    normalise within their groups instead (whitening would undo dr_grpo's choice)."""
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Loss aggregation: mean over all response tokens, or mean of per-sequence means."""
     kl: KLConfig = KLConfig()

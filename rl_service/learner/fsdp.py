@@ -1,0 +1,123 @@
+"""FSDP2 plumbing: process group, device mesh, sharding, full-state-dict gather.
+
+FSDP2 (`fully_shard`) is used rather than FSDP1: on CPU, FSDP1 segfaults on a
+full-state-dict gather with cpu_offload (measured here), FSDP2 does not. Every function
+that communicates must be called by every rank, in the same order.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+
+def resolve_backend(backend: str) -> str:
+    """"auto" -> nccl when this process sees a GPU, else gloo."""
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise RuntimeError("learner.backend=nccl but this process sees no GPU")
+    return backend
+
+
+def local_device(backend: str, rank: int) -> torch.device:
+    """cuda:<local rank> under nccl (Ray gives each process its own visible GPU -> 0), else cpu."""
+    if backend != "nccl":
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(backend: str, rank: int, world_size: int, master_addr: str, master_port: int,
+                     timeout_s: float = 600.0) -> tuple[torch.device, DeviceMesh]:
+    """Join the process group (tcp:// rendezvous) and build a 1-D data-parallel mesh."""
+    device = local_device(backend, rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method=f"tcp://{master_addr}:{master_port}",
+                                rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
+    return device, mesh
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of an HF model (`model.model.layers` for Llama-style heads)."""
+    layers = getattr(model.base_model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__}: cannot find decoder layers at base_model.layers")
+    return layers
+
+
+def shard(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
+    """fully_shard each decoder layer, then the root (embeddings, final norm, head).
+
+    Per-layer units let FSDP gather one block at a time instead of the whole model.
+    """
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded fp state dict on CPU with the model's own (HF) parameter names.
+
+    Collective: every rank must call. Rank 0 gets the tensors, the others an empty dict.
+    The tensors are a snapshot: with one rank the gather returns the live parameters
+    themselves (measured), so they are cloned there, or the next optimizer step would
+    change a published version behind its checksum.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state_dict = get_model_state_dict(model, options=options)
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        state_dict = {k: v.detach().clone() for k, v in state_dict.items()}
+    return state_dict
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place SUM over ranks (no-op without a process group of more than one)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank `src`'s python object on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip by the global norm over all ranks' shards; returns the pre-clip norm (may be nan/inf).
+
+    FSDP2 grads are DTensors: the norm comes back as a DTensor, `.full_tensor()` makes it a
+    plain (replicated) scalar.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)

@@ -1,0 +1,216 @@
+"""The PPO learner: one instance per process, FSDP2-sharded policy, reference and critic.
+
+A plain class (no Ray): placement.py wraps it with ray.remote; tests run it under
+torch.multiprocessing. Every public method except __init__ is collective: the controller
+calls it on every rank with the same arguments.
+
+    learner = Learner(cfg, model_path, rank, world_size, addr, port, seed)
+    learner.setup()
+    metrics = learner.train_step(batches, group_size)
+    version, state_dict = learner.publish(v, probe_ids)   # state_dict on rank 0 only
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from rl_service.algo.kl import make_kl_controller
+from rl_service.algo.masking import masked_mean
+from rl_service.config import LearnerConfig
+from rl_service.learner import fsdp
+from rl_service.learner.batching import engine_logprobs, pad_samples
+from rl_service.learner.forward import Models, policy_logprobs
+from rl_service.learner.ppo_step import RolloutTensors, ppo_update, prepare_rollout
+from rl_service.types import PolicyVersion, Sample, ScoredBatch
+from rl_service.weight_sync import state_dict_bytes, state_dict_checksum
+
+# Tokenizer and generation files of the source directory, copied as is by save_hf so the
+# exported directory tokenizes exactly like the source.
+_COPIED_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "chat_template",
+                    "generation_config")
+
+
+class Learner:
+    def __init__(self, cfg: LearnerConfig, model_path: str, rank: int, world_size: int,
+                 master_addr: str, master_port: int, seed: int):
+        """Cheap: stores arguments, no collectives, no model loading."""
+        self.cfg = cfg
+        self.model_path = model_path
+        self.rank, self.world_size = rank, world_size
+        self.master_addr, self.master_port = master_addr, master_port
+        self.seed = seed
+        self.step = 0
+        self.kl_ctl = make_kl_controller(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
+        self.models: Models | None = None
+        self.policy_opt: torch.optim.Optimizer | None = None
+        self.critic_opt: torch.optim.Optimizer | None = None
+        self.pad_id = 0
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+
+    # ------------------------------------------------------------ setup
+
+    def setup(self) -> dict:
+        """Join the process group, load and shard policy / reference / critic, build optimizers."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+
+        # FSDP2 warns that the critic's output is a view (in-place ops on it would skip a hook);
+        # the learner never modifies model outputs in place.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        backend = fsdp.resolve_backend(self.cfg.backend)
+        device, mesh = fsdp.init_distributed(backend, self.rank, self.world_size, self.master_addr, self.master_port)
+        torch.manual_seed(self.seed)
+        policy = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        self.pad_id = _pad_id(policy.config)
+        # Reference = the initial policy, frozen. Dropout stays off everywhere (eval mode):
+        # with dropout the recomputed "old" logprobs would not be the sampling policy's.
+        reference = copy.deepcopy(policy).requires_grad_(False)
+        critic = None
+        if self.cfg.advantage == "gae":
+            # Same backbone weights, a new 1-output `score` head; no dropout before the head.
+            critic_config = AutoConfig.from_pretrained(self.model_path, num_labels=1, classifier_dropout=0.0)
+            critic = AutoModelForTokenClassification.from_pretrained(self.model_path, config=critic_config,
+                                                                     dtype=torch.float32)
+            with torch.no_grad():  # V = 0 at the start: no bias toward any return scale
+                critic.score.weight.zero_()
+                if critic.score.bias is not None:
+                    critic.score.bias.zero_()
+        num_params = sum(p.numel() for p in policy.parameters())
+        for m in (policy, reference, critic):
+            if m is not None:
+                m.to(device).eval()
+                fsdp.shard(m, mesh)
+        self.models = Models(policy, reference, critic, device, self.rank, self.world_size)
+        self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if critic is not None:
+            self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=self.cfg.critic_lr,
+                                                weight_decay=self.cfg.weight_decay)
+        return {"num_params": num_params, "backend": backend, "device": str(device),
+                "critic": critic is not None}
+
+    # ------------------------------------------------------------ train
+
+    def train_step(self, batches: list[ScoredBatch], group_size: int) -> dict[str, float]:
+        """One PPO update on all samples of `batches` (same list on every rank).
+
+        Returns metrics averaged over ranks (identical dict on every rank).
+        """
+        assert self.models is not None, "call setup() first"
+        t0 = time.perf_counter()
+        samples: list[Sample] = [s for b in batches for s in b.samples]
+        rewards = [r for b in batches for r in b.rewards]
+        if not samples:
+            raise ValueError("train_step got no samples")
+        if len(rewards) != len(samples):
+            raise ValueError(f"{len(samples)} samples but {len(rewards)} rewards")
+        device = self.models.device
+        batch = {k: v.to(device) for k, v in pad_samples(samples, self.pad_id).items()}
+        scores = torch.tensor(rewards, dtype=torch.float32, device=device)
+        kl_coef = float(self.kl_ctl.value)
+        data, metrics = prepare_rollout(self.models, self.cfg, batch, scores, [s.prompt_id for s in samples],
+                                        group_size, kl_coef)
+        metrics.update(_engine_mismatch(samples, data))
+        metrics.update(ppo_update(self.models, self.policy_opt, self.critic_opt, data, self.cfg, kl_coef,
+                                  seed=self.seed * 100_003 + self.step))
+        # Ziegler et al. steer the per-sequence KL (summed over tokens).
+        self.kl_ctl.update(metrics["kl/seq_mean"], len(samples))
+        self.step += 1
+        metrics["response_length/mean"] = sum(len(s.response_ids) for s in samples) / len(samples)
+        metrics["samples/trained"] = float(len(samples))
+        metrics["timing_s/train"] = time.perf_counter() - t0
+        return self._mean_over_ranks(metrics)
+
+    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        keys = sorted(metrics)
+        vec = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.models.device)
+        vec = fsdp.all_reduce_sum(vec) / self.world_size
+        return {k: float(v) for k, v in zip(keys, vec.cpu())}
+
+    # ------------------------------------------------------------ publish / export
+
+    def publish(self, version: int, probe_ids: list[list[int]]) -> tuple[PolicyVersion, dict[str, Tensor] | None]:
+        """Gather the full policy state dict and score the probes (collective).
+
+        probe_ids: sequences of >= 2 tokens. Rank 0 returns (PolicyVersion, state_dict with HF
+        names); other ranks (PolicyVersion, None). probe_logprobs[i][t-1] = log p(probe[t] | probe[:t]).
+        """
+        assert self.models is not None, "call setup() first"
+        state_dict = fsdp.full_state_dict(self.models.policy)
+        probe_logprobs = self.probe_logprobs(probe_ids)
+        meta = None
+        if self.rank == 0:
+            meta = (state_dict_checksum(state_dict), state_dict_bytes(state_dict))
+        checksum, num_bytes = fsdp.broadcast_object(meta)
+        pv = PolicyVersion(version=version, checksum=checksum, num_bytes=num_bytes,
+                           probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
+                           probe_logprobs=probe_logprobs)
+        return pv, (state_dict if self.rank == 0 else None)
+
+    @torch.no_grad()
+    def probe_logprobs(self, probe_ids: list[list[int]]) -> tuple[tuple[float, ...], ...]:
+        """Policy logprob of each probe token given its prefix (collective: a sharded forward)."""
+        if not probe_ids:
+            return ()
+        if any(len(p) < 2 for p in probe_ids):
+            raise ValueError("every probe needs at least 2 tokens")
+        T = max(len(p) for p in probe_ids)
+        ids = torch.full((len(probe_ids), T), self.pad_id, dtype=torch.long)
+        am = torch.zeros(len(probe_ids), T, dtype=torch.long)
+        for i, p in enumerate(probe_ids):
+            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            am[i, : len(p)] = 1
+        dev = self.models.device
+        lp, _ = policy_logprobs(self.models.policy, ids.to(dev), am.to(dev))
+        lp = lp.cpu()
+        return tuple(tuple(float(x) for x in lp[i, : len(p) - 1]) for i, p in enumerate(probe_ids))
+
+    def save_hf(self, out_dir: str) -> None:
+        """Rank 0 writes an HF directory (config, safetensors, tokenizer files); collective."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        assert self.models is not None, "call setup() first"
+        state_dict = fsdp.full_state_dict(self.models.policy)
+        if self.rank == 0:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            src = Path(self.model_path)
+            for f in src.iterdir():  # tokenizer, generation config, chat template...
+                if f.is_file() and f.name.startswith(_COPIED_PREFIXES):
+                    shutil.copy2(f, out / f.name)
+            config = AutoConfig.from_pretrained(self.model_path)
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(state_dict, strict=True)
+            plain.save_pretrained(out)
+        fsdp.barrier()  # every rank returns only once the directory is complete
+
+    def shutdown(self) -> None:
+        fsdp.destroy()
+
+
+def _pad_id(config) -> int:
+    """Right padding never gets attended to; any valid id works, the model's pad id reads best."""
+    for name in ("pad_token_id", "eos_token_id"):
+        v = getattr(config, name, None)
+        if isinstance(v, list):
+            v = v[0] if v else None
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def _engine_mismatch(samples: list[Sample], data: RolloutTensors) -> dict[str, float]:
+    """|engine logprob - learner old logprob| on response tokens: off-policy drift / weight-sync check."""
+    if any(len(s.response_logprobs) != len(s.response_ids) for s in samples):
+        return {}
+    eng = engine_logprobs(samples, data.input_ids.shape[1]).to(data.mask.device)
+    diff = (eng - data.old_logprobs).abs()
+    on = data.mask.bool()
+    return {"rollout/logprob_diff_mean": float(masked_mean(diff, data.mask)),
+            "rollout/logprob_diff_max": float(diff[on].max()) if on.any() else 0.0}

@@ -1,0 +1,192 @@
+"""The FSDP2 learner under real torch.distributed (gloo, 2 spawned processes) vs 1 process.
+
+A 2-process update must equal a 1-process update on the same batch (the loss is
+normalised by the GLOBAL token count and scaled for FSDP's gradient averaging), and the
+published weights / probe logprobs / checksum must be exactly what a plain transformers
+model holding them computes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rl_service.config import LearnerConfig, ModelConfig, SFTConfig, TaskConfig, TinyModelConfig
+from rl_service.learner.learner import Learner
+from rl_service.types import Sample, ScoredBatch
+from rl_service.weight_sync import state_dict_checksum
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP = 4
+PROBES = [[1, 19, 20, 13, 21, 22, 31, 23, 2], [1, 24, 13, 25, 31]]
+
+
+@pytest.fixture(scope="module")
+def model_dir(request) -> Path:
+    """The shared tiny model (tests/integration/conftest.py), or the same build made here."""
+    try:
+        return Path(request.getfixturevalue("tiny_model_dir"))
+    except pytest.FixtureLookupError:
+        from rl_service.models.build import ensure_model
+
+        cfg = ModelConfig(cache_dir=str(REPO / ".cache/test-models"),
+                          build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+                          sft=SFTConfig(max_steps=50))
+        return ensure_model(cfg, TaskConfig(), seed=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batches(model_dir: Path) -> list[ScoredBatch]:
+    """8 prompts x 4 samples, random responses and 0/1 rewards; one sample dropped (a short group)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rng = random.Random(0)
+    batches = []
+    for b in range(2):
+        samples, rewards = [], []
+        for p in range(4):
+            pid = b * 4 + p
+            text = f"{rng.randrange(100)}+{rng.randrange(100)}="
+            prompt_ids = tuple(tok(text).input_ids)
+            for k in range(GROUP):
+                if (pid, k) == (5, 2):
+                    continue  # dropped by the scorer
+                resp = tuple(rng.randrange(3, len(tok)) for _ in range(rng.randint(1, 5))) + (tok.eos_token_id,)
+                samples.append(Sample(sample_id=f"{pid}/{k}", prompt_id=pid, prompt_text=text,
+                                      prompt_ids=prompt_ids, response_ids=resp,
+                                      response_logprobs=tuple(-1.0 for _ in resp), response_text="x",
+                                      policy_version=0, finish_reason="stop"))
+                rewards.append(float(rng.random() < 0.5))
+        batches.append(ScoredBatch(batch_id=b, samples=tuple(samples), rewards=tuple(rewards),
+                                   dropped=(("5/2", "raised"),) if b == 1 else (), policy_version=0,
+                                   generate_s=0.0, reward_s=0.0))
+    return batches
+
+
+def _config(advantage: str) -> LearnerConfig:
+    # micro_batch_size 7 with 31 samples: minibatches of 16/15 rows split 8/8 and 8/7 over two
+    # ranks, so in one minibatch one rank runs a zero-weight dummy micro-batch.
+    # grpo: KL in the loss, and a target_kl so small that the trust region stops after epoch 1.
+    if advantage == "gae":
+        kl, target_kl = {"estimator": "k1", "placement": "reward", "coef": 0.05}, None
+    else:
+        kl, target_kl = {"estimator": "k3", "placement": "loss", "coef": 0.1}, 1e-6
+    return LearnerConfig(num_workers=1, backend="gloo", advantage=advantage, lr=5e-4, critic_lr=5e-4,
+                         ppo_epochs=2, num_minibatches=2, micro_batch_size=7, entropy_coef=0.01, kl=kl,
+                         target_kl=target_kl)
+
+
+def _with_nan_rewards(batches: list[ScoredBatch]) -> list[ScoredBatch]:
+    return [ScoredBatch(**{**b.__dict__, "rewards": tuple(float("nan") for _ in b.rewards)}) for b in batches]
+
+
+def _worker(rank: int, world_size: int, port: int, model_dir: str, cfg: LearnerConfig,
+            batches: list[ScoredBatch], out: str) -> None:
+    learner = Learner(cfg, model_dir, rank, world_size, "127.0.0.1", port, seed=0)
+    try:
+        learner.setup()
+        metrics = learner.train_step(batches, GROUP)
+        version, state_dict = learner.publish(1, PROBES)
+        learner.save_hf(os.path.join(out, "hf"))
+        # NaN rewards make every gradient NaN: all 4 steps must be skipped, weights untouched
+        # (and the version published above must not change behind its checksum).
+        nan_metrics = learner.train_step(_with_nan_rewards(batches), GROUP)
+        _, after_nan = learner.publish(2, PROBES)
+        learner.train_step(batches, GROUP)  # moves the weights: published dicts must not follow
+        torch.save({"metrics": metrics, "version": version, "state_dict": state_dict,
+                    "nan_metrics": nan_metrics, "after_nan": after_nan}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        learner.shutdown()
+
+
+def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path) -> dict[int, list[dict]]:
+    """The 1-process and the 2-process learner, started together (their start-up overlaps)."""
+    contexts = {}
+    for world_size in (1, 2):
+        (out / f"w{world_size}").mkdir(parents=True, exist_ok=True)
+        contexts[world_size] = mp.spawn(_worker, nprocs=world_size, join=False, args=(
+            world_size, _free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}")))
+    for ctx in contexts.values():
+        while not ctx.join():  # raises with the child's traceback if a rank failed
+            pass
+    return {w: [torch.load(out / f"w{w}" / f"rank{r}.pt", weights_only=False) for r in range(w)] for w in (1, 2)}
+
+
+def _plain_probe_logprobs(model_dir: Path, state_dict: dict) -> list[list[float]]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model.load_state_dict(state_dict, strict=True)
+    out = []
+    with torch.no_grad():
+        for p in PROBES:
+            ids = torch.tensor([p])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            out.append(logp.gather(-1, ids[0, 1:, None])[:, 0].tolist())
+    return out
+
+
+@pytest.mark.parametrize("advantage", ["gae", "grpo"])
+def test_two_processes_match_one(advantage: str, model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    batches = _batches(model_dir)
+    cfg = _config(advantage)
+    runs = _run(model_dir, cfg, batches, tmp_path)
+    one, two = runs[1], runs[2]
+
+    sd1, sd2 = one[0]["state_dict"], two[0]["state_dict"]
+    assert two[1]["state_dict"] is None
+    assert set(sd1) == set(sd2) and "lm_head.weight" in sd1 and "model.layers.0.self_attn.q_proj.weight" in sd1
+    max_diff = max(float((sd1[k] - sd2[k]).abs().max()) for k in sd1)
+    initial = load_file(str(model_dir / "model.safetensors"))
+    max_change = max(float((sd1[k] - initial[k]).abs().max()) for k in sd1)
+    print(f"\n[{advantage}] max |1-proc - 2-proc| = {max_diff:.3g}; max |trained - initial| = {max_change:.3g}")
+    assert max_diff < 1e-5
+    assert max_change > 9e-4  # 2-4 AdamW steps at lr 5e-4 moved the weights (~lr per step)
+
+    m1, m2 = one[0]["metrics"], two[0]["metrics"]
+    assert m2 == two[1]["metrics"]  # averaged over ranks: identical everywhere
+    assert m1["samples/trained"] == m2["samples/trained"] == 31
+    steps = 4 if advantage == "gae" else 2  # grpo: early stop after epoch 1 (target_kl)
+    for m in (m1, m2):
+        assert m["train/optimizer_steps"] == steps and m["train/skipped_steps"] == 0
+        assert m["policy/early_stop"] == float(advantage == "grpo")
+    for k in ("reward/mean", "kl/mean", "policy/approx_kl", "loss/policy", "entropy/mean", "grad_norm"):
+        assert abs(m1[k] - m2[k]) < 1e-4, (k, m1[k], m2[k])
+    assert ("loss/value" in m1) == (advantage == "gae")
+    for res in one + two:
+        assert res["nan_metrics"]["train/skipped_steps"] == 4 and res["nan_metrics"]["train/optimizer_steps"] == 0
+    for sd, res in ((sd1, one[0]), (sd2, two[0])):
+        assert all(torch.equal(sd[k], res["after_nan"][k]) for k in sd)
+        assert res["version"].checksum == state_dict_checksum(sd)
+
+    assert two[1]["version"] == two[0]["version"]  # rank 1 gets rank 0's checksum and the same probes
+    for res, sd in ((one[0], sd1), (two[0], sd2)):
+        version = res["version"]
+        assert version.checksum == state_dict_checksum(sd)
+        assert version.num_bytes == sum(t.numel() * t.element_size() for t in sd.values())
+        plain = _plain_probe_logprobs(model_dir, sd)
+        probe_diff = max(abs(a - b) for p, q in zip(plain, version.probe_logprobs) for a, b in zip(p, q))
+        print(f"[{advantage}] probe |learner - transformers| = {probe_diff:.3g}")
+        assert [len(p) for p in version.probe_logprobs] == [len(p) - 1 for p in PROBES]
+        assert probe_diff < 1e-5
+
+    # The exported HF directory loads with transformers and holds the published weights.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "w2" / "hf", dtype=torch.float32)
+    assert all(torch.equal(exported.state_dict()[k], sd2[k]) for k in sd2)
+    assert AutoTokenizer.from_pretrained(tmp_path / "w2" / "hf")("12+34=").input_ids == PROBES[0][:7]
