@@ -73,11 +73,11 @@ class SFTConfig(_Section):
     """Upper bound on SFT optimizer steps (0 = keep the random init)."""
     batch_size: int = Field(128, ge=1)
     """Examples per SFT step."""
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     """AdamW learning rate for SFT."""
     target_accuracy: float = Field(0.3, ge=0, le=1)
     """Stop SFT once held-out greedy exact match reaches this (leaves RL room to improve)."""
-    eval_every: int = Field(50, ge=1)
+    eval_every: int = Field(25, ge=1)
     """Steps between held-out accuracy checks during SFT."""
 
 

@@ -1,0 +1,1 @@
+"""The project's own small model: tokenizer, tiny Llama, SFT warm start, cached build."""

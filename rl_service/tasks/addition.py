@@ -1,0 +1,137 @@
+"""Two-operand addition: `37+48=` -> `85`. Pure python (no torch), cheap to import.
+
+The pair space (a, b) with 0 <= a, b < 10**digits is split once, with its own seed, into
+a fixed held-out set (greedy exact-match accuracy) and the training pairs. The training
+prompt stream is a seeded permutation of the training pairs per epoch, with a state dict
+so a resumed run sees the very same prompts.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rl_service.config import TaskConfig
+from rl_service.types import Prompt
+
+# Above this many pairs we do not enumerate the space; the stream samples instead.
+_MAX_ENUMERATED_PAIRS = 1_000_000
+# Pseudo-epoch length when the space is too big to enumerate.
+_SAMPLED_EPOCH_LEN = 100_000
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    """e.g. `37+48=`."""
+    answer: str
+    """e.g. `85` (no leading zeros, no spaces)."""
+
+
+def make_problem(a: int, b: int) -> Problem:
+    return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
+
+
+def verify(completion: str, answer: str) -> float:
+    """Exact match after stripping whitespace: 1.0 or 0.0."""
+    return 1.0 if completion.strip() == answer else 0.0
+
+
+class AdditionTask:
+    """Held-out split + verifier for `a+b=` with operands below 10**digits."""
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+        self.base = 10**cfg.digits
+        self.num_pairs = self.base * self.base
+        if cfg.num_eval >= self.num_pairs:
+            raise ValueError(f"task.num_eval={cfg.num_eval} leaves no training pairs for digits={cfg.digits}")
+        # Pairs are encoded as a * base + b so the split is a sample of integers.
+        eval_codes = random.Random(cfg.seed).sample(range(self.num_pairs), cfg.num_eval)
+        self._eval_codes = frozenset(eval_codes)
+        self.eval_problems: list[Problem] = [make_problem(*divmod(c, self.base)) for c in eval_codes]
+        self.train_pairs: list[tuple[int, int]] | None = None
+        """All non-held-out pairs in order, or None when the space is too big to list."""
+        if self.num_pairs <= _MAX_ENUMERATED_PAIRS:
+            self.train_pairs = [divmod(c, self.base) for c in range(self.num_pairs) if c not in self._eval_codes]
+
+    @property
+    def num_train(self) -> int:
+        return self.num_pairs - len(self._eval_codes)
+
+    def is_held_out(self, a: int, b: int) -> bool:
+        return a * self.base + b in self._eval_codes
+
+    def sample_train(self, rng: random.Random) -> tuple[int, int]:
+        """One uniformly random training pair (rejects held-out pairs)."""
+        while True:
+            code = rng.randrange(self.num_pairs)
+            if code not in self._eval_codes:
+                return divmod(code, self.base)
+
+    def corpus(self, limit: int = 20_000) -> list[str]:
+        """Full texts `37+48=85` (training pairs only) for tokenizer training."""
+        rng = random.Random(self.cfg.seed + 1)
+        n = min(limit, self.num_train)
+        pairs = rng.sample(self.train_pairs, n) if self.train_pairs is not None else [self.sample_train(rng) for _ in range(n)]
+        return [f"{a}+{b}={a + b}" for a, b in pairs]
+
+    @staticmethod
+    def verify(completion: str, answer: str) -> float:
+        return verify(completion, answer)
+
+
+class PromptStream:
+    """Deterministic, resumable, infinite stream of training prompts.
+
+    Epoch e is a permutation of the training pairs seeded by (seed, e); prompt ids are a
+    global counter. `state_dict()` / `load_state_dict()` capture the exact position.
+    """
+
+    def __init__(self, task: AdditionTask, seed: int):
+        self.task = task
+        self.seed = seed
+        self.epoch = 0
+        self.index = 0
+        self.next_id = 0
+        self._order_epoch = -1
+        self._order: list[tuple[int, int]] = []
+
+    @property
+    def position(self) -> int:
+        """Number of prompts handed out so far (= the next prompt id)."""
+        return self.next_id
+
+    @property
+    def epoch_len(self) -> int:
+        return len(self.task.train_pairs) if self.task.train_pairs is not None else _SAMPLED_EPOCH_LEN
+
+    def _epoch_order(self) -> list[tuple[int, int]]:
+        if self._order_epoch != self.epoch:
+            # A string seed hashes deterministically (sha512), independent of PYTHONHASHSEED.
+            rng = random.Random(f"prompt-stream/{self.seed}/{self.epoch}")
+            if self.task.train_pairs is not None:
+                self._order = list(self.task.train_pairs)
+                rng.shuffle(self._order)
+            else:
+                self._order = [self.task.sample_train(rng) for _ in range(_SAMPLED_EPOCH_LEN)]
+            self._order_epoch = self.epoch
+        return self._order
+
+    def next_batch(self, n: int) -> list[Prompt]:
+        out: list[Prompt] = []
+        for _ in range(n):
+            if self.index >= self.epoch_len:
+                self.epoch, self.index = self.epoch + 1, 0
+            a, b = self._epoch_order()[self.index]
+            p = make_problem(a, b)
+            out.append(Prompt(prompt_id=self.next_id, text=p.prompt, metadata={"answer": p.answer}))
+            self.index += 1
+            self.next_id += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index, "next_id": self.next_id}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index, self.next_id = int(state["epoch"]), int(state["index"]), int(state["next_id"])

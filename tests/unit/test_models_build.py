@@ -1,0 +1,95 @@
+"""ensure_model: build once into the cache, reuse, reproducible, pass model.path through."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rl_service.config import ModelConfig, SFTConfig, TaskConfig, TinyModelConfig
+from rl_service.models.build import cache_key, ensure_model, load_build_info
+from rl_service.models.evaluate import greedy_accuracy_hf
+from rl_service.tasks.addition import AdditionTask
+
+TASK = TaskConfig(digits=1, num_eval=20)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: 1 thread is as fast, and 2 OpenMP threads stall badly when other
+    processes keep a core busy (see sft._pick_threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cfg(cache_dir, **sft) -> ModelConfig:
+    return ModelConfig(
+        cache_dir=str(cache_dir),
+        build=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, max_position_embeddings=32),
+        sft=SFTConfig(max_steps=20, batch_size=32, eval_every=10, target_accuracy=1.0, **sft),
+    )
+
+
+def test_builds_once_then_reuses(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path)
+    path = ensure_model(cfg, TASK, seed=0, progress=False)
+    assert path.parent == tmp_path and path.name.startswith("tiny-")
+    info = load_build_info(path)
+    assert info["sft_steps"] == 20 and info["num_params"] > 0 and info["vocab_size"] > 0
+    stamp = (path / "build_info.json").stat().st_mtime_ns, (path / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert ensure_model(cfg, TASK, seed=0, progress=False) == path
+    assert "reusing" in capsys.readouterr().out
+    assert ((path / "build_info.json").stat().st_mtime_ns, (path / "model.safetensors").stat().st_mtime_ns) == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp dirs left behind
+
+    # The saved dir is a complete HF model: loads with Auto*, and its accuracy is the recorded one.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok("3+4=").input_ids[0] == tok.bos_token_id == model.generation_config.bos_token_id
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    acc = greedy_accuracy_hf(model, tok, AdditionTask(TASK).eval_problems)
+    assert acc == info["base_accuracy"]
+
+
+def test_build_is_reproducible_and_key_tracks_config(tmp_path):
+    a = ensure_model(tiny_cfg(tmp_path / "a"), TASK, seed=3, progress=False)
+    b = ensure_model(tiny_cfg(tmp_path / "b"), TASK, seed=3, progress=False)
+    assert a.name == b.name
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    cfg = tiny_cfg(tmp_path)
+    assert cache_key(cfg, TASK, 0) != cache_key(cfg, TASK, 1)
+    assert cache_key(cfg, TASK, 0) != cache_key(tiny_cfg(tmp_path, lr=5e-3), TASK, 0)
+    assert cache_key(cfg, TASK, 0) != cache_key(cfg, TaskConfig(digits=1, num_eval=21), 0)
+
+
+def test_losing_a_build_race_keeps_the_existing_model(tmp_path, capsys, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+    target = tmp_path / f"tiny-{cache_key(cfg, TASK, 0)}"
+    # Another process "wins" while we build: its dir appears before our rename.
+    import rl_service.models.build as build
+
+    real = build._build_into
+
+    def build_and_lose(out, *args):
+        info = real(out, *args)
+        target.mkdir()
+        (target / "build_info.json").write_text(json.dumps({"winner": True}))
+        return info
+
+    monkeypatch.setattr(build, "_build_into", build_and_lose)
+    assert ensure_model(cfg, TASK, seed=0, progress=False) == target
+    assert load_build_info(target) == {"winner": True}
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert "another process" in capsys.readouterr().out
+
+
+def test_model_path_is_passed_through(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    cfg = ModelConfig(path=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    assert ensure_model(cfg, TASK, seed=0) == tmp_path
+    assert not (tmp_path / "cache").exists()
+    assert load_build_info(tmp_path) is None
