@@ -9,6 +9,8 @@ export VLLM_CACHE_ROOT := $(CURDIR)/.cache/vllm
 export WANDB_DIR       := $(CURDIR)/.cache
 export WANDB_MODE      ?= offline
 export HF_HUB_OFFLINE  := 1
+# torch threads spin-wait by default and stall for seconds when another process holds a core
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install quickstart test test-unit bench clean
 

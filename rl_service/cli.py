@@ -32,6 +32,8 @@ def _project_env() -> None:
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cwd / ".cache" / "vllm"))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Spinning OpenMP threads stall for seconds when other processes share the cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _prepare_run_dir(cfg) -> Path:
@@ -74,7 +76,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+# Modules that add their own subcommands: each has `register(subparsers)` and sets
+# `fn=handler(args) -> exit code` on its parsers. Keeps this file short as commands grow.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     p = argparse.ArgumentParser(prog="rl-service", description="Distributed RL post-training on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn, helptext in (("train", cmd_train, "train a policy with PPO"),
@@ -83,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-5")
         sp.set_defaults(fn=fn)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return p
 
 

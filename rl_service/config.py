@@ -212,6 +212,24 @@ class TrainConfig(_Section):
     """Give up on a step whose batches have not arrived after this long."""
 
 
+class ServeConfig(_Section):
+    """The OpenAI-compatible Ray Serve endpoint (owned by rl_service/serving/)."""
+
+    enabled: bool = False
+    """Serve the current policy while training and hot-swap each synced version."""
+    host: str = "127.0.0.1"
+    """Bind address (loopback by default)."""
+    port: int = Field(8000, ge=1, le=65535)
+    """HTTP port."""
+
+
+class TrackingConfig(_Section):
+    """Where metrics go besides runs/<name>/metrics.jsonl (owned by rl_service/tracking.py)."""
+
+    wandb: bool = False
+    """Log every metric to Weights & Biases (offline unless WANDB_API_KEY is set)."""
+
+
 class RayConfig(_Section):
     address: str | None = None
     """Attach to this cluster (or $RAY_ADDRESS); None = start an embedded local Ray."""
@@ -240,6 +258,10 @@ class Config(_Section):
     """The loop: steps, batch, staleness, queues."""
     ray: RayConfig = RayConfig()
     """How to reach Ray."""
+    serve: ServeConfig = ServeConfig()
+    """Serving the policy over HTTP."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Metrics sinks."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> "Config":

@@ -24,7 +24,8 @@ def actor_options(res: Resources, name: str, max_concurrency: int = 1) -> dict:
     return {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "resources": dict(res.custom),
             "name": name, "max_concurrency": max_concurrency,
             # Ray derives OMP_NUM_THREADS from num_cpus; keep at least one thread.
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(res.num_cpus)))}}}
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(res.num_cpus))),
+                                         "OMP_WAIT_POLICY": "PASSIVE"}}}
 
 
 def engine_env() -> dict[str, str]:
