@@ -161,6 +161,8 @@ class LearnerConfig(_Section):
     """Advantage estimator; the critic is built only for `gae`."""
     lr: float = Field(1e-4, gt=0)
     """Policy learning rate (AdamW)."""
+    lr_warmup_steps: int = Field(0, ge=0)
+    """Linear warmup of the policy learning rate over this many PPO updates (0 = none)."""
     critic_lr: float = Field(1e-3, gt=0)
     """Critic learning rate (AdamW)."""
     weight_decay: float = Field(0.0, ge=0)
@@ -171,6 +173,10 @@ class LearnerConfig(_Section):
     """Optimizer steps per epoch (the batch is split into this many minibatches)."""
     micro_batch_size: int = Field(256, ge=1)
     """Sequences per forward/backward on one process (gradient accumulation below a minibatch)."""
+    behavior_logprobs: Literal["rollout", "learner"] = "rollout"
+    """Old logprobs in the PPO ratio: `rollout` = the engine's sampling logprobs (exact behaviour
+    policy, corrects for max_policy_lag; equal to the learner's in fp32), `learner` = recomputed
+    with the current weights before the update (ignores staleness)."""
     clip_eps: float = Field(0.2, gt=0)
     """PPO ratio clip range."""
     value_clip_eps: float = Field(0.2, gt=0)
@@ -221,6 +227,58 @@ class ServeConfig(_Section):
     """Bind address (loopback by default)."""
     port: int = Field(8000, ge=1, le=65535)
     """HTTP port."""
+    model_name: str = "policy"
+    """Model id clients send; responses report `<model_name>@v<policy_version>`."""
+    engine: Literal["vllm", "hf"] = "vllm"
+    """Engine inside each replica: vLLM `LLM` in-process, or HF generate."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Engine dtype (float32 keeps served logprobs equal to the learner's)."""
+    kv_cache_gib: float = Field(0.25, gt=0)
+    """vLLM KV-cache size per replica."""
+    threads: int = Field(1, ge=1)
+    """Intra-op CPU threads of each replica's engine."""
+    num_cpus: float = Field(0.0, ge=0)
+    """Logical CPUs Ray reserves per replica (0 = none, so serving fits beside training)."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs per replica."""
+    api_key: str | None = None
+    """Bearer key required on every /v1 route (None = $RL_SERVICE_API_KEY, unset = no auth)."""
+    max_tokens: int = Field(64, ge=1)
+    """Cap on `max_tokens` per request (larger asks are rejected with 400, not clipped)."""
+    default_max_tokens: int = Field(16, ge=1)
+    """`max_tokens` when a request gives none (clipped to the context left after the prompt)."""
+    max_n: int = Field(8, ge=1)
+    """Cap on completions per request (`n`)."""
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    """Request bodies larger than this are rejected with 413 before being parsed."""
+    num_replicas: int = Field(1, ge=1)
+    """Fixed replica count (ignored when autoscaling bounds are set)."""
+    min_replicas: int | None = Field(None, ge=0)
+    """Autoscaling lower bound; set with max_replicas to enable autoscaling."""
+    max_replicas: int | None = Field(None, ge=1)
+    """Autoscaling upper bound."""
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    """Autoscaling target of ongoing requests per replica."""
+    max_ongoing_requests: int = Field(8, ge=1)
+    """Requests a replica runs at once; more wait in the queue."""
+    max_queued_requests: int = Field(16, ge=0)
+    """Requests waiting for a replica; beyond this the proxy answers 503 (bounded queue)."""
+    update_every: int = Field(1, ge=1)
+    """While training: swap to every k-th synced policy version."""
+    feedback_db: str = "runs/feedback.sqlite"
+    """SQLite file (WAL) for completions and human feedback."""
+    feedback_dsn: str | None = None
+    """PostgreSQL DSN; when set it is used instead of feedback_db (needs psycopg)."""
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "ServeConfig":
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("serve.min_replicas and serve.max_replicas are set together (autoscaling)")
+        if self.min_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError("serve.min_replicas must be <= serve.max_replicas")
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError("serve.default_max_tokens must be <= serve.max_tokens")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -228,6 +286,19 @@ class TrackingConfig(_Section):
 
     wandb: bool = False
     """Log every metric to Weights & Biases (offline unless WANDB_API_KEY is set)."""
+    wandb_project: str = "rl_service"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (team or user); None = the key's default entity."""
+    wandb_run_id: str | None = None
+    """Fixed W&B run id. None = generated once and kept in <run_dir>/wandb_run_id, so a run
+    resumed in the same directory continues the same W&B run (resume="allow")."""
+    wandb_mode: Literal["auto", "online", "offline"] = "auto"
+    """auto = online when WANDB_API_KEY is set, else offline (no network; `wandb sync` later)."""
+    wandb_dir: str | None = None
+    """Where W&B writes (its `wandb/` folder goes inside). None = $WANDB_DIR, else the run dir."""
+    ray_metrics: bool = True
+    """Export per-step gauges/counters with ray.util.metrics (the cluster's Prometheus endpoint)."""
 
 
 class RayConfig(_Section):

@@ -43,7 +43,7 @@ def train(cfg: Config, run_dir: Path, model_path: str) -> dict:
         probes = probe_sequences(model_path, task)
         acc_start = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
         comps.start_loops()
-        tracker = RunTracker(run_dir, tc.steps, accuracy=acc_start)
+        tracker = RunTracker(run_dir, tc.steps, accuracy=acc_start, cfg=cfg)
         batches_per_step = tc.prompts_per_step // cfg.rollout.prompts_per_batch
         next_batch_id, version, acc = 0, 0, acc_start
 

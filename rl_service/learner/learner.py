@@ -92,6 +92,10 @@ class Learner:
         if critic is not None:
             self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=self.cfg.critic_lr,
                                                 weight_decay=self.cfg.weight_decay)
+        # Linear warmup of the policy LR over the first PPO updates: Adam's first steps move
+        # every weight by ~lr regardless of its gradient, which can wreck a small warm-started policy.
+        warmup = max(1, self.cfg.lr_warmup_steps)
+        self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, lambda s: min(1.0, (s + 1) / warmup))
         return {"num_params": num_params, "backend": backend, "device": str(device),
                 "critic": critic is not None}
 
@@ -117,11 +121,17 @@ class Learner:
         data, metrics = prepare_rollout(self.models, self.cfg, batch, scores, [s.prompt_id for s in samples],
                                         group_size, kl_coef)
         metrics.update(_engine_mismatch(samples, data))
+        if self.cfg.behavior_logprobs == "rollout":
+            # PPO's ratio against the policy that actually sampled (it may be up to
+            # max_policy_lag versions old): the clip then bounds the off-policy step too.
+            data.old_logprobs = engine_logprobs(samples, data.input_ids.shape[1]).to(device)
         metrics.update(ppo_update(self.models, self.policy_opt, self.critic_opt, data, self.cfg, kl_coef,
                                   seed=self.seed * 100_003 + self.step))
         # Ziegler et al. steer the per-sequence KL (summed over tokens).
         self.kl_ctl.update(metrics["kl/seq_mean"], len(samples))
         self.step += 1
+        metrics["policy/lr"] = self.policy_sched.get_last_lr()[0]
+        self.policy_sched.step()
         metrics["response_length/mean"] = sum(len(s.response_ids) for s in samples) / len(samples)
         metrics["samples/trained"] = float(len(samples))
         metrics["timing_s/train"] = time.perf_counter() - t0

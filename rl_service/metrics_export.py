@@ -1,0 +1,66 @@
+"""Per-step metrics as `ray.util.metrics` gauges and counters, so they show on the cluster's
+Prometheus endpoint (each node's `--metrics-export-port`) and the Ray dashboard's Grafana.
+
+    exporter = RayMetricsExporter(run="ci-tiny")
+    exporter.update(metrics)          # once per step, the same dict that goes to metrics.jsonl
+
+Prometheus names are the project's metric names with `/` -> `_`, prefixed `rl_service_`
+(Ray adds `ray_`): `reward/mean` -> `ray_rl_service_reward_mean{run="ci-tiny"}`. The `samples/*` values are
+the run's cumulative totals, exported as gauges: a Ray counter cannot be incremented by 0,
+so a counter of dropped samples would be absent (not 0) on a healthy run. Gauges live as
+long as the process that set them; `ray_rl_service_steps_total` is a counter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# project metric -> help text. Gauges: the latest value.
+GAUGES = {
+    "reward/mean": "mean reward of the step's samples",
+    "reward/std": "std of the step's rewards",
+    "kl/mean": "mean KL(policy || reference) per token",
+    "entropy/mean": "mean policy entropy per token",
+    "response_length/mean": "mean response length in tokens",
+    "perf/tokens_per_s": "generated tokens per second of wall time",
+    "perf/samples_per_s": "trained samples per second of wall time",
+    "queue/prompts_depth": "prompt batches waiting for a rollout worker",
+    "queue/rollouts_depth": "rollout batches waiting for a scorer",
+    "queue/scored_depth": "scored batches waiting for the learner",
+    "policy/lag_mean": "mean versions between the generating and the trained policy",
+    "policy_version": "latest published policy version",
+    "eval/accuracy": "held-out greedy exact match",
+    "timing_s/step": "seconds per learner step",
+    # cumulative totals of the run
+    "samples/trained": "samples used in an update",
+    "samples/dropped_stale": "samples dropped for exceeding train.max_policy_lag",
+    "samples/dropped_invalid": "samples dropped for an invalid reward (or an incomplete group)",
+}
+
+
+def prometheus_name(key: str) -> str:
+    """`reward/mean` -> `rl_service_reward_mean` (Ray prefixes `ray_` on export)."""
+    return "rl_service_" + key.replace("/", "_").replace(".", "_").replace("-", "_")
+
+
+class RayMetricsExporter:
+    """Holds one gauge/counter per project metric; needs a connected Ray (driver or actor)."""
+
+    def __init__(self, run: str):
+        from ray.util.metrics import Counter, Gauge
+
+        self.tags = {"run": run}
+        self.gauges = {k: Gauge(prometheus_name(k), description=d, tag_keys=("run",)) for k, d in GAUGES.items()}
+        self.steps = Counter(prometheus_name("steps"), description="learner steps completed", tag_keys=("run",))
+
+    def update(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """Set gauges from `metrics` (missing or non-numeric keys are skipped) and count the step.
+        Returns {prometheus name: value} as exported."""
+        out = {}
+        for key, gauge in self.gauges.items():
+            v = metrics.get(key)
+            if isinstance(v, (int, float)) and v == v:  # skip None / NaN
+                gauge.set(float(v), tags=self.tags)
+                out[prometheus_name(key)] = float(v)
+        self.steps.inc(1.0, tags=self.tags)
+        return out

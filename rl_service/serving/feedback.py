@@ -1,0 +1,135 @@
+"""Durable store of served completions and human feedback; preference export.
+
+SQLite by default (WAL journal, `synchronous=FULL`: a write returns only after the commit
+is on disk, so an acknowledged row survives a kill -9 or a power cut); PostgreSQL when a
+DSN is given (needs `psycopg`, imported only then). Several replicas may open the same
+SQLite file: WAL allows one writer at a time and `busy_timeout` makes the others wait.
+
+Tables:
+    completions(id, choice_index, created, kind, model, policy_version, prompt, completion, finish_reason)
+    ratings(id, completion_id, choice_index, rating, comment, created)
+    preferences(id, prompt, chosen, rejected, comment, created)
+
+Export (`export_preferences`) writes one JSON line `{prompt, chosen, rejected}` per explicit
+preference, plus one per pair of rated completions of the same prompt with different
+mean ratings (the higher-rated one is `chosen`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS completions (
+        id TEXT NOT NULL, choice_index INTEGER NOT NULL, created REAL NOT NULL, kind TEXT NOT NULL,
+        model TEXT NOT NULL, policy_version INTEGER NOT NULL, prompt TEXT NOT NULL,
+        completion TEXT NOT NULL, finish_reason TEXT NOT NULL, PRIMARY KEY (id, choice_index))""",
+    """CREATE TABLE IF NOT EXISTS ratings (
+        id TEXT PRIMARY KEY, completion_id TEXT NOT NULL, choice_index INTEGER NOT NULL,
+        rating REAL NOT NULL, comment TEXT, created REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS preferences (
+        id TEXT PRIMARY KEY, prompt TEXT NOT NULL, chosen TEXT NOT NULL, rejected TEXT NOT NULL,
+        comment TEXT, created REAL NOT NULL)""",
+]
+
+
+class FeedbackStore:
+    """Thread-safe: one connection guarded by a lock (writes are tiny; fsync dominates)."""
+
+    def __init__(self, db_path: str | None = None, dsn: str | None = None):
+        self._lock = threading.Lock()
+        if dsn:
+            import psycopg  # optional dependency, only for PostgreSQL
+
+            self._conn = psycopg.connect(dsn)
+            self._ph = "%s"
+        else:
+            path = Path(db_path or "runs/feedback.sqlite")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._ph = "?"
+        with self._lock:
+            for stmt in SCHEMA:
+                self._conn.execute(stmt)
+            self._conn.commit()
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """Insert and commit; returns only once the transaction is durable."""
+        sql = sql.replace("?", self._ph)
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.executemany(sql, rows)
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute(sql.replace("?", self._ph), args)
+            return list(cur.fetchall())
+
+    def record_completion(self, rid: str, kind: str, model: str, version: int, prompts: list[str],
+                          choices: list[tuple[str, str]]) -> None:
+        """One row per choice; `prompts[i]` is the prompt of choice i."""
+        now = time.time()
+        self._write("INSERT INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(rid, i, now, kind, model, version, p, text, finish)
+                     for i, (p, (text, finish)) in enumerate(zip(prompts, choices))])
+
+    def has_completion(self, rid: str, choice_index: int) -> bool:
+        return bool(self._read("SELECT 1 FROM completions WHERE id = ? AND choice_index = ?", (rid, choice_index)))
+
+    def add_rating(self, fid: str, completion_id: str, choice_index: int, rating: float, comment: str | None) -> None:
+        self._write("INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
+                    [(fid, completion_id, choice_index, float(rating), comment, time.time())])
+
+    def add_preference(self, fid: str, prompt: str, chosen: str, rejected: str, comment: str | None) -> None:
+        self._write("INSERT INTO preferences VALUES (?, ?, ?, ?, ?, ?)",
+                    [(fid, prompt, chosen, rejected, comment, time.time())])
+
+    def counts(self) -> dict[str, int]:
+        return {t: self._read(f"SELECT COUNT(*) FROM {t}")[0][0] for t in ("completions", "ratings", "preferences")}
+
+    def preference_pairs(self) -> list[dict[str, str]]:
+        pairs = [{"prompt": p, "chosen": c, "rejected": r}
+                 for p, c, r in self._read("SELECT prompt, chosen, rejected FROM preferences ORDER BY created, id")]
+        rated = self._read(
+            "SELECT c.prompt, c.completion, AVG(r.rating) FROM ratings r JOIN completions c "
+            "ON c.id = r.completion_id AND c.choice_index = r.choice_index "
+            "GROUP BY r.completion_id, r.choice_index, c.prompt, c.completion ORDER BY MIN(r.created)")
+        by_prompt: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for prompt, text, score in rated:
+            by_prompt[prompt].append((text, score))
+        for prompt, items in by_prompt.items():
+            for i, (a, sa) in enumerate(items):
+                for b, sb in items[i + 1:]:
+                    if sa != sb and a != b:
+                        chosen, rejected = (a, b) if sa > sb else (b, a)
+                        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        return pairs
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def export_preferences(store: FeedbackStore, out: str | Path) -> int:
+    """Write the preference dataset as JSON lines (atomically); returns the number of pairs."""
+    pairs = store.preference_pairs()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    tmp.replace(out)
+    return len(pairs)

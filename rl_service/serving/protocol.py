@@ -1,0 +1,207 @@
+"""OpenAI wire format: request schemas, the error envelope, chat rendering, response bodies.
+
+Pure: no ray, no engine. Every rejection is an `APIError` that the app turns into
+`{"error": {"message", "type", "param", "code"}}` with its status, before any generation.
+
+Statuses (as the field expects): 400 invalid value / malformed JSON, 401 auth, 404 unknown
+model or completion id, 413 body too large, 422 schema (wrong types, missing fields),
+503 overload (answered by the Serve proxy when max_ongoing + max_queued are full).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+
+MAX_ERROR_MESSAGE = 512
+"""Error messages are truncated to this many characters (bounded error bodies)."""
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict[str, Any]:
+        return envelope(self.message, self.type, self.param, self.code)
+
+
+def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    msg = message if len(message) <= MAX_ERROR_MESSAGE else message[: MAX_ERROR_MESSAGE - 3] + "..."
+    return {"error": {"message": msg, "type": type_, "param": param, "code": code}}
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored (clients send many optional OpenAI fields); known fields
+    # are strict: "max_tokens": "10" is a 422, not silently 10.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: StrictStr
+    max_tokens: StrictInt | None = None
+    temperature: StrictFloat | StrictInt = 1.0
+    top_p: StrictFloat | StrictInt = 1.0
+    n: StrictInt = 1
+    stream: StrictBool = False
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
+
+
+class CompletionRequest(_Request):
+    prompt: StrictStr | list[StrictStr]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr | list[dict[str, Any]]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(400, "only text content parts are supported", param="messages")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = None
+
+
+class RatingFeedback(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    completion_id: StrictStr
+    rating: StrictFloat | StrictInt
+    choice_index: StrictInt = 0
+    comment: StrictStr | None = None
+
+
+class PreferenceFeedback(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    prompt: StrictStr
+    chosen: StrictStr
+    rejected: StrictStr
+    comment: StrictStr | None = None
+
+
+def parse(model: type[BaseModel], body: bytes) -> BaseModel:
+    """Body bytes -> request; malformed JSON -> 400, schema/type errors -> 422."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise APIError(400, f"malformed JSON body: {err}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(422, "request body must be a JSON object", code="invalid_type")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"]) or "body"
+        # `param` names the top-level field (the loc may end in union member tags like `str`).
+        raise APIError(422, f"{loc}: {e['msg']}", param=str(e["loc"][0]) if e["loc"] else None,
+                       code="invalid_type") from None
+
+
+def parse_feedback(body: bytes) -> RatingFeedback | PreferenceFeedback:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise APIError(400, f"malformed JSON body: {err}", code="invalid_json") from None
+    kind = PreferenceFeedback if isinstance(data, dict) and "chosen" in data else RatingFeedback
+    return parse(kind, body)  # type: ignore[return-value]
+
+
+def check_sampling(req: _Request, max_tokens_cap: int, max_n: int) -> None:
+    """Value checks that need no tokenizer (400 each, naming the parameter)."""
+    mt = req.max_completion_tokens if isinstance(req, ChatRequest) and req.max_completion_tokens is not None \
+        else req.max_tokens
+    if mt is not None and mt <= 0:
+        raise APIError(400, f"max_tokens must be >= 1 (got {mt})", param="max_tokens")
+    if mt is not None and mt > max_tokens_cap:
+        raise APIError(400, f"max_tokens {mt} is above this server's cap of {max_tokens_cap}", param="max_tokens")
+    if not 1 <= req.n <= max_n:
+        raise APIError(400, f"n must be between 1 and {max_n} (got {req.n})", param="n")
+    if not 0 <= req.temperature <= 2:
+        raise APIError(400, f"temperature must be in [0, 2] (got {req.temperature})", param="temperature")
+    if not 0 < req.top_p <= 1:
+        raise APIError(400, f"top_p must be in (0, 1] (got {req.top_p})", param="top_p")
+
+
+def requested_max_tokens(req: _Request) -> int | None:
+    if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
+        return req.max_completion_tokens
+    return req.max_tokens
+
+
+SIMPLE_CHAT_TEMPLATE = "{role}: {content}\n"
+"""Used when the tokenizer has no chat template: one `role: content` line per message,
+then `assistant:` to cue the reply."""
+
+
+def render_chat(messages: list[ChatMessage], tokenizer) -> str:
+    """Prompt text for a chat: the tokenizer's chat template, else SIMPLE_CHAT_TEMPLATE.
+    The template's BOS is not repeated: the engine's tokenizer adds its own."""
+    turns = [{"role": m.role, "content": m.text()} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        bos = tokenizer.bos_token
+        return text[len(bos):] if bos and text.startswith(bos) else text
+    return "".join(SIMPLE_CHAT_TEMPLATE.format(**t) for t in turns) + "assistant:"
+
+
+def apply_stop(text: str, stop: str | list[str] | None, finish_reason: str) -> tuple[str, str]:
+    """Cut `text` at the first stop string (not included) -> (text, finish_reason)."""
+    stops = [stop] if isinstance(stop, str) else (stop or [])
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], "stop") if cut >= 0 else (text, finish_reason)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def served_model(name: str, version: int) -> str:
+    """The `model` field of every response: `policy@v3` = answered by policy version 3."""
+    return f"{name}@v{version}"
+
+
+def completion_body(rid: str, model: str, texts: list[tuple[str, str]], usage: dict) -> dict:
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
+                        for i, (t, f) in enumerate(texts)],
+            "usage": usage}
+
+
+def chat_body(rid: str, model: str, texts: list[tuple[str, str]], usage: dict) -> dict:
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
+                         "finish_reason": f} for i, (t, f) in enumerate(texts)],
+            "usage": usage}
+
+
+def stream_chunk(chat: bool, rid: str, model: str, index: int, text: str | None,
+                 finish_reason: str | None, first: bool = False) -> str:
+    """One server-sent event. Chat chunks carry `delta`; completion chunks carry `text`."""
+    created = int(time.time())
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+        if text:
+            delta["content"] = text
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
+    else:
+        choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        obj = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+STREAM_DONE = "data: [DONE]\n\n"
