@@ -39,7 +39,12 @@ def train(cfg: Config, run_dir: Path, model_path: str) -> dict:
     stream = PromptStream(task, cfg.seed)
     ledger = SampleLedger(n)
     comps = Components.start(cfg, model_path)
+    follower = None
     try:
+        if cfg.serve.enabled:  # the OpenAI endpoint follows training by in-place hot swap
+            from rl_service.serving.follow import ServeFollower
+
+            follower = ServeFollower.start(cfg.serve, model_path)
         probes = probe_sequences(model_path, task)
         acc_start = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
         comps.start_loops()
@@ -75,6 +80,8 @@ def train(cfg: Config, run_dir: Path, model_path: str) -> dict:
             t_trained = time.perf_counter()
             version += 1
             sync = comps.sync_weights(version, probes)                 # 3. publish + verified load
+            if follower:
+                follower.on_version(version, sync["state_ref"], sync["meta_ref"])
             if step + 1 + tc.max_policy_lag < tc.steps:                # 4. keep the pipeline full
                 issue(batches_per_step)
             t_synced = time.perf_counter()
@@ -107,4 +114,6 @@ def train(cfg: Config, run_dir: Path, model_path: str) -> dict:
         tracker.close()
         return summary
     finally:
+        if follower:
+            follower.stop()
         comps.shutdown()

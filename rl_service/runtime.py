@@ -107,7 +107,8 @@ class Components:
         meta_ref, state_ref = calls[0]
         ray.get([c[0] for c in calls])
         results = ray.get([w.load_weights.remote(state_ref, meta_ref) for w in self.workers])
-        return {"probe_max_diff": max(r["probe_max_diff"] for r in results)}
+        return {"probe_max_diff": max(r["probe_max_diff"] for r in results),
+                "state_ref": state_ref, "meta_ref": meta_ref}
 
     def stop_loops(self) -> None:
         ray.get([a.stop.remote() for a in self.workers + self.scorers])

@@ -1,0 +1,1 @@
+"""Benchmarks: speed figures with the machine and command, not tests."""

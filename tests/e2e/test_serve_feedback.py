@@ -1,0 +1,177 @@
+"""Feedback durability through the real CLI: `python -m rl_service.serving.cli serve` as a
+subprocess, acknowledged feedback writes, kill -9 of the server and every process under it
+(driver, raylet, GCS, proxy, replica), restart on the same database, all rows present;
+then `feedback export` writes {prompt, chosen, rejected} lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.e2e.conftest import free_port
+from tests.integration.conftest import REPO
+
+KEY = "durable-key"
+
+
+class ServerProcess:
+    """`rl-service serve` in its own session; killed by PID (with its descendants) at the end."""
+
+    def __init__(self, model_dir: Path, cfg_path: Path, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k != "RL_SERVICE_API_KEY"}
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rl_service.serving.cli", "serve", "--checkpoint", str(model_dir),
+             "--port", str(self.port), "--api-key", KEY, "--config", str(cfg_path)],
+            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 240) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}; see {self.log.name}"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout_s}s; see {self.log.name}")
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill9(self) -> None:
+        """SIGKILL the server and all its descendants by PID: a crash, nothing flushed."""
+        procs = self.tree()
+        ray_dirs = _ray_temp_dirs(procs)  # the killed driver cannot remove its Ray session dir
+        self.kill9_list(procs)
+        self.proc.wait(30)
+        self.log.close()
+        for d in ray_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def terminate(self, timeout_s: float = 90) -> int | None:
+        procs = self.tree()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            rc = None
+        self.kill9_list([p for p in procs if _alive(p)])
+        self.log.close()
+        return rc
+
+    @staticmethod
+    def kill9_list(procs: list[psutil.Process], timeout_s: float = 30) -> None:
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        # Orphans may stay zombies here (no init reaping them in a container): dead is enough.
+        deadline = time.monotonic() + timeout_s
+        while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _ray_temp_dirs(procs: list[psutil.Process]) -> set[str]:
+    dirs = set()
+    for p in procs:
+        try:
+            dirs.update(m.group(1) for arg in p.cmdline() if (m := re.search(r"(/tmp/rls-ray-\w+)", arg)))
+        except psutil.Error:
+            pass
+    return dirs
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def servers():
+    started: list[ServerProcess] = []
+    yield started
+    for s in started:  # whatever the test did, nothing it started outlives it
+        s.kill9_list(s.tree())
+
+
+def test_feedback_survives_kill9_and_exports(servers, tiny_model_dir, tmp_path):
+    db = tmp_path / "feedback.sqlite"
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(f"serve:\n  engine: hf\n  feedback_db: {db}\nray:\n  num_cpus: 2\n")
+
+    servers.append(ServerProcess(tiny_model_dir, cfg, tmp_path / "server1.log"))
+    s1 = servers[-1]
+    s1.wait_ready()
+    client = openai.OpenAI(base_url=f"{s1.url}/v1", api_key=KEY, max_retries=0)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    resp = client.completions.create(model="policy", prompt="3+4=", n=3, max_tokens=6, temperature=1.0, seed=3)
+    texts = [c.text for c in resp.choices]
+    ratings = [1.0, 0.0, 0.5]
+    acked = {"ratings": [], "preferences": []}
+    for i, rating in enumerate(ratings):
+        r = httpx.post(f"{s1.url}/v1/feedback", headers=auth,
+                       json={"completion_id": resp.id, "choice_index": i, "rating": rating})
+        assert r.status_code == 200 and r.json()["stored"] is True
+        acked["ratings"].append(r.json()["id"])
+    prefs = [{"prompt": f"{a}+{a}=", "chosen": str(2 * a), "rejected": str(2 * a + 1)} for a in range(5)]
+    for p in prefs:
+        r = httpx.post(f"{s1.url}/v1/feedback", headers=auth, json=p)
+        assert r.status_code == 200
+        acked["preferences"].append(r.json()["id"])
+    s1.kill9()  # right after the last acknowledgement
+    assert not any(_alive(p) for p in s1.tree())
+
+    servers.append(ServerProcess(tiny_model_dir, cfg, tmp_path / "server2.log"))
+    s2 = servers[-1]
+    s2.wait_ready()
+    # The restarted server finds the completion stored by the killed one.
+    r = httpx.post(f"{s2.url}/v1/feedback", headers=auth, json={"completion_id": resp.id, "rating": 0.25})
+    assert r.status_code == 200
+    assert s2.terminate() == 0  # SIGTERM: clean shutdown, exit 0
+
+    with sqlite3.connect(db) as conn:
+        stored_ratings = {row[0] for row in conn.execute("SELECT id FROM ratings")}
+        stored_prefs = {row[0] for row in conn.execute("SELECT id FROM preferences")}
+        completions = conn.execute("SELECT choice_index, completion, policy_version FROM completions "
+                                   "WHERE id = ? ORDER BY choice_index", (resp.id,)).fetchall()
+    assert set(acked["ratings"]) <= stored_ratings and len(stored_ratings) == 4
+    assert stored_prefs == set(acked["preferences"])
+    assert [(i, t, 0) for i, t in enumerate(texts)] == completions
+
+    out = tmp_path / "prefs.jsonl"
+    done = subprocess.run([sys.executable, "-m", "rl_service.serving.cli", "feedback", "export", "--out", str(out),
+                           "--db", str(db)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(set(line) == {"prompt", "chosen", "rejected"} for line in lines)
+    assert lines[: len(prefs)] == prefs
+    # Rated choices of one prompt become pairs (choice 0 averages 1.0 and 0.25 -> 0.625).
+    means = [0.625, 0.0, 0.5]
+    expected = {(texts[i] if means[i] > means[j] else texts[j], texts[j] if means[i] > means[j] else texts[i])
+                for i in range(3) for j in range(i + 1, 3) if texts[i] != texts[j]}
+    assert {(line["chosen"], line["rejected"]) for line in lines[len(prefs):]} == expected
