@@ -39,7 +39,7 @@ test-unit: $(STAMP)
 	$(VPY) -m pytest tests/unit -q
 
 bench: $(STAMP)
-	$(VPY) -m bench.run all
+	$(VPY) -m bench.serve
 
 clean:
 	rm -rf .tmp runs .cache/vllm
