@@ -83,9 +83,13 @@ def _config(advantage: str) -> LearnerConfig:
         kl, target_kl = {"estimator": "k1", "placement": "reward", "coef": 0.05}, None
     else:
         kl, target_kl = {"estimator": "k3", "placement": "loss", "coef": 0.1}, 1e-6
+    # gae takes the PPO ratio against the (synthetic, -1.0) engine logprobs, grpo against the
+    # learner's recomputation: both paths must give 1-process == 2-process. (The NaN check below
+    # needs grpo's trust region to see KL 0 when no step was taken, hence "learner" there.)
+    behavior = "rollout" if advantage == "gae" else "learner"
     return LearnerConfig(num_workers=1, backend="gloo", advantage=advantage, lr=5e-4, critic_lr=5e-4,
                          ppo_epochs=2, num_minibatches=2, micro_batch_size=7, entropy_coef=0.01, kl=kl,
-                         target_kl=target_kl)
+                         target_kl=target_kl, behavior_logprobs=behavior)
 
 
 def _with_nan_rewards(batches: list[ScoredBatch]) -> list[ScoredBatch]:
