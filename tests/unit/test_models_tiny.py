@@ -13,14 +13,7 @@ from rl_service.tasks.addition import AdditionTask, Problem
 CFG = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64, max_position_embeddings=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: 1 thread is as fast, and 2 OpenMP threads stall badly when other
-    processes keep a core busy (see sft._pick_threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
