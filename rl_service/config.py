@@ -10,8 +10,6 @@ well under a second, before anything heavy starts.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -200,6 +198,12 @@ class LearnerConfig(_Section):
     """Penalty toward the frozen reference policy."""
     target_kl: float | None = None
     """Trust region: stop the remaining PPO epochs once approx KL to the old policy passes this."""
+    kl_stop_multiple: float = Field(1.5, gt=0)
+    """With target_kl set: a minibatch whose approx KL to the old policy exceeds
+    kl_stop_multiple * target_kl ends this update at once (the remaining minibatches and epochs)."""
+    kl_hard_limit: float | None = Field(None, gt=0)
+    """Halt the run (with a checkpoint and a message) when any minibatch's approx KL to the
+    old policy exceeds this: the policy has blown up. None = no hard limit."""
 
 
 class TrainConfig(_Section):
@@ -216,6 +220,14 @@ class TrainConfig(_Section):
     """Held-out accuracy every N steps (0 = only at start and end)."""
     timeout_s: float = Field(600.0, gt=0)
     """Give up on a step whose batches have not arrived after this long."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Write a checkpoint every N steps (0 = only at the end) under <run_dir>/checkpoints/.
+    A checkpoint is also written at the end and whenever a guard halts the run."""
+    keep_last: int = Field(2, ge=1)
+    """Checkpoints kept on disk; older ones are deleted after a newer one is complete."""
+    max_nan_steps: int = Field(3, ge=1)
+    """Halt the run (with a checkpoint) after this many optimizer steps in a row were skipped
+    for a NaN/inf loss or gradient norm."""
 
 
 class ServeConfig(_Section):
