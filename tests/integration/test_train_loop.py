@@ -51,3 +51,11 @@ def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     diffs = [(a - b).abs().max().item() for a, b in zip(final.state_dict().values(), start.state_dict().values())]
     assert max(diffs) > 0, "final weights equal the starting weights: nothing was trained"
+
+    # ... and by vLLM (own process: one in-process engine per process).
+    check = ("import sys; from rl_service.rollout.engine import VLLMEngine; "
+             "e = VLLMEngine(sys.argv[1]); out = e.generate(['12+34='], n=1, max_new_tokens=4, temperature=0); "
+             "print('TOKENS', len(out[0][0].token_ids))")
+    proc = subprocess.run([sys.executable, "-c", check, str(run / "final")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and "TOKENS" in proc.stdout, proc.stderr[-2000:]
