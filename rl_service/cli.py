@@ -1,6 +1,9 @@
 """`rl-service` command line.
 
-    rl-service train CONFIG [key=value ...]     train (embedded local Ray, or $RAY_ADDRESS)
+    rl-service train CONFIG [key=value ...] [--resume auto|PATH]
+                                                train (embedded local Ray, or $RAY_ADDRESS); --resume auto
+                                                continues runs/<name> from its latest checkpoint (a fresh
+                                                run if it has none), PATH names a checkpoint or run dir
     rl-service build-model CONFIG [key=value]   build/warm-start the small model only
 
 Exit codes: 0 success, 1 the run failed, 2 bad usage or config (one line naming the problem,
@@ -17,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from rl_service.checkpoint import CheckpointError
 from rl_service.config import ConfigError, dump_config, load_config
 
 
@@ -36,8 +40,12 @@ def _project_env() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _prepare_run_dir(cfg) -> Path:
+def _prepare_run_dir(cfg, keep: bool = False) -> Path:
+    """`keep`: resuming into this run dir, so its outputs are continued, not moved aside."""
     run_dir = Path(cfg.run_root) / cfg.name
+    if keep and run_dir.is_dir():
+        dump_config(cfg, run_dir / "config.yaml")
+        return run_dir
     if run_dir.exists():  # keep the previous run's outputs: move them aside, never delete
         run_dir.rename(run_dir.with_name(f"{cfg.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}"))
     run_dir.mkdir(parents=True)
@@ -60,13 +68,20 @@ def cmd_train(args) -> int:
     from rl_service.models.build import ensure_model, load_build_info
     from rl_service.runtime import ray_session
 
-    run_dir = _prepare_run_dir(cfg)
+    from rl_service.checkpoint import resolve_resume
+
+    run_dir = Path(cfg.run_root) / cfg.name
+    resume_from = resolve_resume(args.resume, run_dir) if args.resume else None
+    keep = resume_from is not None and run_dir.resolve() in resume_from.resolve().parents
+    run_dir = _prepare_run_dir(cfg, keep=keep)
+    if resume_from is not None:
+        print(f"resuming from {resume_from}")
     model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
     info = load_build_info(model_path) or {}
     print(f"policy: {model_path} ({info.get('num_params', '?')} params, "
           f"warm-start accuracy {info.get('base_accuracy', 'n/a')})")
     with ray_session(cfg):
-        summary = train(cfg, run_dir, str(model_path))
+        summary = train(cfg, run_dir, str(model_path), resume_from=resume_from)
     print(f"\nheld-out exact match: {summary['eval/accuracy_start']:.3f} -> {summary['eval/accuracy_end']:.3f} "
           f"({100 * summary['eval/accuracy_gain']:+.1f} points) in {summary['steps']} steps, "
           f"{summary['wall_s']:.0f} s")
@@ -91,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-5")
+        if name == "train":
+            sp.add_argument("--resume", metavar="auto|PATH", default=None,
+                            help="continue from the run dir's latest checkpoint (auto) or from PATH")
         sp.set_defaults(fn=fn)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
@@ -106,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     _project_env()
     try:
         return args.fn(args)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         return _fail(2, str(err))
     except KeyboardInterrupt:
         return _fail(1, "interrupted")

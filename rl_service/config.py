@@ -369,6 +369,60 @@ class Config(_Section):
         return self
 
 
+class PreferenceConfig(_Section):
+    """Training from preference pairs {prompt, chosen, rejected}: `train-rm` and `train-dpo`."""
+
+    num_train_pairs: int = Field(3000, ge=1)
+    """Synthetic task only: training pairs generated from the addition task's training split
+    (held-out pairs come from its held-out prompts, task.num_eval of them)."""
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    """Pairs from a file or the feedback database: this fraction is held out, chosen by a hash
+    of the prompt (deterministic; every pair of one prompt lands on the same side)."""
+    num_workers: int = Field(1, ge=1)
+    """FSDP2 processes (torch.multiprocessing, gloo on CPU / NCCL on GPU); 1 = in this process."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend; auto = nccl when a GPU is visible, else gloo."""
+    steps: int = Field(300, ge=1)
+    """Optimizer steps."""
+    batch_size: int = Field(64, ge=1)
+    """Pairs per optimizer step (over all processes)."""
+    lr: float = Field(3e-4, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear learning-rate warmup."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping by global norm."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Probability that a label is flipped (noisy preferences); 0 = plain NLL."""
+    margin: float = Field(0.0, ge=0)
+    """train-rm: the chosen reward must beat the rejected one by this margin."""
+    beta: float = Field(0.1, gt=0)
+    """train-dpo: strength of the implicit KL to the frozen reference."""
+    eval_every: int = Field(50, ge=1)
+    """Steps between held-out evaluations."""
+    threads: int = Field(1, ge=1)
+    """torch intra-op threads per process."""
+
+
+class PreferenceRunConfig(_Section):
+    """Top-level config of `rl-service train-rm` / `train-dpo` (configs/rm.yaml, configs/dpo.yaml)."""
+
+    name: str = "rm"
+    """Run name: the model and metrics go to `<run_root>/<name>/`."""
+    run_root: str = "runs"
+    """Parent directory of run directories."""
+    seed: int = 0
+    """Seed for init, data order and synthetic wrong answers."""
+    task: TaskConfig = TaskConfig()
+    """The addition task (synthetic preference data, held-out split)."""
+    model: ModelConfig = ModelConfig()
+    """The policy the reward model / DPO starts from (same cache as `train`)."""
+    preference: PreferenceConfig = PreferenceConfig()
+    """The preference training loop."""
+
+
 # ---------------------------------------------------------------- loading
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

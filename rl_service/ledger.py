@@ -65,6 +65,18 @@ class SampleLedger:
             "samples/lost": expected - settled - in_flight,
         }
 
+    def state_dict(self) -> dict:
+        """JSON-ready books, for checkpoints: a resumed run's books keep balancing."""
+        return {"n": self.n, "issued": sorted(self.issued), "trained": sorted(self.trained),
+                "dropped": dict(sorted(self.dropped.items()))}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["n"]) != self.n:
+            raise LedgerError(f"checkpoint ledger has {state['n']} samples per prompt, this run {self.n}")
+        self.issued = {int(p) for p in state["issued"]}
+        self.trained = set(state["trained"])
+        self.dropped = dict(state["dropped"])
+
     def check(self) -> dict[str, int]:
         """Raise if any sample is unaccounted for; return the counts."""
         c = self.counts()

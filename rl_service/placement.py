@@ -44,7 +44,9 @@ def make_rollout_workers(cfg: Config, model_path: str) -> list:
     for i in range(cfg.rollout.num_workers):
         opts = actor_options(cfg.rollout.resources, f"rollout-{i}", max_concurrency=4)
         opts["runtime_env"]["env_vars"].update(engine_env())
-        workers.append(cls.options(**opts).remote(cfg.rollout, model_path, cfg.seed * 100 + i, f"rollout-{i}"))
+        # Same seed everywhere: sampling is seeded per batch id, so a batch's samples do not depend
+        # on which worker happens to take it (exact resume with a different worker count).
+        workers.append(cls.options(**opts).remote(cfg.rollout, model_path, cfg.seed, f"rollout-{i}"))
     return workers
 
 

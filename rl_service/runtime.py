@@ -110,6 +110,14 @@ class Components:
         return {"probe_max_diff": max(r["probe_max_diff"] for r in results),
                 "state_ref": state_ref, "meta_ref": meta_ref}
 
+    def save_checkpoint(self, ckpt_dir) -> dict:
+        """Every learner rank writes its shards (+ small per-rank state) into `ckpt_dir`."""
+        return ray.get([l.save_checkpoint.remote(str(ckpt_dir)) for l in self.learners])[0]
+
+    def load_checkpoint(self, ckpt_dir) -> dict:
+        """Every learner rank restores from `ckpt_dir` (DCP reshards to this world size)."""
+        return ray.get([l.load_checkpoint.remote(str(ckpt_dir)) for l in self.learners])[0]
+
     def stop_loops(self) -> None:
         ray.get([a.stop.remote() for a in self.workers + self.scorers])
         ray.get(self.loops, timeout=60)

@@ -8,11 +8,13 @@ calls it on every rank with the same arguments.
     learner.setup()
     metrics = learner.train_step(batches, group_size)
     version, state_dict = learner.publish(v, probe_ids)   # state_dict on rank 0 only
+    learner.save_checkpoint(dir); learner.load_checkpoint(dir)  # exact resume (rl_service/checkpoint.py)
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import time
@@ -48,6 +50,8 @@ class Learner:
         self.master_addr, self.master_port = master_addr, master_port
         self.seed = seed
         self.step = 0
+        self.nan_streak = 0
+        """Optimizer steps skipped in a row for a non-finite loss / grad norm (across train steps)."""
         self.kl_ctl = make_kl_controller(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
         self.models: Models | None = None
         self.policy_opt: torch.optim.Optimizer | None = None
@@ -127,8 +131,14 @@ class Learner:
             data.old_logprobs = engine_logprobs(samples, data.input_ids.shape[1]).to(device)
         metrics.update(ppo_update(self.models, self.policy_opt, self.critic_opt, data, self.cfg, kl_coef,
                                   seed=self.seed * 100_003 + self.step))
-        # Ziegler et al. steer the per-sequence KL (summed over tokens).
-        self.kl_ctl.update(metrics["kl/seq_mean"], len(samples))
+        # Ziegler et al. steer the per-sequence KL (summed over tokens). A NaN KL (a skipped,
+        # broken step) must not poison the coefficient for the rest of the run.
+        if math.isfinite(metrics["kl/seq_mean"]):
+            self.kl_ctl.update(metrics["kl/seq_mean"], len(samples))
+        applied, trailing = metrics.pop("train/optimizer_steps"), metrics.pop("train/trailing_skipped")
+        self.nan_streak = int(trailing) if applied > 0 else self.nan_streak + int(trailing)
+        metrics["train/optimizer_steps"] = applied
+        metrics["train/nan_streak"] = float(self.nan_streak)
         self.step += 1
         metrics["policy/lr"] = self.policy_sched.get_last_lr()[0]
         self.policy_sched.step()
@@ -199,6 +209,66 @@ class Learner:
             plain.load_state_dict(state_dict, strict=True)
             plain.save_pretrained(out)
         fsdp.barrier()  # every rank returns only once the directory is complete
+
+    # ------------------------------------------------------------ checkpoint
+
+    def _dcp_state(self) -> dict:
+        """Sharded (DTensor) state of the trainable models and their optimizers, DCP's input."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        m = self.models
+        state = dict(zip(("policy", "policy_opt"), get_state_dict(m.policy, self.policy_opt)))
+        if m.critic is not None:
+            state.update(zip(("critic", "critic_opt"), get_state_dict(m.critic, self.critic_opt)))
+        return state
+
+    def _local_state(self) -> dict:
+        """What DCP does not shard: identical on every rank except the RNG states."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.models.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.models.device)
+        return {"step": self.step, "nan_streak": self.nan_streak, "kl_ctl": self.kl_ctl.state_dict(),
+                "policy_sched": self.policy_sched.state_dict(), "rng": rng, "world_size": self.world_size}
+
+    def save_checkpoint(self, ckpt_dir: str) -> dict:
+        """Write policy, critic, optimizers (sharded, torch.distributed.checkpoint) and the small
+        per-rank state into `ckpt_dir` (collective; returns once every rank has written)."""
+        import torch.distributed.checkpoint as dcp
+
+        assert self.models is not None, "call setup() first"
+        t0 = time.perf_counter()
+        out = Path(ckpt_dir)
+        dcp.save(self._dcp_state(), checkpoint_id=str(out / "learner"))
+        torch.save(self._local_state(), out / f"learner_rank{self.rank}.pt")
+        fsdp.barrier()
+        return {"step": self.step, "seconds": time.perf_counter() - t0}
+
+    def load_checkpoint(self, ckpt_dir: str) -> dict:
+        """Restore everything save_checkpoint wrote (collective, after setup()). A checkpoint
+        from a different number of learner processes loads too (DCP reshards); RNG states
+        then come from rank 0's file."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        assert self.models is not None, "call setup() first"
+        src = Path(ckpt_dir)
+        state = self._dcp_state()  # templates (optimizer states initialised) that DCP fills in place
+        dcp.load(state, checkpoint_id=str(src / "learner"))
+        set_state_dict(self.models.policy, self.policy_opt, model_state_dict=state["policy"],
+                       optim_state_dict=state["policy_opt"])
+        if self.models.critic is not None:
+            set_state_dict(self.models.critic, self.critic_opt, model_state_dict=state["critic"],
+                           optim_state_dict=state["critic_opt"])
+        local_file = src / f"learner_rank{self.rank}.pt"
+        local = torch.load(local_file if local_file.is_file() else src / "learner_rank0.pt", weights_only=False)
+        self.step, self.nan_streak = int(local["step"]), int(local["nan_streak"])
+        self.kl_ctl.load_state_dict(local["kl_ctl"])
+        self.policy_sched.load_state_dict(local["policy_sched"])
+        torch.set_rng_state(local["rng"]["torch"])
+        if "cuda" in local["rng"] and self.models.device.type == "cuda":
+            torch.cuda.set_rng_state(local["rng"]["cuda"], self.models.device)
+        fsdp.barrier()
+        return {"step": self.step, "kl_coef": float(self.kl_ctl.value)}
 
     def shutdown(self) -> None:
         fsdp.destroy()

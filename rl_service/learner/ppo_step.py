@@ -8,6 +8,14 @@
        local loss sum by the minibatch's GLOBAL token (or sequence) count, times
        world_size because FSDP2 averages gradients over ranks. A 2-process step then
        equals a 1-process step up to float rounding.
+
+Guards (every rank sees the same all-reduced sums and norms, so all decide alike):
+    - a non-finite loss or gradient norm skips the optimizer step (counted; the learner
+      tracks the streak and the controller halts after train.max_nan_steps in a row);
+    - a minibatch whose approx KL to the old policy passes kl_stop_multiple * target_kl ends
+      the update at once; target_kl alone ends it between epochs;
+    - above kl_hard_limit the update ends and `policy/kl_hard_limit_hit` tells the controller
+      to halt the run.
 """
 
 from __future__ import annotations
@@ -120,7 +128,8 @@ def ppo_update(models: Models, policy_opt: torch.optim.Optimizer, critic_opt: to
     kl_in_loss = cfg.kl.placement == "loss" and kl_coef > 0
     step_sums = torch.zeros(len(_SUMS), dtype=torch.float64)
     grad_norms: list[float] = []
-    steps = skipped = early_stop = 0
+    steps = skipped = trailing = early_stop = hard_hit = 0
+    kl_max = 0.0
     for epoch in range(cfg.ppo_epochs):
         epoch_kl, epoch_tokens = 0.0, 0.0
         for mb in minibatches(epoch_order(N, seed * 1_000_003 + epoch), cfg.num_minibatches):
@@ -133,13 +142,17 @@ def ppo_update(models: Models, policy_opt: torch.optim.Optimizer, critic_opt: to
             ntok = max(float(sums[-1]), 1.0)
             norm = clip_grad_norm(models.policy, cfg.max_grad_norm)
             critic_norm = clip_grad_norm(models.critic, cfg.max_grad_norm) if models.critic is not None else 0.0
-            if math.isfinite(norm) and math.isfinite(critic_norm):
+            # clip_grad_norm_ returns a NaN norm unchanged and would let the step through.
+            finite_loss = bool(torch.isfinite(sums[:3]).all())
+            if finite_loss and math.isfinite(norm) and math.isfinite(critic_norm):
                 policy_opt.step()
                 if critic_opt is not None:
                     critic_opt.step()
                 grad_norms.append(norm)
+                trailing = 0
             else:
-                skipped += 1  # all ranks see the same global norm, so all skip together
+                skipped += 1  # all ranks see the same global sums and norm, so all skip together
+                trailing += 1
             policy_opt.zero_grad(set_to_none=True)
             if critic_opt is not None:
                 critic_opt.zero_grad(set_to_none=True)
@@ -147,8 +160,19 @@ def ppo_update(models: Models, policy_opt: torch.optim.Optimizer, critic_opt: to
             per_step[_TOKEN_WEIGHTED] /= ntok
             step_sums += per_step
             steps += 1
+            mb_kl = float(sums[_SUMS.index("policy/approx_kl")]) / ntok
             epoch_kl += float(sums[_SUMS.index("policy/approx_kl")])
             epoch_tokens += float(sums[-1])
+            if math.isfinite(mb_kl):
+                kl_max = max(kl_max, mb_kl)
+            if cfg.kl_hard_limit is not None and mb_kl > cfg.kl_hard_limit:
+                hard_hit = early_stop = 1
+                break
+            if cfg.target_kl is not None and mb_kl > cfg.kl_stop_multiple * cfg.target_kl:
+                early_stop = 1
+                break
+        if early_stop:
+            break
         if cfg.target_kl is not None and epoch + 1 < cfg.ppo_epochs and epoch_kl / max(epoch_tokens, 1.0) > cfg.target_kl:
             early_stop = 1
             break
@@ -160,7 +184,10 @@ def ppo_update(models: Models, policy_opt: torch.optim.Optimizer, critic_opt: to
         "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
         "train/skipped_steps": float(skipped),
         "train/optimizer_steps": float(steps - skipped),
+        "train/trailing_skipped": float(trailing),
         "policy/early_stop": float(early_stop),
+        "policy/approx_kl_max": kl_max,
+        "policy/kl_hard_limit_hit": float(hard_hit),
     })
     return means
 

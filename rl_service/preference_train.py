@@ -1,0 +1,257 @@
+"""`train-rm` and `train-dpo`: learning from {prompt, chosen, rejected} pairs on FSDP2.
+
+    train_preferences("rm" | "dpo", cfg, model_path, train_pairs, eval_pairs, out_dir) -> summary
+
+Both loops share one shape: every process holds the same pair list, draws the same
+seeded batch order and trains on its own slice of each batch (rank::world_size); the loss
+divides by the GLOBAL batch size and is scaled by world_size before backward, because
+FSDP2 averages gradients over ranks. Held-out evaluation runs the whole held-out set on
+every rank (FSDP2 forwards are collective, and a few hundred pairs are cheap).
+
+- rm: `AutoModelForSequenceClassification(num_labels=1)` initialised from the policy
+  directory; reward = the score at the last non-pad token; Bradley–Terry loss. Saved as
+  an HF directory (config, safetensors, tokenizer) that transformers loads directly.
+- dpo: the policy against a frozen copy of itself (the reference); DPO loss on summed
+  completion logprobs (completion tokens + EOS). Saved as a causal-LM HF directory.
+
+With num_workers > 1 the ranks are torch.multiprocessing processes (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+from rl_service.algo.logprobs import token_logprobs
+from rl_service.algo.preference import bradley_terry_loss, dpo_loss, sequence_logprobs
+from rl_service.config import PreferenceRunConfig
+from rl_service.learner import fsdp
+
+_SKIP_FILES = ("model.safetensors", "config.json", "build_info.json")
+
+
+# ---------------------------------------------------------------- data -> tensors
+
+def encode_texts(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Whole sequences for the reward model: BOS + text, right-padded. -> ids, mask: [N, L]."""
+    enc = tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def encode_completions(tokenizer, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
+    """BOS + prompt + completion + EOS, right-padded. -> ids, attention_mask, response_mask: [N, L].
+
+    response_mask marks the completion tokens and EOS (what the policy generates), so the
+    DPO logprob is the one the policy assigns when it samples this answer.
+    """
+    rows, resp_starts = [], []
+    for p, c in zip(prompts, completions):
+        prompt_ids = tokenizer(p).input_ids  # BOS added by the post-processor
+        rows.append(prompt_ids + tokenizer(c, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
+        resp_starts.append(len(prompt_ids))
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros(len(rows), L, dtype=torch.long)
+    resp = torch.zeros(len(rows), L, dtype=torch.long)
+    for i, (r, s) in enumerate(zip(rows, resp_starts)):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+        resp[i, s : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+
+
+def encode_pairs(kind: str, tokenizer, pairs: list[dict]) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows: every tensor is [2N, L] (row i and N+i are one pair)."""
+    prompts = [p["prompt"] for p in pairs] * 2
+    completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    if kind == "rm":
+        return encode_texts(tokenizer, [p + c for p, c in zip(prompts, completions)])
+    return encode_completions(tokenizer, prompts, completions)
+
+
+def _rows(data: dict[str, torch.Tensor], idx: torch.Tensor, n_pairs: int, device) -> dict[str, torch.Tensor]:
+    """The chosen and rejected rows of pairs `idx` ([k]) -> [2k, L], trimmed to the longest row."""
+    rows = torch.cat([idx, idx + n_pairs])
+    out = {k: v[rows] for k, v in data.items()}
+    L = int(out["attention_mask"].sum(-1).max())
+    return {k: v[:, :L].to(device) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- per-pair scores
+
+def rm_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Reward of each row: [2k, L] -> [2k] (HF pools the last non-pad token)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+
+
+def completion_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed logprob of each row's completion + EOS: [2k, L] -> [2k]."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [2k, L, V]
+    tok = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])  # [2k, L-1]
+    return sequence_logprobs(tok, batch["response_mask"][:, 1:])
+
+
+def pair_loss(kind: str, models: dict, batch, cfg, denom: float) -> tuple[torch.Tensor, dict[str, float]]:
+    pc = cfg.preference
+    if kind == "rm":
+        r = rm_scores(models["train"], batch)
+        k = r.shape[0] // 2
+        return bradley_terry_loss(r[:k], r[k:], margin=pc.margin, label_smoothing=pc.label_smoothing, denom=denom)
+    lp = completion_logprobs(models["train"], batch)
+    with torch.no_grad():
+        ref = completion_logprobs(models["reference"], batch)
+    k = lp.shape[0] // 2
+    loss, m = dpo_loss(lp[:k], lp[k:], ref[:k], ref[k:], beta=pc.beta, label_smoothing=pc.label_smoothing,
+                       denom=denom)
+    m["logp_accuracy"] = float((lp[:k] > lp[k:]).float().mean())  # the policy itself prefers chosen
+    return loss, m
+
+
+@torch.no_grad()
+def evaluate(kind: str, models: dict, data, n_pairs: int, cfg, device, chunk: int = 256) -> dict[str, float]:
+    """Held-out metrics over all pairs (same on every rank), weighted by chunk size."""
+    totals: dict[str, float] = {}
+    for s in range(0, n_pairs, chunk):
+        idx = torch.arange(s, min(s + chunk, n_pairs))
+        _, m = pair_loss(kind, models, _rows(data, idx, n_pairs, device), cfg, denom=float(len(idx)))
+        for key, v in m.items():
+            totals[key] = totals.get(key, 0.0) + v * len(idx)
+    return {f"eval/{k}": v / max(n_pairs, 1) for k, v in totals.items()}
+
+
+# ---------------------------------------------------------------- one rank
+
+def _load_models(kind: str, model_path: str, device, mesh) -> dict:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if kind == "rm":
+        config = AutoConfig.from_pretrained(model_path, num_labels=1, classifier_dropout=0.0)
+        models = {"train": AutoModelForSequenceClassification.from_pretrained(model_path, config=config,
+                                                                              dtype=torch.float32)}
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        models = {"train": policy, "reference": copy.deepcopy(policy).requires_grad_(False)}
+    for m in models.values():
+        m.to(device).eval()  # no dropout: the reference and the policy must agree at step 0
+        fsdp.shard(m, mesh)
+    return models
+
+
+def _save(kind: str, model, model_path: str, out: Path, rank: int) -> None:
+    """Collective gather; rank 0 writes a plain HF directory plus the tokenizer files."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    state_dict = fsdp.full_state_dict(model)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in Path(model_path).iterdir():
+            if f.is_file() and f.name not in _SKIP_FILES:
+                shutil.copy2(f, out / f.name)
+        if kind == "rm":
+            config = AutoConfig.from_pretrained(model_path, num_labels=1, classifier_dropout=0.0)
+            plain = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+        else:
+            plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
+        plain.load_state_dict(state_dict, strict=True)
+        plain.save_pretrained(out)
+    fsdp.barrier()
+
+
+def run_rank(rank: int, world_size: int, port: int, kind: str, cfg: PreferenceRunConfig, model_path: str,
+             train_pairs: list[dict], eval_pairs: list[dict], out_dir: str) -> None:
+    """Body of one process (rank 0 writes metrics.jsonl, summary.json and model/)."""
+    from transformers import AutoTokenizer
+
+    pc = cfg.preference
+    torch.set_num_threads(pc.threads)
+    backend = fsdp.resolve_backend(pc.backend)
+    device, mesh = fsdp.init_distributed(backend, rank, world_size, "127.0.0.1", port)
+    try:
+        torch.manual_seed(cfg.seed)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        train_data, eval_data = encode_pairs(kind, tokenizer, train_pairs), encode_pairs(kind, tokenizer, eval_pairs)
+        models = _load_models(kind, model_path, device, mesh)
+        opt = torch.optim.AdamW(models["train"].parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
+        warmup = max(1, pc.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        out = Path(out_dir)
+        log = (out / "metrics.jsonl").open("a") if rank == 0 else None
+        n_train, n_eval, B = len(train_pairs), len(eval_pairs), min(pc.batch_size, len(train_pairs))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        order, pos, t0 = torch.randperm(n_train, generator=gen), 0, time.perf_counter()
+        start = evaluate(kind, models, eval_data, n_eval, cfg, device)
+        history = [{"step": 0, **start}]
+        last_train: dict[str, float] = {}
+        for step in range(1, pc.steps + 1):
+            if pos + B > n_train:  # new epoch: same permutation on every rank (same generator)
+                order, pos = torch.randperm(n_train, generator=gen), 0
+            idx = order[pos : pos + B][rank::world_size]
+            pos += B
+            models["train"].train(False)
+            loss, m = pair_loss(kind, models, _rows(train_data, idx, n_train, device), cfg, denom=float(B))
+            opt.zero_grad(set_to_none=True)
+            (loss * world_size).backward()  # FSDP2 averages grads over ranks; the loss is a global sum / B
+            grad_norm = fsdp.clip_grad_norm(models["train"], pc.max_grad_norm)
+            opt.step()
+            sched.step()
+            vec = fsdp.all_reduce_sum(torch.tensor([m["loss"], m["accuracy"]], dtype=torch.float64)) / world_size
+            last_train = {"train/loss": float(vec[0]), "train/accuracy": float(vec[1]), "train/grad_norm": grad_norm}
+            row = {"step": step, **last_train, "time_s": round(time.perf_counter() - t0, 2)}
+            if step % pc.eval_every == 0 or step == pc.steps:
+                row.update(evaluate(kind, models, eval_data, n_eval, cfg, device))
+                history.append({k: v for k, v in row.items() if k == "step" or k.startswith("eval/")})
+                if rank == 0:
+                    print(f"[{kind}] step {step}: train loss {row['train/loss']:.4f}, held-out accuracy "
+                          f"{row['eval/accuracy']:.3f} ({row['time_s']:.0f} s)", flush=True)
+            if log is not None:
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+        train_s = time.perf_counter() - t0
+        _save(kind, models["train"], model_path, out / "model", rank)
+        if rank == 0:
+            end = history[-1]
+            summary = {"kind": kind, "steps": pc.steps, "num_workers": world_size, "train_pairs": n_train,
+                       "eval_pairs": n_eval, "train_s": round(train_s, 2), "model_dir": str(out / "model"),
+                       **{f"{k}_start": v for k, v in start.items()}, **{f"{k}_end": v for k, v in end.items()
+                                                                          if k != "step"},
+                       **last_train}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            log.close()
+    finally:
+        fsdp.destroy()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_preferences(kind: str, cfg: PreferenceRunConfig, model_path: str, train_pairs: list[dict],
+                      eval_pairs: list[dict], out_dir: str | Path) -> dict:
+    """Train a reward model (`rm`) or a DPO policy (`dpo`); returns summary.json's content."""
+    if kind not in ("rm", "dpo"):
+        raise ValueError(f"kind must be 'rm' or 'dpo', got {kind!r}")
+    world = cfg.preference.num_workers
+    if not train_pairs or not eval_pairs:
+        raise ValueError(f"need training and held-out pairs (got {len(train_pairs)} and {len(eval_pairs)})")
+    if min(cfg.preference.batch_size, len(train_pairs)) < world:
+        raise ValueError("preference.batch_size must be >= preference.num_workers (every process needs pairs)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    args = (world, _free_port(), kind, cfg, str(model_path), train_pairs, eval_pairs, str(out))
+    if world == 1:
+        run_rank(0, *args)
+    else:
+        import torch.multiprocessing as mp
+
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.preference.threads))
+        mp.spawn(run_rank, nprocs=world, args=args, join=True)
+    return json.loads((out / "summary.json").read_text())

@@ -1,0 +1,113 @@
+"""Synthetic preference data with a checkable preferred answer, and preference JSONL I/O.
+
+For an addition prompt `37+48=` the chosen completion is the correct sum (`85`) and the
+rejected one a plausible wrong sum: off by one, off by ten, the carry forgotten, or the
+digits swapped — the mistakes a half-trained policy makes. The split follows the
+addition task: training pairs from its training operands, held-out pairs from its
+held-out prompts, so a reward model is evaluated on prompts it never saw. Every wrong
+answer is seeded by (seed, a, b): the data does not depend on generation order.
+
+    python -m rl_service.tasks.preferences --out data/prefs   # train.jsonl + eval.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from rl_service.config import TaskConfig
+from rl_service.tasks.addition import AdditionTask, make_problem
+
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+
+
+def _no_carry_sum(a: int, b: int) -> int:
+    """Digit-wise sum with every carry dropped (37+48 -> 75)."""
+    out, place = 0, 1
+    while a or b:
+        out += ((a % 10 + b % 10) % 10) * place
+        a, b, place = a // 10, b // 10, place * 10
+    return out
+
+
+def wrong_answer(a: int, b: int, rng: random.Random) -> str:
+    """A plausible wrong sum for a+b (never the right one, never negative)."""
+    s = a + b
+    candidates = {s + 1, s - 1, s + 10, s - 10, _no_carry_sum(a, b), int(str(s)[::-1])}
+    candidates = sorted(c for c in candidates if c >= 0 and c != s)
+    return str(rng.choice(candidates))
+
+
+def make_pair(a: int, b: int, seed: int) -> dict[str, str]:
+    problem = make_problem(a, b)
+    rng = random.Random(f"preferences/{seed}/{a}/{b}")
+    return {"prompt": problem.prompt, "chosen": problem.answer, "rejected": wrong_answer(a, b, rng)}
+
+
+def synthetic_preferences(task_cfg: TaskConfig, num_train: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train pairs, held-out pairs): num_train from training operands, one per held-out prompt."""
+    task = AdditionTask(task_cfg)
+    rng = random.Random(f"preferences/{seed}/order")
+    if task.train_pairs is not None:
+        operands = rng.sample(task.train_pairs, min(num_train, len(task.train_pairs)))
+    else:
+        operands = [task.sample_train(rng) for _ in range(num_train)]
+    train = [make_pair(a, b, seed) for a, b in operands]
+    held_out = []
+    for p in task.eval_problems:
+        a, b = (int(x) for x in p.prompt.rstrip("=").split("+"))
+        held_out.append(make_pair(a, b, seed))
+    return train, held_out
+
+
+def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Deterministic split of arbitrary pairs (a file, the feedback database) by prompt hash."""
+    train, held_out = [], []
+    for pair in pairs:
+        h = hashlib.sha256(f"{seed}/{pair['prompt']}".encode()).digest()
+        (held_out if int.from_bytes(h[:8], "big") / 2**64 < eval_fraction else train).append(pair)
+    return train, held_out
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, str]]:
+    """Preference pairs from JSON lines; each must have string prompt/chosen/rejected."""
+    pairs = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not all(isinstance(row.get(k), str) for k in PAIR_KEYS):
+            raise ValueError(f"{path}:{i}: expected string fields {PAIR_KEYS}, got {sorted(row)}")
+        pairs.append({k: row[k] for k in PAIR_KEYS})
+    return pairs
+
+
+def write_jsonl(pairs: list[dict[str, str]], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps({k: p[k] for k in PAIR_KEYS}) + "\n" for p in pairs))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Write the synthetic addition preference data as JSONL.")
+    ap.add_argument("--out", required=True, help="directory for train.jsonl and eval.jsonl")
+    ap.add_argument("--num-train", type=int, default=3000)
+    ap.add_argument("--digits", type=int, default=2)
+    ap.add_argument("--num-eval", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    train, held_out = synthetic_preferences(TaskConfig(digits=args.digits, num_eval=args.num_eval),
+                                            args.num_train, args.seed)
+    write_jsonl(train, Path(args.out) / "train.jsonl")
+    write_jsonl(held_out, Path(args.out) / "eval.jsonl")
+    print(f"wrote {len(train)} train and {len(held_out)} held-out pairs to {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
