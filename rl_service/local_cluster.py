@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Iterator
 
 STATE_FILE = "cluster.json"
-# Ray's unix sockets live at <temp>/session_<date>_<pid>/sockets/<name>; keep room for that.
-MAX_TEMP_DIR_CHARS = 48
+# Ray's unix sockets live at <temp>/session_<date>_<pid>/sockets/<name> and must stay under
+# 108 bytes: the session part is ~42 chars and names like "dash_UsageStatsHead" ~19, so the
+# temp dir itself gets at most ~36. (48 failed from a clone at /tmp/rlsclone2.)
+MAX_TEMP_DIR_CHARS = 32
 
 
 @dataclass
@@ -73,6 +75,10 @@ def _ray_env() -> dict[str, str]:
     # Export ray.util.metrics every 2 s (default 10 s) so short runs show up on Prometheus.
     env.setdefault("RAY_metrics_report_interval_ms", "2000")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # With --node-ip-address 127.0.0.1 alone, GCS, raylet and agents still listen on all
+    # interfaces; this makes Ray treat the machine as a single loopback host (measured: every
+    # listener then binds 127.0.0.1). Loopback cluster only: a real cluster must not set it.
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return env
 
 

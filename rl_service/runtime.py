@@ -42,6 +42,8 @@ def ray_session(cfg: Config):
     else:
         # Short path: Ray's unix sockets live under it and must stay < 108 chars.
         tmp = tempfile.mkdtemp(prefix="rls-ray-", dir="/tmp")
+        # Bind every Ray listener to loopback (not just advertise 127.0.0.1); embedded only.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(_requested_cpus(cfg)))
         ray.init(num_cpus=num_cpus, _temp_dir=tmp, _node_ip_address="127.0.0.1", include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1")
