@@ -66,7 +66,7 @@ def _ray_bin() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
-def _ray_env() -> dict[str, str]:
+def _ray_env(loopback_only: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env["RAY_AUTH_MODE"] = "token"
     env.pop("RAY_ADDRESS", None)  # `ray start --head` must not attach anywhere
@@ -75,10 +75,13 @@ def _ray_env() -> dict[str, str]:
     # Export ray.util.metrics every 2 s (default 10 s) so short runs show up on Prometheus.
     env.setdefault("RAY_metrics_report_interval_ms", "2000")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # With --node-ip-address 127.0.0.1 alone, GCS, raylet and agents still listen on all
-    # interfaces; this makes Ray treat the machine as a single loopback host (measured: every
-    # listener then binds 127.0.0.1). Loopback cluster only: a real cluster must not set it.
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if loopback_only:
+        # With --node-ip-address 127.0.0.1 alone, GCS, raylet and agents still listen on all
+        # interfaces; this makes Ray treat the machine as a single loopback host (measured: every
+        # listener then binds 127.0.0.1). It also forbids other nodes from joining (a joining
+        # node refuses to start; with it on the head only, the join hangs), so a cluster with
+        # extra nodes keeps Ray's default binding (docs/cluster.md).
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return env
 
 
@@ -103,9 +106,10 @@ def _node_cmd(node: NodeSpec, head: bool, st: dict, metrics_port: int) -> list[s
     return cmd
 
 
-def _run_start(cmd: list[str], log: Path, timeout: float) -> None:
+def _run_start(cmd: list[str], log: Path, timeout: float, loopback_only: bool = False) -> None:
     with log.open("a") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_ray_env(), timeout=timeout)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_ray_env(loopback_only),
+                              timeout=timeout)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise RuntimeError(f"`ray start` failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -128,7 +132,8 @@ def up(root: str | Path, head_cpus: float = 2, head_resources: dict[str, float] 
     try:
         for node in [head, *(nodes or [])]:
             mport = free_port()
-            _run_start(_node_cmd(node, node is head, st, mport), root / "logs" / f"{node.name}.log", timeout)
+            _run_start(_node_cmd(node, node is head, st, mport), root / "logs" / f"{node.name}.log", timeout,
+                       loopback_only=not nodes)
             st["nodes"].append({**asdict(node), "metrics_url": f"http://127.0.0.1:{mport}/metrics"})
             st["pids"] = our_pids(st["ray_temp_dir"])
             _write(root, st)
