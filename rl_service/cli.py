@@ -93,7 +93,7 @@ def cmd_train(args) -> int:
 
 # Modules that add their own subcommands: each has `register(subparsers)` and sets
 # `fn=handler(args) -> exit code` on its parsers. Keeps this file short as commands grow.
-COMMAND_MODULES: list[str] = ["rl_service.cluster_cli", "rl_service.serving.cli"]
+COMMAND_MODULES: list[str] = ["rl_service.cluster_cli", "rl_service.serving.cli", "rl_service.preference_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,7 +97,8 @@ def _run(kind: str, args) -> int:
     line = (f"held-out pairwise accuracy {s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}")
     if kind == "dpo":
         line += f"; policy logp(chosen) > logp(rejected): {s['eval/logp_accuracy_start']:.3f} -> " \
-                f"{s['eval/logp_accuracy_end']:.3f}"
+                f"{s['eval/logp_accuracy_end']:.3f}; greedy exact match {s['task/exact_match_start']:.3f} -> " \
+                f"{s['task/exact_match_end']:.3f}"
     print(f"{line} in {s['steps']} steps, {s['train_s']:.0f} s\nmodel: {s['model_dir']}")
     return 0
 

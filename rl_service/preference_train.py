@@ -40,7 +40,7 @@ _SKIP_FILES = ("model.safetensors", "config.json", "build_info.json")
 # ---------------------------------------------------------------- data -> tensors
 
 def encode_texts(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Whole sequences for the reward model: BOS + text, right-padded. -> ids, mask: [N, L]."""
+    """Whole sequences for the reward model: BOS + prompt + completion, right-padded. -> ids, mask: [N, L]."""
     enc = tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
@@ -99,6 +99,7 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def pair_loss(kind: str, models: dict, batch, cfg, denom: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, metrics) of k pairs; batch rows [2k, L] are the k chosen then the k rejected."""
     pc = cfg.preference
     if kind == "rm":
         r = rm_scores(models["train"], batch)
@@ -128,13 +129,29 @@ def evaluate(kind: str, models: dict, data, n_pairs: int, cfg, device, chunk: in
 
 # ---------------------------------------------------------------- one rank
 
-def _load_models(kind: str, model_path: str, device, mesh) -> dict:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+def rm_config(model_path: str, extra_layers: int):
+    """The policy's config as a 1-output sequence classifier with `extra_layers` more blocks."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, num_labels=1, classifier_dropout=0.0)
+    config.num_hidden_layers += extra_layers
+    return config
+
+
+def _load_models(kind: str, model_path: str, device, mesh, extra_layers: int = 0) -> dict:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if kind == "rm":
-        config = AutoConfig.from_pretrained(model_path, num_labels=1, classifier_dropout=0.0)
-        models = {"train": AutoModelForSequenceClassification.from_pretrained(model_path, config=config,
-                                                                              dtype=torch.float32)}
+        config = rm_config(model_path, extra_layers)
+        rm = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32)
+        # Optional added blocks start as the identity (zero output projections): at step 0 the
+        # score head reads exactly the policy's final hidden state (an experiment: a block on
+        # top could compare each token with the policy's prediction for it; no gain measured yet).
+        with torch.no_grad():
+            for layer in rm.base_model.layers[config.num_hidden_layers - extra_layers:]:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+        models = {"train": rm}
     else:
         policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         models = {"train": policy, "reference": copy.deepcopy(policy).requires_grad_(False)}
@@ -144,7 +161,7 @@ def _load_models(kind: str, model_path: str, device, mesh) -> dict:
     return models
 
 
-def _save(kind: str, model, model_path: str, out: Path, rank: int) -> None:
+def _save(kind: str, model, tokenizer, model_path: str, out: Path, rank: int, extra_layers: int = 0) -> None:
     """Collective gather; rank 0 writes a plain HF directory plus the tokenizer files."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -155,8 +172,8 @@ def _save(kind: str, model, model_path: str, out: Path, rank: int) -> None:
             if f.is_file() and f.name not in _SKIP_FILES:
                 shutil.copy2(f, out / f.name)
         if kind == "rm":
-            config = AutoConfig.from_pretrained(model_path, num_labels=1, classifier_dropout=0.0)
-            plain = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+            plain = AutoModelForSequenceClassification.from_config(rm_config(model_path, extra_layers),
+                                                                   dtype=torch.float32)
         else:
             plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
         plain.load_state_dict(state_dict, strict=True)
@@ -177,7 +194,7 @@ def run_rank(rank: int, world_size: int, port: int, kind: str, cfg: PreferenceRu
         torch.manual_seed(cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         train_data, eval_data = encode_pairs(kind, tokenizer, train_pairs), encode_pairs(kind, tokenizer, eval_pairs)
-        models = _load_models(kind, model_path, device, mesh)
+        models = _load_models(kind, model_path, device, mesh, pc.rm_extra_layers)
         opt = torch.optim.AdamW(models["train"].parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
         warmup = max(1, pc.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
@@ -214,9 +231,11 @@ def run_rank(rank: int, world_size: int, port: int, kind: str, cfg: PreferenceRu
                 log.write(json.dumps(row) + "\n")
                 log.flush()
         train_s = time.perf_counter() - t0
-        _save(kind, models["train"], model_path, out / "model", rank)
+        _save(kind, models["train"], tokenizer, model_path, out / "model", rank, pc.rm_extra_layers)
         if rank == 0:
             end = history[-1]
+            if kind == "dpo":  # what DPO is for: does the policy now answer more prompts right?
+                last_train.update(_greedy_accuracy(cfg, model_path, out / "model"))
             summary = {"kind": kind, "steps": pc.steps, "num_workers": world_size, "train_pairs": n_train,
                        "eval_pairs": n_eval, "train_s": round(train_s, 2), "model_dir": str(out / "model"),
                        **{f"{k}_start": v for k, v in start.items()}, **{f"{k}_end": v for k, v in end.items()
@@ -226,6 +245,22 @@ def run_rank(rank: int, world_size: int, port: int, kind: str, cfg: PreferenceRu
             log.close()
     finally:
         fsdp.destroy()
+
+
+def _greedy_accuracy(cfg: PreferenceRunConfig, start_dir: str, end_dir: Path) -> dict[str, float]:
+    """Held-out greedy exact match of the addition task before and after (plain HF models, rank 0)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl_service.models.evaluate import greedy_accuracy_hf
+    from rl_service.tasks.addition import AdditionTask
+
+    problems = AdditionTask(cfg.task).eval_problems
+    tokenizer = AutoTokenizer.from_pretrained(start_dir)
+    out = {}
+    for key, d in (("task/exact_match_start", start_dir), ("task/exact_match_end", end_dir)):
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+        out[key] = greedy_accuracy_hf(model, tokenizer, problems, max_new_tokens=2 * cfg.task.digits + 2)
+    return out
 
 
 def _free_port() -> int:

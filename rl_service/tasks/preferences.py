@@ -33,29 +33,39 @@ def _no_carry_sum(a: int, b: int) -> int:
     return out
 
 
-def wrong_answer(a: int, b: int, rng: random.Random) -> str:
-    """A plausible wrong sum for a+b (never the right one, never negative)."""
+def wrong_answers(a: int, b: int) -> list[int]:
+    """Every plausible wrong sum for a+b, sorted (never the right one, never negative)."""
     s = a + b
     candidates = {s + 1, s - 1, s + 10, s - 10, _no_carry_sum(a, b), int(str(s)[::-1])}
-    candidates = sorted(c for c in candidates if c >= 0 and c != s)
-    return str(rng.choice(candidates))
+    return sorted(c for c in candidates if c >= 0 and c != s)
 
 
-def make_pair(a: int, b: int, seed: int) -> dict[str, str]:
+def wrong_answer(a: int, b: int, rng: random.Random) -> str:
+    """One plausible wrong sum for a+b, drawn with `rng`."""
+    return str(rng.choice(wrong_answers(a, b)))
+
+
+def make_pair(a: int, b: int, seed: int, k: int = 0) -> dict[str, str]:
+    """The k-th pair of prompt a+b: its wrong answers in a seeded order, so k = 0, 1, ...
+    give different rejected answers until they run out (then they repeat)."""
     problem = make_problem(a, b)
-    rng = random.Random(f"preferences/{seed}/{a}/{b}")
-    return {"prompt": problem.prompt, "chosen": problem.answer, "rejected": wrong_answer(a, b, rng)}
+    order = wrong_answers(a, b)
+    random.Random(f"preferences/{seed}/{a}/{b}").shuffle(order)
+    return {"prompt": problem.prompt, "chosen": problem.answer, "rejected": str(order[k % len(order)])}
 
 
 def synthetic_preferences(task_cfg: TaskConfig, num_train: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train pairs, held-out pairs): num_train from training operands, one per held-out prompt."""
+    """(train pairs, held-out pairs): num_train from training operands, one per held-out prompt.
+
+    Above the number of training operands, each prompt comes back with another wrong answer.
+    """
     task = AdditionTask(task_cfg)
     rng = random.Random(f"preferences/{seed}/order")
     if task.train_pairs is not None:
         operands = rng.sample(task.train_pairs, min(num_train, len(task.train_pairs)))
     else:
         operands = [task.sample_train(rng) for _ in range(num_train)]
-    train = [make_pair(a, b, seed) for a, b in operands]
+    train = [make_pair(*operands[i % len(operands)], seed, i // len(operands)) for i in range(num_train)]
     held_out = []
     for p in task.eval_problems:
         a, b = (int(x) for x in p.prompt.rstrip("=").split("+"))

@@ -114,3 +114,47 @@ def test_dpo_gradient_only_through_policy():
     # At z = 0: d loss / d pi_c = -beta * sigmoid(-0) / B = -0.5 * 0.5 / 2
     assert torch.allclose(pc.grad, torch.full((2,), -0.125))
     assert torch.allclose(pr.grad, torch.full((2,), 0.125))
+
+
+# ---------------------------------------------------------------- the synthetic preference data
+
+def test_synthetic_pairs_are_checkable_and_split():
+    from rl_service.config import TaskConfig
+    from rl_service.tasks.addition import AdditionTask
+    from rl_service.tasks.preferences import synthetic_preferences
+
+    cfg = TaskConfig(num_eval=50)
+    train, held_out = synthetic_preferences(cfg, 500, seed=3)
+    assert len(train) == 500 and len(held_out) == 50
+    task = AdditionTask(cfg)
+    for pair in train + held_out:
+        a, b = (int(x) for x in pair["prompt"].rstrip("=").split("+"))
+        assert pair["chosen"] == str(a + b) and pair["rejected"] != pair["chosen"] and int(pair["rejected"]) >= 0
+    assert {p["prompt"] for p in held_out} == {p.prompt for p in task.eval_problems}
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in held_out}
+    assert synthetic_preferences(cfg, 500, seed=3) == (train, held_out)  # deterministic
+    assert synthetic_preferences(cfg, 500, seed=4)[0] != train
+
+
+def test_wrong_answers_cover_the_mistake_kinds():
+    import random
+
+    from rl_service.tasks.preferences import _no_carry_sum, wrong_answer
+
+    assert _no_carry_sum(37, 48) == 75 and _no_carry_sum(99, 1) == 90
+    seen = {int(wrong_answer(37, 48, random.Random(i))) for i in range(200)}
+    assert seen == {84, 86, 95, 75, 58}  # +-1, +-10 (95 and 75; 75 is also the no-carry sum), reversed
+
+
+def test_split_by_prompt_and_jsonl_roundtrip(tmp_path):
+    from rl_service.tasks.preferences import read_jsonl, split_by_prompt, write_jsonl
+
+    pairs = [{"prompt": f"q{i % 40}", "chosen": "a", "rejected": "b"} for i in range(200)]
+    train, held_out = split_by_prompt(pairs, 0.25, seed=0)
+    assert len(train) + len(held_out) == 200 and 0 < len(held_out) < 100
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in held_out}  # a prompt's pairs stay together
+    write_jsonl(held_out, tmp_path / "x.jsonl")
+    assert read_jsonl(tmp_path / "x.jsonl") == held_out
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "p", "chosen": "a"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        read_jsonl(tmp_path / "bad.jsonl")
