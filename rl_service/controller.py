@@ -191,7 +191,8 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
                 "timing_s/weight_sync": t_synced - t_trained, "timing_s/step": step_s,
                 "weight_sync/probe_max_diff": sync["probe_max_diff"],
                 "perf/tokens_per_s": tokens / step_s, "perf/samples_per_s": sum(len(s.sample_ids) for s in summaries) / step_s,
-                "queue/prompts_depth": comps.prompt_q.qsize(), "queue/scored_depth": comps.scored_q.qsize(),
+                "queue/prompts_depth": comps.prompt_q.qsize(), "queue/rollouts_depth": comps.rollout_q.qsize(),
+                "queue/scored_depth": comps.scored_q.qsize(),
                 **ledger.counts(),
             })
             if halt is not None or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0):

@@ -12,6 +12,7 @@ from rl_service.algo.losses import entropy_bonus, explained_variance, ppo_policy
 from rl_service.algo.masking import (aggregate_loss, loss_denom, masked_count, masked_mean, masked_sum,
                                      masked_var, masked_whiten)
 from rl_service.algo.rewards import last_token_index, token_level_rewards
+from rl_service.algo.preference import bradley_terry_loss, dpo_loss, sequence_logprobs, smoothed_pair_nll
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AdaptiveKLController", "FixedKLController", "KLController",
@@ -20,4 +21,5 @@ __all__ = [
     "loss_denom", "make_kl_controller", "masked_count", "masked_mean", "masked_sum",
     "masked_var", "masked_whiten", "ppo_policy_loss", "token_level_rewards",
     "token_logprobs", "value_loss",
+    "bradley_terry_loss", "dpo_loss", "sequence_logprobs", "smoothed_pair_nll",
 ]
