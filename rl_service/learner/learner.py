@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rl_service.algo.kl import make_kl_controller
 from rl_service.algo.masking import masked_mean
