@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,7 +137,7 @@ def up(root: str | Path, head_cpus: float = 2, head_resources: dict[str, float] 
             _run_start(_node_cmd(node, node is head, st, mport), root / "logs" / f"{node.name}.log", timeout,
                        loopback_only=not nodes)
             st["nodes"].append({**asdict(node), "metrics_url": f"http://127.0.0.1:{mport}/metrics"})
-            st["pids"] = our_pids(st["ray_temp_dir"])
+            st["pids"] = our_pids(st["ray_temp_dir"], st.get("gcs_address"))
             _write(root, st)
         _wait_dashboard(st["dashboard_url"], timeout)
     except BaseException:
@@ -186,11 +188,16 @@ def _proc_table() -> dict[int, tuple[int, str]]:
     return table
 
 
-def our_pids(ray_temp_dir: str) -> list[int]:
-    """Processes whose command line names this cluster's temp dir, plus all their descendants
-    (workers, vLLM engines, wandb services...). Nothing else on the machine matches."""
+def our_pids(ray_temp_dir: str, gcs_address: str | None = None) -> list[int]:
+    """Processes whose command line names this cluster's temp dir (or, for the Ray client
+    server, which names no temp dir, `--address=<host>:<our GCS port>`), plus all their descendants (workers,
+    vLLM engines, wandb services...). Nothing else on the machine matches."""
     table = _proc_table()
-    ours = {pid for pid, (_, cmd) in table.items() if ray_temp_dir in cmd and pid != os.getpid()}
+    # The client server names the GCS by the node's advertised IP, which is not always 127.0.0.1.
+    port = gcs_address.rsplit(":", 1)[1] if gcs_address else None
+    client = re.compile(rf"--address=\S+:{port}(\s|$)") if port else None
+    ours = {pid for pid, (_, cmd) in table.items()
+            if (ray_temp_dir in cmd or (client and client.search(cmd))) and pid != os.getpid()}
     grew = True
     while grew:
         kids = {pid for pid, (ppid, _) in table.items() if ppid in ours and pid not in ours}
@@ -212,7 +219,7 @@ def status(root: str | Path) -> dict:
     st = read_state(root)
     if st is None:
         return {"running": False, "alive_pids": [], "state": None}
-    alive = our_pids(st["ray_temp_dir"])
+    alive = our_pids(st["ray_temp_dir"], st.get("gcs_address"))
     return {"running": bool(alive), "alive_pids": alive, "state": st}
 
 
@@ -225,7 +232,7 @@ def down(root: str | Path, grace_s: float = 5) -> list[int]:
         return []
     tmp = st["ray_temp_dir"]
     # Recorded PIDs count only while they still belong to us (PIDs get reused).
-    pids = set(our_pids(tmp)) | {p for p in st.get("pids", []) if tmp in _cmdline(p)}
+    pids = set(our_pids(tmp, st.get("gcs_address"))) | {p for p in st.get("pids", []) if tmp in _cmdline(p)}
     stopped = sorted(pids)
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
         for pid in pids:
@@ -236,12 +243,14 @@ def down(root: str | Path, grace_s: float = 5) -> list[int]:
         deadline = time.time() + wait
         while time.time() < deadline and any(pid_alive(p) for p in pids):
             time.sleep(0.2)
-        pids = {p for p in pids if pid_alive(p)} | set(our_pids(tmp))  # late-forked workers too
+        pids = {p for p in pids if pid_alive(p)} | set(our_pids(tmp, st.get("gcs_address")))  # late-forked workers too
         if not pids:
             break
     if pids:
         raise RuntimeError(f"could not stop Ray processes {sorted(pids)} of {root}")
     (root / STATE_FILE).unlink(missing_ok=True)
+    if Path(tmp).name.startswith("rls-cluster-") and Path(tmp).parent == Path("/tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)  # the short temp dir made for socket-path length
     return stopped
 
 
@@ -260,7 +269,7 @@ def running(root: str | Path, **up_kwargs) -> Iterator[dict]:
     try:
         yield st
     finally:
-        recorded = set(st["pids"]) | set(our_pids(st["ray_temp_dir"]))
+        recorded = set(st["pids"]) | set(our_pids(st["ray_temp_dir"], st.get("gcs_address")))
         down(root)
         left = [p for p in recorded if pid_alive(p) and st["ray_temp_dir"] in _cmdline(p)]
         if left:

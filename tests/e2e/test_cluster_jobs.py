@@ -74,11 +74,11 @@ def cluster():
     try:
         yield st, env
     finally:
-        pids = set(st["pids"]) | set(local_cluster.our_pids(st["ray_temp_dir"]))
+        pids = set(st["pids"]) | set(local_cluster.our_pids(st["ray_temp_dir"], st["gcs_address"]))
         down = cli("cluster", "down", env=env)
         assert down.returncode == 0, down.stderr
         assert pids and not [p for p in pids if local_cluster.pid_alive(p)], "Ray processes of ours survived"
-        assert local_cluster.our_pids(st["ray_temp_dir"]) == []
+        assert local_cluster.our_pids(st["ray_temp_dir"], st["gcs_address"]) == []
 
 
 def test_errors_are_one_line_exit_2(cluster):

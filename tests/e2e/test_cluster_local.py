@@ -64,6 +64,7 @@ def test_wandb_run_id_is_kept_so_a_resumed_run_continues(tmp_path, monkeypatch):
         ids.append(t.wandb.id)
         t.log({"step": step, "reward/mean": 0.5})
         t.close()
+        time.sleep(1.1)  # W&B names offline run dirs by the second: keep the two sessions apart
     assert ids[0] == ids[1] == (tmp_path / "wandb_run_id").read_text().strip()
     assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{ids[0]}"))) == 2  # both sessions, one run id
     fixed = load_config(REPO / "configs/ci/tiny.yaml", ["tracking.wandb=true", "tracking.wandb_run_id=abc123"])
