@@ -13,7 +13,6 @@ Also runnable as `python -m rl_service.preference_cli train-rm configs/rm.yaml`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,19 +124,10 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (same handlers and exit codes as the main CLI)."""
-    from rl_service.cli import _project_env
+    """`python -m` entry: the main `rl-service` CLI, which registers these commands too."""
+    from rl_service.cli import main as cli_main
 
-    p = argparse.ArgumentParser(prog="rl-service")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    _project_env()
-    try:
-        return args.fn(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
+    return cli_main(argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,6 @@ and `ray:` sections are used. Flags override the file. Also runnable without the
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -108,21 +107,10 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rl_service.cli import _project_env
+    """`python -m` entry: the main `rl-service` CLI, which registers these commands too."""
+    from rl_service.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="rl-service")
-    register(parser.add_subparsers(dest="command", required=True))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    _project_env()
-    try:
-        return args.fn(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
+    return cli_main(argv)
 
 if __name__ == "__main__":
     sys.exit(main())
