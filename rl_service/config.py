@@ -11,10 +11,13 @@ well under a second, before anything heavy starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -470,17 +473,16 @@ def _first_error(err: ValidationError) -> str:
     return f"{loc}: {msg} (got {e.get('input')!r})" if "input" in e and not isinstance(e.get("input"), dict) else f"{loc}: {msg}"
 
 
-def build_config(data: dict[str, Any]) -> Config:
+def validate(cls: type[_M], data: dict[str, Any]) -> _M:
+    """Validate a top-level config model; the first problem becomes a one-line ConfigError."""
     try:
-        cfg = Config.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_first_error(err)) from None
-    check_reward_fn(cfg.reward.fn)
-    return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read YAML (or defaults when path is None), apply dotted overrides, validate."""
+def read_config_data(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """YAML file (or {} when path is None) with the dotted overrides merged in, not yet validated."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -492,7 +494,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
-    return build_config(_merge(data, parse_overrides(overrides or [])))
+    return _merge(data, parse_overrides(overrides or []))
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    cfg = validate(Config, data)
+    check_reward_fn(cfg.reward.fn)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or defaults when path is None), apply dotted overrides, validate."""
+    return build_config(read_config_data(path, overrides))
 
 
 def check_reward_fn(spec: str) -> None:

@@ -15,29 +15,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
-from rl_service.config import (ConfigError, PreferenceRunConfig, _first_error, _merge,  # noqa: PLC2701
-                               parse_overrides)
+from rl_service.config import ConfigError, PreferenceRunConfig, read_config_data, validate
 
 
 def load_preference_config(path: str | Path | None, overrides: list[str] | None = None) -> PreferenceRunConfig:
     """YAML + dotted overrides -> PreferenceRunConfig (ConfigError naming the key on a problem)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-    try:
-        return PreferenceRunConfig.model_validate(_merge(data, parse_overrides(overrides or [])))
-    except ValidationError as err:
-        raise ConfigError(_first_error(err)) from None
+    return validate(PreferenceRunConfig, read_config_data(path, overrides))
 
 
 def load_pairs(cfg: PreferenceRunConfig, data: str | None = None, eval_data: str | None = None,
