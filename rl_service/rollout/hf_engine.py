@@ -10,11 +10,22 @@ so a padded prompt sees the same positions as it would alone.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from rl_service.rollout.engine import Completion, cut_at_eos
+from rl_service.rollout.engine import Completion, TokenDelta, cut_at_eos
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    """logits: [R, V] raw -> one token per row: [R], from softmax(logits / T) cut to the top-p nucleus."""
+    probs = (logits / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        sorted_p[sorted_p.cumsum(-1) - sorted_p >= top_p] = 0  # past the nucleus (its first token stays)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
 class HFEngine:
@@ -31,12 +42,23 @@ class HFEngine:
         self._rng = random.Random(seed)
         self.version = 0
 
-    @torch.no_grad()
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        return self.generate_ids(self.tokenizer(prompts)["input_ids"], n, max_new_tokens, temperature, top_p, seed)
+
+    @torch.no_grad()
+    def generate_ids(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
+                     top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        """Like `generate`, from token ids as given (left-padded here; nothing re-tokenised)."""
         greedy = temperature == 0
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        prompt_ids = [tuple(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        prompt_ids = [tuple(ids) for ids in prompt_ids]
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)   # [B, P] left-padded
+        attention_mask = torch.zeros_like(input_ids)
+        for i, ids in enumerate(prompt_ids):
+            input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, width - len(ids):] = 1
+        enc = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         per_prompt = 1 if greedy else n
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=per_prompt,
@@ -64,6 +86,45 @@ class HFEngine:
                     text=self.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=reason))
             result.append(group * n if greedy else group)
         return result
+
+    @torch.no_grad()
+    def stream(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+               top_p: float = 1.0, seed: int | None = None) -> Iterator[TokenDelta]:
+        """A decode loop over the KV cache, one forward per token, yielding each token as it is
+        made. Greedy takes the argmax of the logits `generate` computes -> the same tokens.
+        Sampling draws from its own torch.Generator (the process RNG is never consumed); it is
+        reproducible with `seed` but not draw-for-draw equal to `generate`'s sampler."""
+        greedy = temperature == 0
+        per_prompt = 1 if greedy else n
+        rows = [ids for ids in self.tokenizer(prompts)["input_ids"] for _ in range(per_prompt)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)          # [R, P] left-padded
+        mask = torch.zeros_like(ids)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row):] = torch.tensor(row)
+            mask[r, width - len(row):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)       # [R, P]: padding does not shift positions
+        gen = torch.Generator(self.device).manual_seed(seed if seed is not None else self._rng.randrange(2**63))
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        live = [True] * len(rows)
+        for t in range(max_new_tokens):
+            logits = out.logits[:, -1].float()                                        # [R, V]
+            tok = logits.argmax(-1) if greedy else _sample(logits, temperature, top_p, gen)  # [R]
+            lp = logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)         # [R] raw logprobs
+            for r in (r for r in range(len(rows)) if live[r]):
+                token = int(tok[r])
+                reason = "stop" if token == self.eos_id else "length" if t == max_new_tokens - 1 else None
+                i, j = divmod(r, per_prompt)
+                for k in (range(n) if greedy else (j,)):  # greedy: one row stands for n copies
+                    yield TokenDelta(i * n + k, (token,), (float(lp[r]),), reason)
+                live[r] = reason is None
+            if not any(live):
+                break
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)              # [R, P+t+1]
+            positions = positions[:, -1:] + 1                                          # [R, 1]
+            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=positions,
+                             past_key_values=out.past_key_values, use_cache=True)
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> list[list[float]]:

@@ -28,11 +28,13 @@ import json
 import os
 import random
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from rl_service.rollout.engine import Completion
+from rl_service.rollout.engine import Completion, TokenDelta
 
 
 def _configure_env(cpu_threads: int | None) -> None:
@@ -93,6 +95,18 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        return self._generate(prompts, n, max_new_tokens, temperature, top_p, seed)
+
+    def generate_ids(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
+                     top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        """Like `generate`, from token ids as given (TokensPrompt: no re-tokenisation, no BOS added)."""
+        from vllm.inputs import TokensPrompt
+
+        return self._generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], n, max_new_tokens,
+                              temperature, top_p, seed)
+
+    def _generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float, top_p: float,
+                  seed: int | None) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         greedy = temperature == 0
@@ -126,6 +140,48 @@ class VLLMEngine:
             ]
             result.append(group * n if greedy else group)
         return result
+
+    def stream(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+               top_p: float = 1.0, seed: int | None = None) -> Iterator[TokenDelta]:
+        """`generate`, one `LLMEngine.step()` at a time: requests go in with output kind DELTA,
+        so each step returns only the tokens it added. Same seeds and params as `generate`
+        (greedy and seeded calls give the same tokens). Requests still running when the
+        caller stops iterating are aborted, so the next `generate` never sees them."""
+        from vllm import SamplingParams
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import RequestOutputKind
+
+        greedy = temperature == 0
+        per_prompt = 1 if greedy else n
+        seeds = [None] * len(prompts) if seed is None else _spread(seed, len(prompts))
+        engine = self.llm.llm_engine
+        tag = f"stream-{uuid.uuid4().hex[:12]}"
+        running: dict[str, int] = {}  # request id -> prompt index
+        try:
+            for i, (prompt, s) in enumerate(zip(prompts, seeds)):
+                params = SamplingParams(n=per_prompt, max_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=1.0 if greedy else top_p, logprobs=0, seed=s, detokenize=False,
+                                        output_kind=RequestOutputKind.DELTA)
+                # Tokenized here exactly as `generate`'s string prompts are (BOS added).
+                engine.add_request(f"{tag}-{i}", tokens_input(self.tokenizer(prompt)["input_ids"]), params)
+                running[f"{tag}-{i}"] = i
+            while running:
+                for out in engine.step():
+                    i = running.get(out.request_id)
+                    if i is None:
+                        continue
+                    for c in out.outputs:
+                        ids = tuple(c.token_ids)
+                        lps = tuple(pos[tok].logprob for tok, pos in zip(ids, c.logprobs or ()))
+                        # Greedy: one sequence stands for the n identical copies.
+                        for copy in range(n if greedy else 1):
+                            index = i * n + (copy if greedy else c.index)
+                            yield TokenDelta(index, ids, lps, c.finish_reason)
+                    if out.finished:
+                        del running[out.request_id]
+        finally:
+            if running:
+                engine.abort_request(list(running))
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
         """Per-token raw logprobs via prompt_logprobs; TokensPrompt so vLLM does not re-tokenize."""

@@ -1,20 +1,25 @@
 """The Ray Serve application: OpenAI routes in front of one engine per replica.
 
-    client ──HTTP──▶ Serve proxy (127.0.0.1:port; admits max_ongoing + max_queued per replica, else 503)
-                        │
+    client ──HTTP──▶ Serve proxy (127.0.0.1:port; outer bound: OVERLOAD_HEADROOM more than the
+                        │                  app's limits, past that Serve's own plain-text 503)
                         ▼
                  PolicyServer replica (FastAPI ingress)
-                   auth ─▶ bounded body ─▶ schema ─▶ limits ─▶ engine.generate ─▶ feedback store ─▶ response
-                   ▲                                   (engine lock: one generate or one swap at a time)
+                   auth ─▶ admission (503 envelope past max_ongoing + max_queued) ─▶ bounded body
+                   ─▶ schema ─▶ limits ─▶ engine.generate | engine.stream (stream.py) ─▶ feedback store
+                   ▲                     (engine lock: one generation or one swap at a time)
                    └── swap(version, weights) ◀── poll thread ◀── VersionBoard (follow.py) ◀── training
 
 Every check runs before the engine is touched, so a rejected request starts no generation
 (`stats()["generations"]` counts engine calls). Each response reports the policy version
 that produced it twice: the `model` field is `<model_name>@v<version>` and the
-`x-policy-version` header carries the number. Streaming (SSE) sends the completion in
-per-token chunks after the engine returns it: the Engine protocol has no token callback,
-so time to first chunk equals the full generation time; a swap waits for the engine lock
-and never changes a response half way.
+`x-policy-version` header carries the number. Streaming (SSE) is incremental: each token
+is sent as the engine produces it, while the stream holds the engine lock, so a swap waits
+for the stream's generation to end and never changes a response half way.
+
+Overload: the replica itself admits at most `max_ongoing_requests + max_queued_requests`
+requests (generating + waiting for the engine) and answers the next with a 503 in the OpenAI
+envelope. Serve lets OVERLOAD_HEADROOM more requests through (and queues as many more while
+routing a burst) so they can be told so; Serve's bounds stay the outer bound.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -37,14 +43,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rl_service.config import Resources, RolloutConfig, ServeConfig
 from rl_service.serving import protocol as P
 from rl_service.serving.feedback import FeedbackStore
+from rl_service.serving.stream import DeltaFeed, sse_events
 
 log = logging.getLogger(__name__)
+
+OVERLOAD_HEADROOM = 64
+"""Requests Serve admits beyond the replica's own limit (per replica, and in its routing queue,
+which a burst fills while it assigns requests to replicas), so overload is answered by the app
+(OpenAI envelope, microseconds each) and Serve's plain-text 503 only past that outer bound."""
 api = FastAPI(title="rl-service policy", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @api.exception_handler(P.APIError)
 async def _api_error(_request: Request, err: P.APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -82,7 +94,13 @@ class PolicyServer:
         self.store = FeedbackStore(self.cfg.feedback_db, self.cfg.feedback_dsn)
         self.api_key = self.cfg.api_key
         self._engine_lock = threading.Lock()
-        self._stats = {"generations": 0, "active": 0, "peak_active": 0, "swaps": 0, "swap_errors": 0}
+        # Admission: requests generating or waiting for the engine. Each waits in its own pool
+        # thread, so waiting requests never starve the default executor (feedback writes, swaps).
+        self._limit = self.cfg.max_ongoing_requests + self.cfg.max_queued_requests
+        self._admit_lock = threading.Lock()
+        self._engine_pool = ThreadPoolExecutor(self._limit, thread_name_prefix="engine")
+        self._stats = {"generations": 0, "active": 0, "peak_active": 0, "admitted": 0, "peak_admitted": 0,
+                       "overloaded": 0, "swaps": 0, "swap_errors": 0}
         self._board, self._stop = board, threading.Event()
         if board is not None:
             from rl_service.serving.follow import follow_board
@@ -131,6 +149,7 @@ class PolicyServer:
 
     def __del__(self):
         self._stop.set()
+        self._engine_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------- routes
 
@@ -218,16 +237,47 @@ class PolicyServer:
                              code="context_length_exceeded")
         return asked, sum(lengths)
 
-    def _generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float, top_p: float,
-                  seed: int | None):
-        with self._engine_lock:  # one engine call at a time; swaps wait here too
+    def _admit(self):
+        """Count this request in, or refuse it with the 503 envelope (before reading its body).
+        -> its release function (idempotent: whoever finishes the request last may call it)."""
+        with self._admit_lock:
+            if self._stats["admitted"] >= self._limit:
+                self._stats["overloaded"] += 1
+                raise P.overloaded(self._limit)
+            self._stats["admitted"] += 1
+            self._stats["peak_admitted"] = max(self._stats["peak_admitted"], self._stats["admitted"])
+        released = threading.Event()
+
+        def release() -> None:
+            with self._admit_lock:
+                if not released.is_set():
+                    released.set()
+                    self._stats["admitted"] -= 1
+
+        return release
+
+    def _engine_call(self, fn):
+        """Run `fn()` holding the engine lock (one generation or swap at a time; swaps wait here)."""
+        with self._engine_lock:
             self._stats["generations"] += 1
-            groups = self.engine.generate(prompts, n=n, max_new_tokens=max_tokens, temperature=temperature,
-                                          top_p=top_p, seed=seed)
-            return groups, self.engine.version
+            self._stats["active"] += 1
+            self._stats["peak_active"] = max(self._stats["peak_active"], self._stats["active"])
+            try:
+                return fn()
+            finally:
+                self._stats["active"] -= 1
 
     async def _complete(self, request: Request, chat: bool):
         self._auth(request)
+        release = self._admit()
+        handed_over: list[bool] = []  # a started stream's engine thread releases it instead
+        try:
+            return await self._answer(request, chat, release, handed_over)
+        finally:
+            if not handed_over:
+                release()
+
+    async def _answer(self, request: Request, chat: bool, release, handed_over: list[bool]):
         req = P.parse(P.ChatRequest if chat else P.CompletionRequest, await self._body(request))
         self._check_model(req.model)
         P.check_sampling(req, self.cfg.max_tokens, self.cfg.max_n)
@@ -238,44 +288,67 @@ class PolicyServer:
             if not prompts:
                 raise P.APIError(400, "prompt must not be empty", param="prompt")
         max_tokens, prompt_tokens = self._fit_context(prompts, P.requested_max_tokens(req))
+        sampling = dict(n=req.n, max_new_tokens=max_tokens, temperature=float(req.temperature),
+                        top_p=float(req.top_p), seed=req.seed)
+        kind, rid = ("chat", P.new_id("chatcmpl")) if chat else ("completion", P.new_id("cmpl"))
+        per_choice = [p for p in prompts for _ in range(req.n)]
+        if req.stream:
+            return await self._stream(chat, rid, kind, prompts, per_choice, sampling, req.stop, release,
+                                      handed_over)
 
-        self._stats["active"] += 1
-        self._stats["peak_active"] = max(self._stats["peak_active"], self._stats["active"])
-        try:
-            groups, version = await asyncio.to_thread(self._generate, prompts, req.n, max_tokens,
-                                                      float(req.temperature), float(req.top_p), req.seed)
-        finally:
-            self._stats["active"] -= 1
+        def generate():
+            return self.engine.generate(prompts, **sampling), self.engine.version
+
+        groups, version = await asyncio.get_running_loop().run_in_executor(
+            self._engine_pool, self._engine_call, generate)
         comps = [c for g in groups for c in g]
         choices = [P.apply_stop(c.text, req.stop, c.finish_reason) for c in comps]
-        rid, model = P.new_id("chatcmpl" if chat else "cmpl"), P.served_model(self.cfg.model_name, version)
-        await asyncio.to_thread(self.store.record_completion, rid, "chat" if chat else "completion", model, version,
-                                [p for p in prompts for _ in range(req.n)], choices)
+        model = P.served_model(self.cfg.model_name, version)
+        await asyncio.to_thread(self.store.record_completion, rid, kind, model, version, per_choice, choices)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sum(len(c.token_ids) for c in comps),
                  "total_tokens": prompt_tokens + sum(len(c.token_ids) for c in comps)}
-        if req.stream:
-            return StreamingResponse(self._events(chat, rid, model, comps, choices), media_type="text/event-stream",
-                                     headers=self._headers(version, rid))
         body = (P.chat_body if chat else P.completion_body)(rid, model, choices, usage)
         return JSONResponse(body, headers=self._headers(version, rid))
 
-    async def _events(self, chat: bool, rid: str, model: str, comps, choices):
-        """Per-token text deltas of each choice, then its finish chunk, then [DONE]."""
-        for index, (comp, (final, finish)) in enumerate(zip(comps, choices)):
-            if chat:
-                yield P.stream_chunk(True, rid, model, index, None, None, first=True)
-            sent = ""
-            for k in range(1, len(comp.token_ids) + 1):
-                text = self.tokenizer.decode(list(comp.token_ids[:k]), skip_special_tokens=True)[: len(final)]
-                if text.endswith("\ufffd") or len(text) <= len(sent):
-                    continue  # a partial UTF-8 byte sequence, or nothing new
-                yield P.stream_chunk(chat, rid, model, index, text[len(sent):], None)
-                sent = text
-                await asyncio.sleep(0)  # let other requests (and a swap) interleave
-            if len(sent) < len(final):
-                yield P.stream_chunk(chat, rid, model, index, final[len(sent):], None)
-            yield P.stream_chunk(chat, rid, model, index, None, finish)
-        yield P.STREAM_DONE
+    async def _stream(self, chat: bool, rid: str, kind: str, prompts: list[str], per_choice: list[str],
+                      sampling: dict, stop, release, handed_over: list[bool]) -> StreamingResponse:
+        """Start the engine stream; answer once it holds the engine (its version goes in the headers)."""
+
+        def produce(put, cancel: threading.Event) -> None:
+            try:
+                def run():
+                    put(("version", self.engine.version))
+                    deltas = self.engine.stream(prompts, **sampling)
+                    try:
+                        for delta in deltas:
+                            put(("delta", delta))
+                            if cancel.is_set():
+                                break
+                    finally:
+                        deltas.close()  # aborts what the engine still runs
+
+                self._engine_call(run)
+            finally:
+                release()  # admission ends with the generation, sent or not
+
+        feed = DeltaFeed(self._engine_pool, produce)
+        handed_over.append(True)
+        try:
+            what, item = await feed.get()
+        except BaseException:
+            feed.cancel.set()  # the client left while waiting for the engine
+            raise
+        if what == "error":
+            raise P.APIError(500, f"generation failed: {type(item).__name__}: {item}", "server_error")
+        version = item
+        model = P.served_model(self.cfg.model_name, version)
+
+        async def record(choices: list[tuple[str, str]]) -> None:
+            await asyncio.to_thread(self.store.record_completion, rid, kind, model, version, per_choice, choices)
+
+        events = sse_events(feed, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), chat, rid,
+                            model, len(per_choice), stop, record)
+        return StreamingResponse(events, media_type="text/event-stream", headers=self._headers(version, rid))
 
     def _headers(self, version: int, rid: str | None = None) -> dict[str, str]:
         h = {"x-policy-version": str(version)}
@@ -299,7 +372,9 @@ def build_app(cfg: ServeConfig, model_path: str, board=None):
     scaling = ({"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                                        "target_ongoing_requests": cfg.target_ongoing_requests}}
                if cfg.min_replicas is not None else {"num_replicas": cfg.num_replicas})
+    # The replica answers overload itself (`PolicyServer._admit`); Serve's bounds sit above it.
     deployment = PolicyServer.options(
-        max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
+        max_ongoing_requests=cfg.max_ongoing_requests + cfg.max_queued_requests + OVERLOAD_HEADROOM,
+        max_queued_requests=cfg.max_queued_requests + OVERLOAD_HEADROOM,
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}, **scaling)
     return deployment.bind(cfg.model_dump(), str(Path(model_path).resolve()), replica_env(), board)

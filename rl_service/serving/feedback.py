@@ -2,8 +2,11 @@
 
 SQLite by default (WAL journal, `synchronous=FULL`: a write returns only after the commit
 is on disk, so an acknowledged row survives a kill -9 or a power cut); PostgreSQL when a
-DSN is given (needs `psycopg`, imported only then). Several replicas may open the same
-SQLite file: WAL allows one writer at a time and `busy_timeout` makes the others wait.
+DSN is given (`pip install rl_service[postgres]`: psycopg, imported only then; a commit
+returns once the server has it durably, with its default `synchronous_commit=on`). Several
+replicas may open the same SQLite file (WAL: one writer at a time, `busy_timeout` makes the
+others wait) or the same PostgreSQL database. Times and ratings are DOUBLE PRECISION: a
+PostgreSQL REAL is 4 bytes, too coarse for a Unix time.
 
 Tables:
     completions(id, choice_index, created, kind, model, policy_version, prompt, completion, finish_reason)
@@ -26,15 +29,15 @@ from pathlib import Path
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS completions (
-        id TEXT NOT NULL, choice_index INTEGER NOT NULL, created REAL NOT NULL, kind TEXT NOT NULL,
-        model TEXT NOT NULL, policy_version INTEGER NOT NULL, prompt TEXT NOT NULL,
+        id TEXT NOT NULL, choice_index INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL, model TEXT NOT NULL, policy_version INTEGER NOT NULL, prompt TEXT NOT NULL,
         completion TEXT NOT NULL, finish_reason TEXT NOT NULL, PRIMARY KEY (id, choice_index))""",
     """CREATE TABLE IF NOT EXISTS ratings (
         id TEXT PRIMARY KEY, completion_id TEXT NOT NULL, choice_index INTEGER NOT NULL,
-        rating REAL NOT NULL, comment TEXT, created REAL NOT NULL)""",
+        rating DOUBLE PRECISION NOT NULL, comment TEXT, created DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS preferences (
         id TEXT PRIMARY KEY, prompt TEXT NOT NULL, chosen TEXT NOT NULL, rejected TEXT NOT NULL,
-        comment TEXT, created REAL NOT NULL)""",
+        comment TEXT, created DOUBLE PRECISION NOT NULL)""",
 ]
 
 
@@ -76,8 +79,11 @@ class FeedbackStore:
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             cur = self._conn.cursor()
-            cur.execute(sql.replace("?", self._ph), args)
-            return list(cur.fetchall())
+            try:
+                cur.execute(sql.replace("?", self._ph), args)
+                return list(cur.fetchall())
+            finally:
+                self._conn.rollback()  # end the read transaction psycopg opened (no-op for SQLite)
 
     def record_completion(self, rid: str, kind: str, model: str, version: int, prompts: list[str],
                           choices: list[tuple[str, str]]) -> None:

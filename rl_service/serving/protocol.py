@@ -5,7 +5,7 @@ Pure: no ray, no engine. Every rejection is an `APIError` that the app turns int
 
 Statuses (as the field expects): 400 invalid value / malformed JSON, 401 auth, 404 unknown
 model or completion id, 413 body too large, 422 schema (wrong types, missing fields),
-503 overload (answered by the Serve proxy when max_ongoing + max_queued are full).
+503 overload (a replica already holds max_ongoing + max_queued requests; `overloaded()`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,20 @@ MAX_ERROR_MESSAGE = 512
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return envelope(self.message, self.type, self.param, self.code)
+
+
+def overloaded(limit: int) -> APIError:
+    """503 for a replica that already holds `limit` requests (running + waiting for its engine).
+    `Retry-After` tells clients (the openai client retries 503s) when to come back."""
+    return APIError(503, f"server overloaded: this replica already holds {limit} requests; retry shortly",
+                    "server_error", code="overloaded", headers={"retry-after": "1"})
 
 
 def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -163,6 +171,32 @@ def apply_stop(text: str, stop: str | list[str] | None, finish_reason: str) -> t
     stops = [stop] if isinstance(stop, str) else (stop or [])
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     return (text[:cut], "stop") if cut >= 0 else (text, finish_reason)
+
+
+class StreamText:
+    """The text of one streamed choice, released as it grows. Each `update` gets the decode of
+    all ids so far and returns only what can no longer change: a trailing partial UTF-8
+    character (U+FFFD) or a tail that could still become a stop string is held back. So the
+    streamed pieces always add up to `apply_stop(final text)`, the non-streamed answer."""
+
+    def __init__(self, stop: str | list[str] | None):
+        self.stops = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
+        self.sent = ""
+        self.stopped = False
+
+    def update(self, text: str, final: bool) -> str:
+        """-> the new piece to send ('' for none); sets `stopped` when a stop string ended it."""
+        cut, _ = apply_stop(text, self.stops, "")
+        if len(cut) < len(text):
+            self.stopped, text = True, cut
+        elif not final:
+            text = text.rstrip("\ufffd")
+            hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            text = text[: len(text) - hold]
+        if not text.startswith(self.sent):
+            return ""  # a decode revised earlier text (rare); the rest is sent when it settles
+        piece, self.sent = text[len(self.sent):], text
+        return piece
 
 
 def new_id(prefix: str) -> str:

@@ -85,6 +85,28 @@ def test_completion_stream_equals_non_stream(client):
     assert {c.model for c in chunks} == {"policy@v0"} and len({c.id for c in chunks}) == 1
 
 
+def test_stream_with_stop_and_several_choices_equals_non_stream(client):
+    """Stop strings cut the stream exactly where they cut the full answer (a possible stop
+    prefix is held back, never sent); choices interleave by index and each ends once."""
+    kwargs = dict(model="policy", prompt=["12+34=", "7+8="], n=2, max_tokens=12, temperature=1.0, seed=11)
+    full = client.completions.create(**kwargs)
+    texts = [c.text for c in full.choices]
+    stop = next((t[1:3] for t in texts if len(t) >= 3), None) or "1"  # a string that really occurs
+    full = client.completions.create(**kwargs, stop=stop)
+    chunks = list(client.completions.create(**kwargs, stop=stop, stream=True))
+    got: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    for c in chunks:
+        (choice,) = c.choices
+        assert choice.index not in finish, "text after the choice's finish chunk"
+        got[choice.index] = got.get(choice.index, "") + choice.text
+        if choice.finish_reason:
+            finish[choice.index] = choice.finish_reason
+    assert got == {c.index: c.text for c in full.choices}
+    assert finish == {c.index: c.finish_reason for c in full.choices}
+    assert "stop" in finish.values()
+
+
 def test_chat_and_chat_stream(client, hf):
     messages = [{"role": "user", "content": "5+5="}]
     prompt = render_chat([ChatMessage(**m) for m in messages], hf.tokenizer)
@@ -165,25 +187,40 @@ def test_openai_client_surfaces_rejections(client):
 
 
 def test_overload_is_rejected_not_queued_without_bound(app):
-    """max_ongoing_requests=1, max_queued_requests=2: of 16 simultaneous slow requests at most
-    3 are admitted at a time; the rest get 503 at once, and the replica never runs 2 at once."""
+    """max_ongoing_requests=1, max_queued_requests=2: of 16 simultaneous slow requests (half of
+    them streams) the replica holds at most 3 at a time; the rest get 503 at once, in the OpenAI
+    envelope (the openai client parses it), and the engine never runs 2 generations at once."""
     body = {"model": "policy", "prompt": ["1+1=", "2+2=", "3+3=", "4+4="], "n": 8, "max_tokens": CAP}
-    statuses, barrier = [], threading.Barrier(16)
+    outcomes, barrier = [], threading.Barrier(16)
+    before = app[0].stats.remote().result()
 
-    def call():
-        with httpx.Client(timeout=120) as c:
-            barrier.wait()
-            statuses.append(c.post(f"{app[1]}/v1/completions", json=body,
-                                   headers={"Authorization": f"Bearer {KEY}"}).status_code)
+    def call(stream: bool):
+        c = openai.OpenAI(base_url=f"{app[1]}/v1", api_key=KEY, max_retries=0, timeout=120)
+        barrier.wait()
+        try:
+            resp = c.completions.create(**body, stream=stream)
+            if stream:
+                resp = list(resp)
+            outcomes.append(200)
+        except openai.APIStatusError as err:
+            outcomes.append(err)
 
-    threads = [threading.Thread(target=call) for _ in range(16)]
+    threads = [threading.Thread(target=call, args=(i % 2 == 1,)) for i in range(16)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert set(statuses) <= {200, 503}, statuses
-    assert statuses.count(503) >= 1 and statuses.count(200) >= 1, statuses
-    assert app[0].stats.remote().result()["peak_active"] == 1
+    errors = [o for o in outcomes if o != 200]
+    assert len(outcomes) == 16 and errors and outcomes.count(200) >= 1, outcomes
+    for err in errors:
+        assert isinstance(err, openai.InternalServerError) and err.status_code == 503, err
+        assert isinstance(err.body, dict), (err.body, dict(err.response.headers))
+        assert err.body["code"] == "overloaded" and err.body["type"] == "server_error", err.body
+        assert err.response.headers["retry-after"] == "1"
+    stats = app[0].stats.remote().result()
+    assert stats["peak_admitted"] == 3 and stats["peak_active"] == 1, stats
+    assert stats["overloaded"] - before["overloaded"] == len(errors)
+    assert stats["admitted"] == 0  # every admission, streamed or not, was released
     ok = httpx.post(f"{app[1]}/v1/completions", json={"model": "policy", "prompt": "1+1="},
                     headers={"Authorization": f"Bearer {KEY}"})
     assert ok.status_code == 200  # recovers once the burst is over

@@ -2,6 +2,11 @@
 subprocess, acknowledged feedback writes, kill -9 of the server and every process under it
 (driver, raylet, GCS, proxy, replica), restart on the same database, all rows present;
 then `feedback export` writes {prompt, chosen, rejected} lines.
+
+Run twice: on the default SQLite file, and on a real PostgreSQL 16 server (`serve.feedback_dsn`)
+started for the test from the binaries of the `postgres` extra (pgserver's wheel) on
+127.0.0.1, data in a temp dir. PostgreSQL refuses to run as root, so as root the server
+runs as `nobody`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,6 +117,72 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+class PostgresProcess:
+    """A throwaway PostgreSQL server: initdb + postgres on 127.0.0.1:<free port>, trust auth."""
+
+    def __init__(self):
+        pgserver = pytest.importorskip("pgserver", reason="PostgreSQL binaries: pip install -e .[postgres]")
+        pytest.importorskip("psycopg", reason="PostgreSQL driver: pip install -e .[postgres]")
+        bin_dir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        # Under the repo's .tmp (pytest's own temp dirs are 0700: `nobody` could not enter them).
+        self.root = Path(tempfile.mkdtemp(prefix="pg-", dir=REPO / ".tmp"))
+        self.root.chmod(0o755)
+        self.data = self.root / "data"
+        self.data.mkdir()
+        run_as = {}
+        if os.geteuid() == 0:
+            os.chown(self.data, 65534, 65534)
+            run_as = {"user": "nobody", "group": 65534, "extra_groups": []}
+        subprocess.run([bin_dir / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+                        "--no-sync"], check=True, capture_output=True, timeout=120, **run_as)
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/feedback"
+        self.log = open(self.root / "postgres.log", "ab")
+        # fsync stays on (the default): a commit is acknowledged once it is durable.
+        self.proc = subprocess.Popen([bin_dir / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p",
+                                      str(self.port), "-k", self.data], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, **run_as)
+        self._create_database()
+
+    def _create_database(self, timeout_s: float = 60) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc.poll() is None, f"postgres exited; see {self.root / 'postgres.log'}"
+            try:
+                with psycopg.connect(self.dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+                    conn.execute("CREATE DATABASE feedback")
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            return conn.execute(sql.replace("?", "%s"), args).fetchall()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)  # "fast" shutdown
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres():
+    server = PostgresProcess()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def servers():
     started: list[ServerProcess] = []
@@ -119,10 +191,19 @@ def servers():
         s.kill9_list(s.tree())
 
 
-def test_feedback_survives_kill9_and_exports(servers, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_feedback_survives_kill9_and_exports(backend, servers, tiny_model_dir, tmp_path, request):
     db = tmp_path / "feedback.sqlite"
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text(f"serve:\n  engine: hf\n  feedback_db: {db}\nray:\n  num_cpus: 2\n")
+    pg = request.getfixturevalue("postgres") if backend == "postgres" else None
+    dsn = f"  feedback_dsn: {pg.dsn}\n" if pg else ""
+    cfg.write_text(f"serve:\n  engine: hf\n  feedback_db: {db}\n{dsn}ray:\n  num_cpus: 2\n")
+
+    def rows(sql: str, args: tuple = ()) -> list[tuple]:
+        if pg:
+            return pg.rows(sql, args)
+        with sqlite3.connect(db) as conn:
+            return conn.execute(sql, args).fetchall()
 
     servers.append(ServerProcess(tiny_model_dir, cfg, tmp_path / "server1.log"))
     s1 = servers[-1]
@@ -154,18 +235,19 @@ def test_feedback_survives_kill9_and_exports(servers, tiny_model_dir, tmp_path):
     assert r.status_code == 200
     assert s2.terminate() == 0  # SIGTERM: clean shutdown, exit 0
 
-    with sqlite3.connect(db) as conn:
-        stored_ratings = {row[0] for row in conn.execute("SELECT id FROM ratings")}
-        stored_prefs = {row[0] for row in conn.execute("SELECT id FROM preferences")}
-        completions = conn.execute("SELECT choice_index, completion, policy_version FROM completions "
-                                   "WHERE id = ? ORDER BY choice_index", (resp.id,)).fetchall()
+    stored_ratings = {row[0] for row in rows("SELECT id FROM ratings")}
+    stored_prefs = {row[0] for row in rows("SELECT id FROM preferences")}
+    completions = rows("SELECT choice_index, completion, policy_version FROM completions "
+                       "WHERE id = ? ORDER BY choice_index", (resp.id,))
     assert set(acked["ratings"]) <= stored_ratings and len(stored_ratings) == 4
     assert stored_prefs == set(acked["preferences"])
     assert [(i, t, 0) for i, t in enumerate(texts)] == completions
+    assert db.exists() == (backend == "sqlite")  # with a DSN, nothing went to the SQLite file
 
     out = tmp_path / "prefs.jsonl"
+    source = ["--config", str(cfg)] if pg else ["--db", str(db)]  # export reads serve.feedback_dsn
     done = subprocess.run([sys.executable, "-m", "rl_service.serving.cli", "feedback", "export", "--out", str(out),
-                           "--db", str(db)], cwd=REPO, capture_output=True, text=True, timeout=60)
+                           *source], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(set(line) == {"prompt", "chosen", "rejected"} for line in lines)

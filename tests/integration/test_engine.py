@@ -177,3 +177,62 @@ def test_weight_reload_changes_outputs(vllm_engine, hf_engine, tiny_model_dir, p
         vllm_engine.load_weights(original, version=2)  # other tests share the engine
     assert vllm_engine.version == 2
     assert _max_diff(vllm_engine.score(probe_seqs), old_scores) < TOL
+
+
+# ------------------------------------------------------------------ streaming (Engine.stream)
+
+
+def _streamed(engine, prompts: list[str], n: int, max_new_tokens: int, **sampling) -> list[dict]:
+    """Run `engine.stream` to the end -> per choice {ids, logprobs, finish, deltas}; checks that
+    only a choice's last delta carries its finish reason."""
+    got: dict[int, dict] = {}
+    for d in engine.stream(prompts, n, max_new_tokens, **sampling):
+        c = got.setdefault(d.index, {"ids": [], "logprobs": [], "finish": None, "deltas": 0})
+        assert c["finish"] is None, f"choice {d.index} got a delta after its finish"
+        assert len(d.token_ids) == len(d.logprobs) >= 1
+        c["ids"] += d.token_ids
+        c["logprobs"] += d.logprobs
+        c["finish"] = d.finish_reason
+        c["deltas"] += 1
+    assert sorted(got) == list(range(len(prompts) * n))
+    return [got[i] for i in range(len(prompts) * n)]
+
+
+@pytest.mark.parametrize("which", ["vllm_engine", "hf_engine"])
+def test_stream_greedy_equals_generate_token_by_token(which, request):
+    engine = request.getfixturevalue(which)
+    comps = [c for g in engine.generate(PROMPTS, 2, 12, temperature=0) for c in g]
+    streamed = _streamed(engine, PROMPTS, 2, 12, temperature=0)
+    for c, s in zip(comps, streamed):
+        assert tuple(s["ids"]) == c.token_ids and s["finish"] == c.finish_reason
+        assert _max_diff([s["logprobs"]], [list(c.logprobs)]) < TOL
+        assert s["deltas"] == len(c.token_ids)  # one delta per engine step: produced as it goes
+
+
+def test_vllm_stream_sampled_equals_generate_with_seed(vllm_engine):
+    comps = [c for g in vllm_engine.generate(PROMPTS, 3, 10, temperature=1.0, top_p=0.9, seed=5) for c in g]
+    streamed = _streamed(vllm_engine, PROMPTS, 3, 10, temperature=1.0, top_p=0.9, seed=5)
+    assert [tuple(s["ids"]) for s in streamed] == [c.token_ids for c in comps]
+    assert len({tuple(s["ids"]) for s in streamed}) > 1  # really sampled
+
+
+def test_hf_stream_sampled_is_reproducible_and_raw_logprobs(hf_engine):
+    a = _streamed(hf_engine, PROMPTS, 3, 10, temperature=1.0, top_p=0.9, seed=5)
+    b = _streamed(hf_engine, PROMPTS, 3, 10, temperature=1.0, top_p=0.9, seed=5)
+    assert a == b and len({tuple(s["ids"]) for s in a}) > 1
+    prompt_ids = [hf_engine.tokenizer(p)["input_ids"] for p in PROMPTS for _ in range(3)]
+    scored = hf_engine.score([ids + s["ids"] for ids, s in zip(prompt_ids, a)])  # raw, temperature-1
+    assert _max_diff([s["logprobs"] for s in a], [sc[len(ids) - 1:] for sc, ids in zip(scored, prompt_ids)]) < TOL
+
+
+@pytest.mark.parametrize("which", ["vllm_engine", "hf_engine"])
+def test_stream_closed_early_leaves_the_engine_clean(which, request):
+    engine = request.getfixturevalue(which)
+    deltas = engine.stream(PROMPTS, 4, 16, temperature=1.0, seed=1)
+    next(deltas)
+    deltas.close()  # a client that went away
+    if which == "vllm_engine":
+        assert not engine.llm.llm_engine.has_unfinished_requests()
+    groups = engine.generate(PROMPTS, 2, 8, temperature=0)  # sees no leftovers of the aborted stream
+    assert [len(g) for g in groups] == [2] * len(PROMPTS)
+    assert [c for g in groups for c in g] == [c for g in engine.generate(PROMPTS, 2, 8, temperature=0) for c in g]
