@@ -3,7 +3,10 @@
     rl-service train CONFIG [key=value ...] [--resume auto|PATH]
                                                 train (embedded local Ray, or $RAY_ADDRESS); --resume auto
                                                 continues runs/<name> from its latest checkpoint (a fresh
-                                                run if it has none), PATH names a checkpoint or run dir
+                                                run if it has none), PATH names a checkpoint or run dir;
+                                                crashed workers/scorers/queues are replaced and a crashed
+                                                learner restarts from the last checkpoint in the same call
+                                                (train.max_restarts, docs/reliability.md)
     rl-service build-model CONFIG [key=value]   build/warm-start the small model only
 
 Exit codes: 0 success, 1 the run failed, 2 bad usage or config (one line naming the problem,
@@ -87,6 +90,11 @@ def cmd_train(args) -> int:
           f"{summary['wall_s']:.0f} s")
     print(f"samples: trained {summary['samples/trained']}, dropped stale {summary['samples/dropped_stale']}, "
           f"dropped invalid {summary['samples/dropped_invalid']}, lost {summary['samples/lost']}")
+    restarts = {k.split("_", 1)[1]: int(v) for k, v in summary.items() if k.startswith("faults/restarts_") and v}
+    if restarts:
+        print(f"survived component failures (restarts): {restarts}; "
+              f"{int(summary['faults/batches_regenerated'])} batches regenerated, "
+              f"{summary['faults/recover_s']:.0f} s spent recovering")
     print(f"outputs: {run_dir}/ (metrics.jsonl, summary.json, final/)")
     return 0
 

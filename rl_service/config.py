@@ -40,14 +40,31 @@ class Resources(_Section):
 
 
 class TaskConfig(_Section):
-    name: Literal["addition"] = "addition"
-    """Synthetic verifiable task that provides prompts, answers and the built-in verifier."""
+    name: Literal["addition", "guess_number"] = "addition"
+    """`addition`: single-turn verifiable task (prompts, answers, built-in verifier).
+    `guess_number`: multi-turn environment (rl_service/envs/); use it with
+    reward.fn = rl_service.envs.rewards:env_return."""
     digits: int = Field(2, ge=1, le=6)
-    """Operands have up to this many digits (prompt `37+48=`, answer `85`)."""
+    """addition: operands have up to this many digits (prompt `37+48=`, answer `85`)."""
     num_eval: int = Field(200, ge=1)
-    """Size of the fixed held-out prompt set used for greedy exact-match accuracy."""
+    """Size of the fixed held-out set: greedy exact-match accuracy (addition) or greedy
+    episode success rate (guess_number)."""
     seed: int = 1234
     """Seed of the train/held-out split (independent of the run seed)."""
+    guess_low: int = Field(0, ge=0)
+    """guess_number: smallest possible secret."""
+    guess_high: int = Field(9, ge=1, le=999)
+    """guess_number: largest possible secret."""
+    max_turns: int = Field(4, ge=1, le=16)
+    """guess_number: guesses per episode before it is truncated."""
+    turn_penalty: float = Field(0.0, ge=0, le=1)
+    """guess_number: a hit on turn k is worth 1 - turn_penalty * (k - 1)."""
+
+    @model_validator(mode="after")
+    def _guess_range(self) -> "TaskConfig":
+        if self.name == "guess_number" and self.guess_low >= self.guess_high:
+            raise ValueError(f"task.guess_low ({self.guess_low}) must be < task.guess_high ({self.guess_high})")
+        return self
 
 
 class TinyModelConfig(_Section):
@@ -135,6 +152,28 @@ class RewardConfig(_Section):
     on_error: Literal["fail", "drop"] = "drop"
     """When the function raises or returns NaN/inf/non-number: fail the run, or drop the
     sample and count it (`samples/dropped_invalid`). Never scored 0 silently."""
+    model: str | None = None
+    """A reward model directory written by `rl-service train-rm` (an HF 1-output sequence
+    classifier): the reward of a sample is its score of `prompt + completion`, one batched
+    forward per batch on the scorer's CPU. Replaces `fn` (setting both is an error)."""
+    teacher: str | None = None
+    """On-policy distillation: a causal-LM directory sharing the policy's tokenizer. Every
+    generated token gets the per-token reward teacher_coef * (teacher logprob - student
+    logprob), added to the scalar reward (use fn `zero` for distillation alone)."""
+    teacher_coef: float = Field(1.0, gt=0)
+    """Weight of the teacher's per-token reward."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "RewardConfig":
+        if self.model is not None and self.fn != "addition_exact":
+            raise ValueError(f"model and a custom fn ({self.fn!r}) are mutually exclusive: the reward model "
+                             "replaces the function")
+        for key in ("model", "teacher"):
+            d = getattr(self, key)
+            if d is not None and not (Path(d) / "config.json").is_file():
+                hint = " (train one: rl-service train-rm configs/rm.yaml)" if key == "model" else ""
+                raise ValueError(f"{key}: {d!r} is not an HF model directory (no config.json){hint}")
+        return self
 
 
 class KLConfig(_Section):
@@ -231,6 +270,10 @@ class TrainConfig(_Section):
     max_nan_steps: int = Field(3, ge=1)
     """Halt the run (with a checkpoint) after this many optimizer steps in a row were skipped
     for a NaN/inf loss or gradient norm."""
+    max_restarts: int = Field(3, ge=0)
+    """Component failures survived per run: each rollout worker, reward scorer and queue may be
+    replaced this many times (in-flight batches regenerated), and the learner group restarted
+    this many times from the last checkpoint, before the run fails naming what died."""
 
 
 class ServeConfig(_Section):
@@ -275,9 +318,10 @@ class ServeConfig(_Section):
     target_ongoing_requests: float = Field(2.0, gt=0)
     """Autoscaling target of ongoing requests per replica."""
     max_ongoing_requests: int = Field(8, ge=1)
-    """Requests a replica runs at once; more wait in the queue."""
+    """Requests a replica runs at once (engine calls); more wait in its queue."""
     max_queued_requests: int = Field(16, ge=0)
-    """Requests waiting for a replica; beyond this the proxy answers 503 (bounded queue)."""
+    """Requests a replica holds waiting for its engine; past ongoing + queued the app answers 503 in
+    the OpenAI error envelope (Serve's own limits sit above, as the outer bound)."""
     update_every: int = Field(1, ge=1)
     """While training: swap to every k-th synced policy version."""
     feedback_db: str = "runs/feedback.sqlite"
@@ -404,6 +448,9 @@ class PreferenceConfig(_Section):
     rm_extra_layers: int = Field(0, ge=0)
     """train-rm: decoder layers added on top of the policy's, initialised as the identity
     (experimental; 2 extra layers gave no measured gain on the synthetic task)."""
+    rm_lm_coef: float = Field(0.0, ge=0)
+    """train-rm: weight of an auxiliary next-token loss on the chosen completions, through the
+    policy's LM head on the reward model's backbone (dropped when saving); 0 = off."""
     beta: float = Field(0.1, gt=0)
     """train-dpo: strength of the implicit KL to the frozen reference."""
     eval_every: int = Field(50, ge=1)

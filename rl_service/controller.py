@@ -23,27 +23,34 @@ in-flight batches under their original batch ids, so with lag 0 it samples and t
 exactly what the uninterrupted run would have (batches are trained in batch-id order).
 Guards halt the run with a checkpoint: train.max_nan_steps skipped steps in a row, or a
 minibatch KL above learner.kl_hard_limit.
+
+Crashes (docs/reliability.md): a dead rollout worker, reward scorer or queue is replaced in
+place (Components.recover) and every batch in `pending` (issued, not trained) is put again;
+a copy that arrives twice is dropped by batch id. A dead learner process ends the attempt:
+everything is torn down and the run resumes from its last checkpoint in the same call, up to
+train.max_restarts times. Both are counted (`faults/*` metrics, summary.json).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
+import sys
 import time
 from pathlib import Path
 
-from rl_service import checkpoint
+from rl_service import checkpoint, faults
 from rl_service.config import Config
+from rl_service.faults import FaultLog
 from rl_service.ledger import SampleLedger
-from rl_service.tasks.addition import AdditionTask, PromptStream
+from rl_service.tasks import PromptStream, make_task
 from rl_service.tracking import RunTracker
 from rl_service.types import Prompt, PromptBatch
-from rl_service.runtime import Components, evaluate, probe_sequences
+from rl_service.runtime import ComponentFailure, Components, LearnerFailure, evaluate, probe_sequences
 
-# Fault injection for tests: "kill_in_checkpoint:<step>" SIGKILLs this driver after the
-# learners wrote that step's shards, before the checkpoint is committed.
-FAULT_ENV = "RL_SERVICE_FAULT"
+# Fault injection for tests (rl_service/faults.py), e.g. "kill_in_checkpoint:<step>" SIGKILLs
+# this driver after the learners wrote that step's shards, before the checkpoint is committed.
+FAULT_ENV = faults.FAULT_ENV
 # Config keys that must match between a checkpoint and the run resuming from it.
 _MUST_MATCH = ("seed", "task", "rollout.samples_per_prompt", "rollout.prompts_per_batch", "train.prompts_per_step")
 
@@ -76,10 +83,30 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None = None) -> dict:
     """Run PPO updates up to `cfg.train.steps`; returns the summary (also written to summary.json).
 
-    resume_from: a complete checkpoint dir; the run continues from its step exactly."""
-    t0 = time.perf_counter()
+    resume_from: a complete checkpoint dir; the run continues from its step exactly.
+    A learner failure restarts the run from its latest checkpoint (or from the start if it has
+    none yet), at most train.max_restarts times; the summary counts the restarts."""
+    if os.environ.get(faults.FAULT_ENV):  # fired-fault markers live with the run (once per run)
+        os.environ[faults.MARKER_ENV] = str(run_dir / "faults")
+    flog, restarted_from = FaultLog(), []
+    while True:
+        try:
+            return _train_attempt(cfg, run_dir, model_path, resume_from, flog, restarted_from)
+        except LearnerFailure as err:
+            flog.add("faults/restarts_learner")
+            if flog.counts["faults/restarts_learner"] > cfg.train.max_restarts:
+                raise LearnerFailure(f"{err}; no restarts left (train.max_restarts={cfg.train.max_restarts})") from err
+            resume_from = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+            flog.failed_at = time.perf_counter()
+            restarted_from.append(checkpoint.load_controller_state(resume_from)["step"] if resume_from else 0)
+            print(f"learner failed at step {flog.step}: {err}\nrestarting from "
+                  f"{resume_from or 'the start (no checkpoint yet)'}", file=sys.stderr, flush=True)
+
+
+def _train_attempt(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None,
+                   flog: FaultLog, restarted_from: list[int]) -> dict:
     tc, n = cfg.train, cfg.rollout.samples_per_prompt
-    task = AdditionTask(cfg.task)
+    task = make_task(cfg.task)
     stream = PromptStream(task, cfg.seed)
     ledger = SampleLedger(n)
     saved = checkpoint.load_controller_state(resume_from) if resume_from else None
@@ -89,7 +116,8 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
         if bad:
             raise checkpoint.CheckpointError(f"{resume_from}: config differs from the checkpoint's in {bad}")
     comps = Components.start(cfg, model_path)
-    follower = None
+    follower = tracker = consumed_log = None
+    learner_failed = False
     try:
         if cfg.serve.enabled:  # the OpenAI endpoint follows training by in-place hot swap
             from rl_service.serving.follow import ServeFollower
@@ -98,25 +126,43 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
         probes = probe_sequences(model_path, task)
         batches_per_step = tc.prompts_per_step // cfg.rollout.prompts_per_batch
         pending: dict[int, PromptBatch] = {}  # issued, not yet trained or dropped (in checkpoints)
-        if saved:  # -------------------------------------------------- exact resume
-            comps.load_checkpoint(resume_from)
-            stream.load_state_dict(saved["stream"])
-            ledger.load_state_dict(saved["ledger"])
-            start_step, version, next_batch_id = saved["step"], saved["policy_version"], saved["next_batch_id"]
-            acc_start, acc = saved["accuracy_start"], saved["accuracy"]
-            comps.sync_weights(version, probes)  # workers start from the checkpoint's policy
-            for path in (run_dir / "metrics.jsonl", run_dir / "consumed.jsonl"):
-                _truncate_jsonl(path, start_step)
-        else:
-            start_step, version, next_batch_id = 0, 0, 0
-            acc_start = acc = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
-        comps.start_loops()
-        tracker = RunTracker(run_dir, tc.steps, start_step=start_step, accuracy=acc, cfg=cfg)
-        consumed_log = (run_dir / "consumed.jsonl").open("a")
+        got: dict[int, tuple] = {}  # batch id -> (ScoredBatch ref, summary) collected for this step
+
+        def recover(err: ComponentFailure) -> None:
+            """Replace what died and put every batch not trained (nor collected) again."""
+            while err is not None:  # recovery itself may meet another crash
+                t, replaced, redo = time.perf_counter(), {}, []
+                try:
+                    replaced = comps.recover(sorted(set(pending) - set(got)))
+                    if replaced["reward"]:  # scored refs are owned by their scorer: gone with it
+                        got.clear()
+                    redo = [b for b in sorted(pending) if b not in got]
+                    for b in redo:
+                        comps.put_prompts(pending[b])
+                    err = None
+                except ComponentFailure as again:
+                    err = again
+                for kind, count in replaced.items():
+                    flog.add(f"faults/restarts_{kind}", count)
+                flog.add("faults/batches_regenerated", len(redo))
+                flog.event(kind="component", step=flog.step, replaced=replaced, batches_regenerated=redo,
+                           recover_s=time.perf_counter() - t)
+
+        def retrying(fn):
+            while True:
+                try:
+                    return fn()
+                except ComponentFailure as err:
+                    recover(err)
 
         def put(batch: PromptBatch) -> None:
             pending[batch.batch_id] = batch
-            comps.prompt_q.put(batch)
+            try:
+                comps.put_prompts(batch)
+            except ComponentFailure as err:
+                recover(err)  # re-puts this batch too
+            if faults.fire("kill_queue", batch.batch_id):
+                comps.prompt_q.kill()
 
         def issue(num_batches: int) -> None:
             nonlocal next_batch_id
@@ -126,12 +172,28 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
                 put(PromptBatch(next_batch_id, tuple(prompts)))
                 next_batch_id += 1
 
+        def collect() -> list[tuple]:
+            """One step's (ref, summary) pairs in batch-id order (arrival order is a race)."""
+            deadline = time.perf_counter() + tc.timeout_s
+            while len(got) < batches_per_step:
+                ref, s = comps.next_scored(deadline)
+                if s.batch_id not in pending or s.batch_id in got:  # a second copy after a recovery
+                    flog.add("faults/duplicates_dropped")
+                    continue
+                if version - s.policy_version > tc.max_policy_lag:   # too old: drop, count, replace
+                    del pending[s.batch_id]
+                    ledger.mark_dropped(s.dropped)
+                    ledger.mark_dropped((sid, "stale") for sid in s.sample_ids)
+                    issue(1)
+                    continue
+                got[s.batch_id] = (ref, s)
+            return [got[b] for b in sorted(got)]
+
         def save(step: int) -> Path:
             tmp = checkpoint.begin(run_dir / "checkpoints", step)
             learner_info = comps.save_checkpoint(tmp)
-            fault = os.environ.get(FAULT_ENV, "")
-            if fault == f"kill_in_checkpoint:{step}":
-                os.kill(os.getpid(), signal.SIGKILL)
+            if faults.fire("kill_in_checkpoint", step):
+                faults.kill_self()
             state = {"step": step, "policy_version": version, "next_batch_id": next_batch_id,
                      "stream": stream.state_dict(), "ledger": ledger.state_dict(),
                      "pending": [_batch_to_json(pending[b]) for b in sorted(pending)],
@@ -139,29 +201,45 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
                      "config": cfg.model_dump(mode="json")}
             return checkpoint.commit(run_dir / "checkpoints", tmp, step, state, tc.keep_last)
 
+        if saved:  # -------------------------------------------------- exact resume
+            comps.load_checkpoint(resume_from)
+            stream.load_state_dict(saved["stream"])
+            ledger.load_state_dict(saved["ledger"])
+            start_step, version, next_batch_id = saved["step"], saved["policy_version"], saved["next_batch_id"]
+            acc_start, acc = saved["accuracy_start"], saved["accuracy"]
+            comps.publish(version, probes)  # workers start from the checkpoint's policy
+            retrying(comps.load_published)
+        else:
+            start_step, version, next_batch_id = 0, 0, 0
+            acc_start = acc = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
+        for path in (run_dir / "metrics.jsonl", run_dir / "consumed.jsonl"):
+            _truncate_jsonl(path, start_step)  # rows of steps after the checkpoint are redone
+        comps.start_loops()
+        tracker = RunTracker(run_dir, tc.steps, start_step=start_step, accuracy=acc, cfg=cfg)
+        consumed_log = (run_dir / "consumed.jsonl").open("a")
         if saved:  # the batches in flight at the checkpoint, under their original ids
             for d in saved["pending"]:
-                comps.prompt_q.put(pending.setdefault(d["batch_id"], _batch_from_json(d)))
+                put(_batch_from_json(d))
         else:
             issue(batches_per_step * min(1 + tc.max_policy_lag, tc.steps))
+        if flog.failed_at is not None:  # restarted after a learner failure: what it cost
+            flog.event(kind="learner", step=flog.step, resumed_from_step=start_step,
+                       steps_redone=flog.step - 1 - start_step, recover_s=time.perf_counter() - flog.failed_at)
+            flog.failed_at = None
         last_saved = start_step if saved else -1
         for step in range(start_step, tc.steps):
             t_step = time.perf_counter()
-            got, stale = [], 0
-            while len(got) < batches_per_step:                       # 1. collect one step of batches
-                ref, s = comps.next_scored(deadline=t_step + tc.timeout_s)
-                pending.pop(s.batch_id, None)
-                ledger.mark_dropped(s.dropped)
-                if version - s.policy_version > tc.max_policy_lag:   # too old: drop, count, replace
-                    ledger.mark_dropped((sid, "stale") for sid in s.sample_ids)
-                    stale += len(s.sample_ids)
-                    issue(1)
-                    continue
-                got.append((s.batch_id, ref, s))
-            got.sort(key=lambda g: g[0])  # arrival order is a race; batch-id order is reproducible
-            refs, summaries = [g[1] for g in got], [g[2] for g in got]
+            flog.step = step + 1
+            got.clear()
+            collected = retrying(collect)                               # 1. collect one step of batches
+            refs, summaries = [g[0] for g in collected], [g[1] for g in collected]
             t_collected = time.perf_counter()
-            metrics = comps.train_step(refs, n)                        # 2. PPO update on FSDP2
+            if faults.fire("kill_learner", step + 1):
+                comps.kill_learner_soon(0.1)
+            metrics = comps.train_step(refs, n)                         # 2. PPO update on FSDP2
+            for s in summaries:
+                del pending[s.batch_id]
+            ledger.mark_dropped(d for s in summaries for d in s.dropped)
             ledger.mark_trained(sid for s in summaries for sid in s.sample_ids)
             consumed_log.write(json.dumps({"step": step + 1, "batch_ids": [s.batch_id for s in summaries],
                                            "prompt_ids": [p for s in summaries for p in s.prompt_ids]}) + "\n")
@@ -171,7 +249,8 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
             halt = _guard(cfg, metrics)
             sync = {"probe_max_diff": float("nan")}
             if halt is None:
-                sync = comps.sync_weights(version, probes)             # 3. publish + verified load
+                sync = comps.publish(version, probes)                   # 3. publish + verified load
+                sync.update(retrying(comps.load_published))
                 if follower:
                     follower.on_version(version, sync["state_ref"], sync["meta_ref"])
                 if step + 1 + tc.max_policy_lag < tc.steps:            # 4. keep the pipeline full
@@ -191,9 +270,7 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
                 "timing_s/weight_sync": t_synced - t_trained, "timing_s/step": step_s,
                 "weight_sync/probe_max_diff": sync["probe_max_diff"],
                 "perf/tokens_per_s": tokens / step_s, "perf/samples_per_s": sum(len(s.sample_ids) for s in summaries) / step_s,
-                "queue/prompts_depth": comps.prompt_q.qsize(), "queue/rollouts_depth": comps.rollout_q.qsize(),
-                "queue/scored_depth": comps.scored_q.qsize(),
-                **ledger.counts(),
+                **comps.queue_depths(), **ledger.counts(), **flog.counts,
             })
             if halt is not None or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0):
                 t_ckpt = time.perf_counter()
@@ -202,27 +279,32 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
                 metrics["timing_s/checkpoint"] = time.perf_counter() - t_ckpt
             tracker.log(metrics)
             if halt is not None:
-                tracker.write_summary({"steps": step + 1, "halted": halt, "checkpoint": str(path), **ledger.counts()})
-                tracker.close()
+                tracker.write_summary({"steps": step + 1, "halted": halt, "checkpoint": str(path),
+                                       **ledger.counts(), **flog.summary()})
                 raise TrainingHalted(f"{halt}; state at step {step + 1} saved in {path}")
         comps.stop_loops()
         if last_saved != tc.steps:
             save(tc.steps)
-        consumed_log.close()
         acc_end = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
         comps.save_final(run_dir / "final")
-        summary = {"steps": tc.steps, "wall_s": time.perf_counter() - t0, "policy_version": version,
+        summary = {"steps": tc.steps, "wall_s": time.perf_counter() - flog.t0, "policy_version": version,
                    "resumed_from_step": start_step if saved else None,
                    "eval/accuracy_start": acc_start, "eval/accuracy_end": acc_end,
                    "eval/accuracy_gain": acc_end - acc_start, "model_path": str(model_path),
-                   "final_dir": str(run_dir / "final"), **ledger.check()}
+                   "final_dir": str(run_dir / "final"), **ledger.check(),
+                   **flog.summary(), "faults/restarted_from_steps": restarted_from}
         tracker.write_summary(summary)
-        tracker.close()
         return summary
+    except LearnerFailure:
+        learner_failed = True
+        raise
     finally:
+        for closable in (consumed_log, tracker):
+            if closable is not None:
+                closable.close()
         if follower:
             follower.stop()
-        comps.shutdown()
+        comps.shutdown(graceful=not learner_failed)
 
 
 def _guard(cfg: Config, metrics: dict) -> str | None:

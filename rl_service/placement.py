@@ -6,18 +6,23 @@ each into named Ray actors with the resources its config section asks for:
     rollout-0..N-1   RolloutWorker   cfg.rollout.resources   (one vLLM engine each)
     reward-0..M-1    RewardScorer    cfg.reward.resources
     learner-0..K-1   Learner         cfg.learner.resources, gang scheduled in one placement group
+
+A rollout worker or scorer that died is replaced by a new actor of the same name and options
+(make_rollout_worker / make_scorer); learners are only ever replaced all together.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl_service.config import Config, Resources
+from rl_service.faults import FAULT_ENV, MARKER_ENV
 
 
 def actor_options(res: Resources, name: str, max_concurrency: int = 1) -> dict:
@@ -25,7 +30,26 @@ def actor_options(res: Resources, name: str, max_concurrency: int = 1) -> dict:
             "name": name, "max_concurrency": max_concurrency,
             # Ray derives OMP_NUM_THREADS from num_cpus; keep at least one thread.
             "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(res.num_cpus))),
-                                         "OMP_WAIT_POLICY": "PASSIVE"}}}
+                                         "OMP_WAIT_POLICY": "PASSIVE", **fault_env()}}}
+
+
+def fault_env() -> dict[str, str]:
+    """The fault-injection plan and its marker dir (rl_service/faults.py), when set: the marker
+    dir is set by the driver after Ray started, so actors only see it through their runtime_env."""
+    return {k: os.environ[k] for k in (FAULT_ENV, MARKER_ENV) if os.environ.get(k)}
+
+
+def create_named(actor_cls, opts: dict, *args, wait_s: float = 30.0):
+    """`actor_cls.options(**opts).remote(*args)`, retried while the name is still held by a
+    dead actor of that name (a replacement is created right after the old one died)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return actor_cls.options(**opts).remote(*args)
+        except ValueError as err:
+            if "already taken" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def engine_env() -> dict[str, str]:
@@ -36,28 +60,34 @@ def engine_env() -> dict[str, str]:
     return env
 
 
-def make_rollout_workers(cfg: Config, model_path: str) -> list:
+def make_rollout_worker(cfg: Config, model_path: str, index: int):
+    """Rollout worker `rollout-<index>` (also used to replace one that died)."""
     from rl_service.rollout.worker import RolloutWorker
 
-    cls = ray.remote(RolloutWorker)
-    workers = []
-    for i in range(cfg.rollout.num_workers):
-        opts = actor_options(cfg.rollout.resources, f"rollout-{i}", max_concurrency=4)
-        opts["runtime_env"]["env_vars"].update(engine_env())
-        # Same seed everywhere: sampling is seeded per batch id, so a batch's samples do not depend
-        # on which worker happens to take it (exact resume with a different worker count).
-        workers.append(cls.options(**opts).remote(cfg.rollout, model_path, cfg.seed, f"rollout-{i}"))
-    return workers
+    name = f"rollout-{index}"
+    opts = actor_options(cfg.rollout.resources, name, max_concurrency=4)
+    opts["runtime_env"]["env_vars"].update(engine_env())
+    # Same seed everywhere: sampling is seeded per batch id, so a batch's samples do not depend
+    # on which worker happens to take it (exact resume with a different worker count).
+    return create_named(ray.remote(RolloutWorker), opts, cfg.rollout, model_path, cfg.seed, name)
+
+
+def make_rollout_workers(cfg: Config, model_path: str) -> list:
+    return [make_rollout_worker(cfg, model_path, i) for i in range(cfg.rollout.num_workers)]
+
+
+def make_scorer(cfg: Config, index: int):
+    """Reward scorer `reward-<index>` (also used to replace one that died)."""
+    from rl_service.reward.scorer import RewardScorer
+
+    name = f"reward-{index}"
+    whole_groups = cfg.learner.advantage != "gae"
+    return create_named(ray.remote(RewardScorer), actor_options(cfg.reward.resources, name, max_concurrency=2),
+                        cfg.reward, name, whole_groups)
 
 
 def make_scorers(cfg: Config) -> list:
-    from rl_service.reward.scorer import RewardScorer
-
-    cls = ray.remote(RewardScorer)
-    whole_groups = cfg.learner.advantage != "gae"
-    return [cls.options(**actor_options(cfg.reward.resources, f"reward-{i}", max_concurrency=2))
-               .remote(cfg.reward, f"reward-{i}", whole_groups)
-            for i in range(cfg.reward.num_scorers)]
+    return [make_scorer(cfg, i) for i in range(cfg.reward.num_scorers)]
 
 
 @ray.remote(num_cpus=0)
@@ -95,7 +125,7 @@ def make_learners(cfg: Config, model_path: str):
     for rank in range(lc.num_workers):
         opts = actor_options(lc.resources, f"learner-{rank}")
         opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)
-        actors.append(cls.options(**opts).remote(lc, model_path, rank, lc.num_workers, addr, port, cfg.seed))
+        actors.append(create_named(cls, opts, lc, model_path, rank, lc.num_workers, addr, port, cfg.seed))
     return actors, pg
 
 

@@ -10,6 +10,10 @@ Both implementations share one small interface:
 `RayBatchQueue` puts the batch into the object store once (`ray.put`, owned by the producer)
 and moves only the ref and a small summary through the `ray.util.queue.Queue` actor.
 `LocalQueue` is the in-memory twin used by unit tests of actor bodies.
+
+The queue actor is a single point of failure: if it dies, its contents are gone and every
+put/get on it raises `RayActorError`. The controller then rebuilds the queues and re-puts
+every batch it issued and has not trained (rl_service/runtime.py `Components.recover`).
 """
 
 from __future__ import annotations
@@ -69,5 +73,22 @@ class RayBatchQueue:
     def qsize(self) -> int:
         return self._q.qsize()
 
+    def alive(self, timeout: float = 5.0) -> bool:
+        """False if the queue actor is dead (its contents are gone) or does not answer."""
+        import ray
+
+        try:
+            ray.get(self._q.actor.qsize.remote(), timeout=timeout)
+            return True
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+
+    def kill(self) -> None:
+        """Kill the queue actor but keep this handle (a crash, for fault injection): calls on it raise."""
+        import ray
+
+        ray.kill(self._q.actor, no_restart=True)
+
     def shutdown(self) -> None:
-        self._q.shutdown()
+        # force: blocked put/get calls of other processes must fail now, not after a grace period
+        self._q.shutdown(force=True)

@@ -28,7 +28,7 @@ from rl_service.algo.kl import make_kl_controller
 from rl_service.algo.masking import masked_mean
 from rl_service.config import LearnerConfig
 from rl_service.learner import fsdp
-from rl_service.learner.batching import engine_logprobs, pad_samples
+from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
 from rl_service.learner.forward import Models, policy_logprobs
 from rl_service.learner.ppo_step import RolloutTensors, ppo_update, prepare_rollout
 from rl_service.types import PolicyVersion, Sample, ScoredBatch
@@ -122,8 +122,10 @@ class Learner:
         batch = {k: v.to(device) for k, v in pad_samples(samples, self.pad_id).items()}
         scores = torch.tensor(rewards, dtype=torch.float32, device=device)
         kl_coef = float(self.kl_ctl.value)
+        token_rewards = batch_token_rewards(batches, batch["input_ids"].shape[1])  # distillation; else None
         data, metrics = prepare_rollout(self.models, self.cfg, batch, scores, [s.prompt_id for s in samples],
-                                        group_size, kl_coef)
+                                        group_size, kl_coef,
+                                        None if token_rewards is None else token_rewards.to(device))
         metrics.update(_engine_mismatch(samples, data))
         if self.cfg.behavior_logprobs == "rollout":
             # PPO's ratio against the policy that actually sampled (it may be up to

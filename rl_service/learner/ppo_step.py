@@ -73,8 +73,14 @@ def frac_zero_std(scores: Tensor, prompt_ids: list[int], group_size: int) -> flo
 
 
 def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor], scores: Tensor,
-                    prompt_ids: list[int], group_size: int, kl_coef: float) -> tuple[RolloutTensors, dict[str, float]]:
-    """Score the batch and compute advantages. batch: pad_samples output on the device; scores: [N]."""
+                    prompt_ids: list[int], group_size: int, kl_coef: float,
+                    token_rewards: Tensor | None = None) -> tuple[RolloutTensors, dict[str, float]]:
+    """Score the batch and compute advantages. batch: pad_samples output on the device; scores: [N];
+    token_rewards: [N, T-1] aligned like response_mask (batch_token_rewards) or None.
+
+    Per-token rewards (on-policy distillation) enter GAE as rewards on their tokens; with a
+    group estimator they are added to each token's advantage as they are (discount 0: a token
+    is credited with its own reward only, as in on-policy distillation)."""
     input_ids, attention_mask, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     N = input_ids.shape[0]
     micro = rank_micro_batches(range(N), models.rank, models.world_size, cfg.micro_batch_size)
@@ -95,10 +101,13 @@ def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor]
         "kl/coef": float(kl_coef),
         "reward/frac_zero_std": frac_zero_std(scores, prompt_ids, group_size),
     }
+    if token_rewards is not None:
+        metrics["reward/token_mean"] = float(masked_mean(token_rewards, mask))
+        metrics["reward/token_seq_mean"] = float(masked_sum(token_rewards, mask, dim=-1).mean())
     returns = None
     if cfg.advantage == "gae":
         assert values is not None, "gae needs the critic"
-        rewards = token_level_rewards(scores, mask, kl_tok if in_reward else None, kl_coef)
+        rewards = token_level_rewards(scores, mask, kl_tok if in_reward else None, kl_coef, token_rewards)
         adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         metrics["value/explained_var"] = explained_variance(values, returns, mask)
         if cfg.whiten_advantages:
@@ -110,6 +119,8 @@ def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor]
         # No batch whitening here: the estimator sets the scale (dr_grpo deliberately
         # does not divide by a std; re-centring would move zero-signal groups off 0).
         adv = broadcast_to_tokens(adv_seq, mask)
+        if token_rewards is not None:
+            adv = adv + token_rewards * mask
     data = RolloutTensors(input_ids, attention_mask, mask, old_lp, ref_lp, adv, values, returns)
     return data, metrics
 

@@ -21,13 +21,16 @@ from rl_service.config import ModelConfig, TaskConfig
 FORMAT_VERSION = 1
 """Bump when the build recipe changes so old cached models are not reused."""
 BUILD_INFO = "build_info.json"
+_ENV_TASK_FIELDS = {"guess_low", "guess_high", "max_turns", "turn_penalty"}
+"""TaskConfig fields the addition task ignores: left out of its key, so models cached before
+they existed keep their key."""
 
 
 def cache_key(model_cfg: ModelConfig, task_cfg: TaskConfig, seed: int) -> str:
     payload = {
         "build": model_cfg.build.model_dump(mode="json"),
         "sft": model_cfg.sft.model_dump(mode="json"),
-        "task": task_cfg.model_dump(mode="json"),
+        "task": task_cfg.model_dump(mode="json", exclude=_ENV_TASK_FIELDS if task_cfg.name == "addition" else None),
         "seed": seed,
         "format": FORMAT_VERSION,
     }
@@ -71,10 +74,10 @@ def _build_into(out: Path, model_cfg: ModelConfig, task_cfg: TaskConfig, seed: i
     from rl_service.models.sft import sft_warm_start
     from rl_service.models.tiny import build_tiny_model, num_params
     from rl_service.models.tokenizer import build_tokenizer
-    from rl_service.tasks.addition import AdditionTask
+    from rl_service.tasks import make_task
 
     start = time.perf_counter()
-    task = AdditionTask(task_cfg)
+    task = make_task(task_cfg)
     tokenizer = build_tokenizer(task.corpus(), model_cfg.build.vocab_size)
     with torch.random.fork_rng(devices=[]):  # seeded init without clobbering the caller's RNG
         torch.manual_seed(seed)

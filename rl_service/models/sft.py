@@ -2,6 +2,9 @@
 
 Sequence `<s>37+48=85</s>`; cross-entropy only on the answer and EOS tokens. Stops as
 soon as held-out greedy accuracy reaches `cfg.target_accuracy`, so RL has room to improve.
+A task may bring its own data and metric (`task.sft_batch(tokenizer, rng, batch_size)`,
+`task.sft_metric(model, tokenizer)`): environment tasks train on naive play and measure
+greedy episode success (tasks/guess_number.py).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +59,16 @@ def sft_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
     return loss, {"loss": loss.item(), "seq_acc": seq_acc}
 
 
-def sft_warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: AdditionTask,
+def sft_warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: AdditionTask | Any,
                    cfg: SFTConfig, seed: int, progress: bool = True) -> dict[str, float]:
     """Train in place. Returns {"steps", "accuracy" (held-out greedy), "seconds", "loss" (EMA),
     "threads" (torch threads used after the probe)}."""
     start = time.perf_counter()
-    accuracy = greedy_accuracy_hf(model, tokenizer, task.eval_problems)
+    batch_fn = getattr(task, "sft_batch", None) or (
+        lambda tok, rng, n: make_sft_batch(tok, [task.sample_train(rng) for _ in range(n)]))
+    metric_fn = getattr(task, "sft_metric", None) or (
+        lambda m, tok: greedy_accuracy_hf(m, tok, task.eval_problems))
+    accuracy = metric_fn(model, tokenizer)
     if cfg.max_steps == 0 or accuracy >= cfg.target_accuracy:
         return {"steps": 0, "accuracy": accuracy, "seconds": time.perf_counter() - start, "loss": float("nan"),
                 "threads": torch.get_num_threads()}
@@ -80,7 +88,7 @@ def sft_warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     for step in range(1, cfg.max_steps + 1):
         threads = _pick_threads(step, threads_before, step_times)
         t0 = time.perf_counter()
-        ids, mask, labels = make_sft_batch(tokenizer, [task.sample_train(rng) for _ in range(cfg.batch_size)])
+        ids, mask, labels = batch_fn(tokenizer, rng, cfg.batch_size)
         loss, metrics = sft_loss(model, ids, mask, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,7 +100,7 @@ def sft_warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{metrics['seq_acc']:.2f}", eval=f"{accuracy:.2f}", refresh=False)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            accuracy = greedy_accuracy_hf(model, tokenizer, task.eval_problems)
+            accuracy = metric_fn(model, tokenizer)
             if accuracy >= cfg.target_accuracy:
                 break
     bar.close()

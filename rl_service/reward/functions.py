@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from rl_service.envs.rewards import env_return  # environment tasks: the episode return
+
 RewardFn = Callable[..., float]
 
 
@@ -22,7 +24,12 @@ def addition_exact(prompt: str, completion: str, answer: str = "", **_: Any) -> 
     return 1.0 if completion.strip() == str(answer) else 0.0
 
 
-BUILTINS: dict[str, RewardFn] = {"addition_exact": addition_exact}
+def zero(prompt: str, completion: str, **_: Any) -> float:
+    """0.0 for everything: on-policy distillation alone (reward.teacher gives the only signal)."""
+    return 0.0
+
+
+BUILTINS: dict[str, RewardFn] = {"addition_exact": addition_exact, "zero": zero, "env_return": env_return}
 BUILTIN_NAMES = frozenset(BUILTINS)
 
 

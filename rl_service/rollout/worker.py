@@ -9,10 +9,13 @@ must equal the learner's.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 from rl_service.config import RolloutConfig
+from rl_service.envs import is_env_prompt, run_episodes
 from rl_service.rollout.engine import make_engine
 from rl_service.types import PolicyVersion, PromptBatch, RolloutBatch, Sample
 from rl_service.weight_sync import WeightSyncError, max_probe_diff, state_dict_checksum
@@ -24,6 +27,9 @@ class RolloutWorker:
         self.name = name
         self.seed = seed
         self.engine = make_engine(cfg, model_path, seed)
+        # Token budget of one multi-turn episode: the model's context length.
+        model_cfg = json.loads((Path(model_path) / "config.json").read_text())
+        self.max_tokens = int(model_cfg.get("max_position_embeddings", 2048))
         self._lock = threading.Lock()
         self._stop = False
         self._calls = 0
@@ -38,6 +44,10 @@ class RolloutWorker:
             start = time.perf_counter()
             version = self.engine.version
             self._calls += 1
+            if any(is_env_prompt(p.metadata) for p in batch.prompts):
+                samples = self._episode_samples(batch, version)
+                return RolloutBatch(batch_id=batch.batch_id, samples=samples, worker=self.name,
+                                    policy_version=version, generate_s=time.perf_counter() - start)
             outs = self.engine.generate([p.text for p in batch.prompts], n=cfg.samples_per_prompt,
                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                         top_p=cfg.top_p, seed=self.seed * 1_000_003 + batch.batch_id)
@@ -51,15 +61,45 @@ class RolloutWorker:
         return RolloutBatch(batch_id=batch.batch_id, samples=samples, worker=self.name,
                             policy_version=version, generate_s=elapsed)
 
+    def _episode_samples(self, batch: PromptBatch, version: int) -> tuple[Sample, ...]:
+        """One Sample per environment episode, n episodes per prompt (caller holds the lock)."""
+        cfg = self.cfg
+        if not all(is_env_prompt(p.metadata) for p in batch.prompts):
+            raise ValueError(f"batch {batch.batch_id} mixes environment and plain prompts")
+        groups = run_episodes(self.engine, self.engine.tokenizer, [p.metadata for p in batch.prompts],
+                              n=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens, max_tokens=self.max_tokens,
+                              temperature=cfg.temperature, top_p=cfg.top_p, seed=self.seed * 1_000_003 + batch.batch_id)
+        samples = []
+        for p, group in zip(batch.prompts, groups):
+            for k, ep in enumerate(group):
+                if ep.prompt_text != p.text:
+                    raise ValueError(f"prompt {p.prompt_id}: env reset gave {ep.prompt_text!r}, prompt is {p.text!r}")
+                samples.append(Sample(
+                    sample_id=f"{p.prompt_id}/{k}", prompt_id=p.prompt_id, prompt_text=p.text,
+                    prompt_ids=tuple(ep.prompt_ids), response_ids=tuple(ep.response_ids),
+                    response_logprobs=tuple(ep.response_logprobs),
+                    response_text=self.engine.tokenizer.decode(ep.response_ids, skip_special_tokens=True),
+                    policy_version=version, finish_reason=ep.finish_reason,
+                    metadata={**p.metadata, **ep.summary()}, response_mask=tuple(ep.response_mask)))
+        return tuple(samples)
+
     def run(self, prompt_q, rollout_q, poll_s: float = 0.2) -> int:
         """Loop until `stop()`: pull a PromptBatch, generate, push the RolloutBatch (blocks when
         the rollout queue is full: backpressure). Returns the number of batches produced."""
+        from rl_service import faults
+
         done = 0
         while not self._stop:
             batch = prompt_q.get(timeout=poll_s)
             if batch is None:
                 continue
-            rollout_q.put(self.generate(batch))
+            crash = faults.fire("kill_rollout", batch.batch_id)  # test hook: die inside generate
+            if crash:
+                faults.kill_self_after(0.05)
+            out = self.generate(batch)
+            if crash:  # generation beat the timer: still die before the batch is delivered
+                faults.kill_self()
+            rollout_q.put(out)
             done += 1
         return done
 
@@ -87,6 +127,13 @@ class RolloutWorker:
         with self._lock:
             outs = self.engine.generate(prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
         return [group[0].text for group in outs]
+
+    def evaluate_episodes(self, metadatas: list[dict], max_new_tokens: int) -> list[dict]:
+        """Greedy episodes (one per env prompt) -> each episode's summary (`env_success`, `env_return`...)."""
+        with self._lock:
+            groups = run_episodes(self.engine, self.engine.tokenizer, metadatas, n=1, max_new_tokens=max_new_tokens,
+                                  max_tokens=self.max_tokens, temperature=0.0)
+        return [g[0].summary() for g in groups]
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
         with self._lock:

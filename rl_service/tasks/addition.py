@@ -2,8 +2,9 @@
 
 The pair space (a, b) with 0 <= a, b < 10**digits is split once, with its own seed, into
 a fixed held-out set (greedy exact-match accuracy) and the training pairs. The training
-prompt stream is a seeded permutation of the training pairs per epoch, with a state dict
-so a resumed run sees the very same prompts.
+prompt stream is a seeded permutation of the training items per epoch, with a state dict
+so a resumed run sees the very same prompts. The stream works for any task with
+`train_items`, `sample_train(rng)` and `make_prompt(item, prompt_id)` (see tasks/guess_number.py).
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ class AdditionTask:
             self.train_pairs = [divmod(c, self.base) for c in range(self.num_pairs) if c not in self._eval_codes]
 
     @property
+    def train_items(self) -> list[tuple[int, int]] | None:
+        """What the prompt stream permutes each epoch (None = sample with `sample_train`)."""
+        return self.train_pairs
+
+    def make_prompt(self, pair: tuple[int, int], prompt_id: int) -> Prompt:
+        p = make_problem(*pair)
+        return Prompt(prompt_id=prompt_id, text=p.prompt, metadata={"answer": p.answer})
+
+    @property
     def num_train(self) -> int:
         return self.num_pairs - len(self._eval_codes)
 
@@ -88,7 +98,7 @@ class PromptStream:
     global counter. `state_dict()` / `load_state_dict()` capture the exact position.
     """
 
-    def __init__(self, task: AdditionTask, seed: int):
+    def __init__(self, task, seed: int):
         self.task = task
         self.seed = seed
         self.epoch = 0
@@ -104,14 +114,14 @@ class PromptStream:
 
     @property
     def epoch_len(self) -> int:
-        return len(self.task.train_pairs) if self.task.train_pairs is not None else _SAMPLED_EPOCH_LEN
+        return len(self.task.train_items) if self.task.train_items is not None else _SAMPLED_EPOCH_LEN
 
-    def _epoch_order(self) -> list[tuple[int, int]]:
+    def _epoch_order(self) -> list:
         if self._order_epoch != self.epoch:
             # A string seed hashes deterministically (sha512), independent of PYTHONHASHSEED.
             rng = random.Random(f"prompt-stream/{self.seed}/{self.epoch}")
-            if self.task.train_pairs is not None:
-                self._order = list(self.task.train_pairs)
+            if self.task.train_items is not None:
+                self._order = list(self.task.train_items)
                 rng.shuffle(self._order)
             else:
                 self._order = [self.task.sample_train(rng) for _ in range(_SAMPLED_EPOCH_LEN)]
@@ -123,9 +133,7 @@ class PromptStream:
         for _ in range(n):
             if self.index >= self.epoch_len:
                 self.epoch, self.index = self.epoch + 1, 0
-            a, b = self._epoch_order()[self.index]
-            p = make_problem(a, b)
-            out.append(Prompt(prompt_id=self.next_id, text=p.prompt, metadata={"answer": p.answer}))
+            out.append(self.task.make_prompt(self._epoch_order()[self.index], self.next_id))
             self.index += 1
             self.next_id += 1
         return out
