@@ -33,6 +33,7 @@ from rl_service.algo.logprobs import token_logprobs
 from rl_service.algo.preference import bradley_terry_loss, dpo_loss, sequence_logprobs
 from rl_service.config import PreferenceRunConfig
 from rl_service.learner import fsdp
+from rl_service.reward.models import rm_inputs
 
 _SKIP_FILES = ("model.safetensors", "config.json", "build_info.json")
 
@@ -40,9 +41,9 @@ _SKIP_FILES = ("model.safetensors", "config.json", "build_info.json")
 # ---------------------------------------------------------------- data -> tensors
 
 def encode_texts(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Whole sequences for the reward model: BOS + prompt + completion, right-padded. -> ids, mask: [N, L]."""
-    enc = tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    """Whole sequences for the reward model: BOS + prompt + completion, right-padded. -> ids, mask: [N, L].
+    The same encoding scores rollouts in PPO (`reward.model`, rl_service/reward/models.py)."""
+    return rm_inputs(tokenizer, texts)
 
 
 def encode_completions(tokenizer, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
@@ -72,7 +73,12 @@ def encode_pairs(kind: str, tokenizer, pairs: list[dict]) -> dict[str, torch.Ten
     prompts = [p["prompt"] for p in pairs] * 2
     completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     if kind == "rm":
-        return encode_texts(tokenizer, [p + c for p, c in zip(prompts, completions)])
+        data = encode_texts(tokenizer, [p + c for p, c in zip(prompts, completions)])
+        # Completion tokens (digits tokenize one by one, so prompt + completion splits at len(prompt ids)).
+        starts = torch.tensor([len(tokenizer(p).input_ids) for p in prompts])
+        cols = torch.arange(data["input_ids"].shape[1])
+        data["response_mask"] = ((cols[None, :] >= starts[:, None]) & (data["attention_mask"] > 0)).long()
+        return data
     return encode_completions(tokenizer, prompts, completions)
 
 
@@ -91,6 +97,35 @@ def rm_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
 
 
+class RewardModelWithLM(torch.nn.Module):
+    """train-rm with `preference.rm_lm_coef > 0`: the reward model and the policy's LM head on
+    one backbone, so the chosen answers also train next-token prediction (an auxiliary SFT loss
+    that keeps the hidden states able to compute the answer; cf. Yang et al. 2024, "Regularizing
+    hidden states enables learning generalizable reward models"). Only `rm` is saved."""
+
+    def __init__(self, rm, lm_head: torch.nn.Module):
+        super().__init__()
+        self.rm, self.lm_head = rm, lm_head
+
+    @property
+    def base_model(self):  # where fsdp.decoder_layers looks for the blocks
+        return self.rm.base_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> scores [N] (at the last real token of each right-padded row, as HF pools), logits [N, L, V]."""
+        h = self.rm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [N, L, H]
+        last = attention_mask.sum(-1) - 1
+        scores = self.rm.score(h[torch.arange(h.shape[0], device=h.device), last])[:, 0].float()
+        return scores, self.lm_head(h)
+
+
+def chosen_lm_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+    """Mean next-token NLL of each chosen completion: logits [2k, L, V] (rows < k are chosen) -> [k]."""
+    tok = token_logprobs(logits[:k, :-1], batch["input_ids"][:k, 1:])  # [k, L-1]
+    mask = batch["response_mask"][:k, 1:].float()
+    return -(tok * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 def completion_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed logprob of each row's completion + EOS: [2k, L] -> [2k]."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [2k, L, V]
@@ -102,9 +137,17 @@ def pair_loss(kind: str, models: dict, batch, cfg, denom: float) -> tuple[torch.
     """(loss, metrics) of k pairs; batch rows [2k, L] are the k chosen then the k rejected."""
     pc = cfg.preference
     if kind == "rm":
-        r = rm_scores(models["train"], batch)
+        model = models["train"]
+        if not isinstance(model, RewardModelWithLM):
+            r = rm_scores(model, batch)
+            k = r.shape[0] // 2
+            return bradley_terry_loss(r[:k], r[k:], margin=pc.margin, label_smoothing=pc.label_smoothing, denom=denom)
+        r, logits = model(batch["input_ids"], batch["attention_mask"])
         k = r.shape[0] // 2
-        return bradley_terry_loss(r[:k], r[k:], margin=pc.margin, label_smoothing=pc.label_smoothing, denom=denom)
+        loss, m = bradley_terry_loss(r[:k], r[k:], margin=pc.margin, label_smoothing=pc.label_smoothing, denom=denom)
+        nll = chosen_lm_nll(logits, batch, k)  # [k]; summed / GLOBAL pair count, like the BT loss
+        m["lm_loss"] = float(nll.detach().mean()) if k else 0.0
+        return loss + pc.rm_lm_coef * nll.sum() / denom, m
     lp = completion_logprobs(models["train"], batch)
     with torch.no_grad():
         ref = completion_logprobs(models["reference"], batch)
@@ -138,7 +181,7 @@ def rm_config(model_path: str, extra_layers: int):
     return config
 
 
-def _load_models(kind: str, model_path: str, device, mesh, extra_layers: int = 0) -> dict:
+def _load_models(kind: str, model_path: str, device, mesh, extra_layers: int = 0, lm_coef: float = 0.0) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if kind == "rm":
@@ -151,6 +194,9 @@ def _load_models(kind: str, model_path: str, device, mesh, extra_layers: int = 0
             for layer in rm.base_model.layers[config.num_hidden_layers - extra_layers:]:
                 layer.self_attn.o_proj.weight.zero_()
                 layer.mlp.down_proj.weight.zero_()
+        if lm_coef > 0:  # the policy's own LM head, trained alongside and then dropped
+            lm_head = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).lm_head
+            rm = RewardModelWithLM(rm, lm_head)
         models = {"train": rm}
     else:
         policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -166,6 +212,8 @@ def _save(kind: str, model, tokenizer, model_path: str, out: Path, rank: int, ex
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     state_dict = fsdp.full_state_dict(model)
+    if isinstance(model, RewardModelWithLM):  # keep the reward model only
+        state_dict = {k.removeprefix("rm."): v for k, v in state_dict.items() if k.startswith("rm.")}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for f in Path(model_path).iterdir():
@@ -194,7 +242,7 @@ def run_rank(rank: int, world_size: int, port: int, kind: str, cfg: PreferenceRu
         torch.manual_seed(cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         train_data, eval_data = encode_pairs(kind, tokenizer, train_pairs), encode_pairs(kind, tokenizer, eval_pairs)
-        models = _load_models(kind, model_path, device, mesh, pc.rm_extra_layers)
+        models = _load_models(kind, model_path, device, mesh, pc.rm_extra_layers, pc.rm_lm_coef)
         opt = torch.optim.AdamW(models["train"].parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
         warmup = max(1, pc.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))

@@ -55,6 +55,29 @@ def test_train_rm_two_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert abs(acc - s["eval/accuracy_end"]) < 1e-6
 
 
+def test_train_rm_with_lm_loss_saves_plain_reward_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`rm_lm_coef > 0`: the chosen answers' next-token loss falls during train-rm, and the saved
+    directory is the reward model alone (no LM head), scoring exactly as evaluated in training."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg = _cfg(steps=60, lr=1e-3, eval_every=60, num_workers=2, rm_lm_coef=1.0)
+    train, held_out = load_pairs(cfg)
+    s = train_preferences("rm", cfg, str(tiny_model_dir), train, held_out, tmp_path)
+    print(f"\n[rm+lm] chosen NLL {s['eval/lm_loss_start']:.3f} -> {s['eval/lm_loss_end']:.3f}; held-out "
+          f"accuracy {s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}; {s['train_s']:.1f} s")
+    assert s["eval/lm_loss_end"] < s["eval/lm_loss_start"] - 0.1  # the LM head really trains the backbone
+    assert s["eval/loss_end"] < s["eval/loss_start"]
+    assert not any(k.startswith(("lm_head", "rm.")) for k in load_file(tmp_path / "model" / "model.safetensors"))
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    texts = [p["prompt"] + p["chosen"] for p in held_out] + [p["prompt"] + p["rejected"] for p in held_out]
+    with torch.no_grad():
+        r = model(**tok(texts, padding=True, padding_side="right", return_tensors="pt")).logits[:, 0]
+    acc = float((r[: len(held_out)] > r[len(held_out):]).float().mean())
+    assert abs(acc - s["eval/accuracy_end"]) < 1e-6  # the wrapper pools the same token as HF
+
+
 def test_train_dpo_moves_policy_toward_chosen(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 

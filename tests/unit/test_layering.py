@@ -92,7 +92,12 @@ def test_algo_package_exists():
     assert algo_files(), "rl_service/algo/*.py: none found; the layering check would check nothing"
 
 
-@pytest.mark.parametrize("rel", [str(p.relative_to(ROOT)) for p in algo_files()] + ROOTS)
+def env_files() -> list[Path]:
+    """rl_service/envs/ is pure python too: environments run inside any worker."""
+    return sorted((PKG / "envs").glob("*.py"))
+
+
+@pytest.mark.parametrize("rel", [str(p.relative_to(ROOT)) for p in algo_files() + env_files()] + ROOTS)
 def test_no_ray_or_vllm_reachable(rel):
     path = ROOT / rel
     if not path.is_file():
