@@ -1,0 +1,112 @@
+"""The benchmark models, all built by the project's own `rl_service.models.build`.
+
+- `tiny`: the quickstart shape (hidden 128, 4 layers, ~1.1M params).
+- `30m`: hidden 512, 8 layers, 8 heads, MLP 1792 -> ~30.7M params (SFT to 15%).
+- `test`: the integration tests' shape (hidden 64, 2 layers, ~0.12M params), for --quick.
+- `quickstart` (warm only): whatever configs/quickstart.yaml builds (the tiny shape today).
+
+Two flavours:
+- `warm_model(size)`: SFT warm start on the addition task (what the e2e runs train).
+- `nonstop_model(size)`: random init with the lm_head rescaled so EOS (and the padded
+  vocab rows the tokenizer never produces) practically never get sampled. Used for
+  throughput: every completion runs to max_new_tokens, so "64 prompts x 256 tokens" is
+  exactly that many tokens on both engines; the compute per token is the same as a
+  trained model of that shape.
+
+max_position_embeddings is 320 so a 256-token completion fits after the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.common import REPO
+
+CACHE = REPO / ".cache" / "models"
+MAX_POS = 320
+
+SHAPES = {
+    "test": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+    "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+    "30m": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1792),
+}
+# SFT until a base held-out exact match, so RL has room to improve. 30m: an SFT step costs
+# ~25x the tiny model's (~1.8 s at batch 64 on a quiet 2-core box; measured under load:
+# held-out 3% at step 100, ~10% at step 230, loss still falling at 320), so its bar is 15%
+# rather than the quickstart's 30%: both sides of e2e_trl start from the same model anyway.
+SFT = {
+    "test": dict(max_steps=50),
+    "tiny": dict(max_steps=3000),
+    "30m": dict(max_steps=1500, batch_size=64, lr=1e-3, eval_every=25, target_accuracy=0.15),
+}
+
+
+def model_config(size: str, warm: bool):
+    from rl_service.config import ModelConfig, SFTConfig, TinyModelConfig
+
+    sft = SFTConfig(**SFT[size]) if warm else SFTConfig(max_steps=0)
+    return ModelConfig(cache_dir=str(CACHE), build=TinyModelConfig(**SHAPES[size], max_position_embeddings=MAX_POS),
+                       sft=sft)
+
+
+def warm_model(size: str) -> Path:
+    """HF dir of the SFT-warm-started model (built once, then reused from .cache/models).
+    `quickstart` = the model configs/quickstart.yaml builds (tiny shape, max_position 64)."""
+    from rl_service.config import TaskConfig, load_config
+    from rl_service.models.build import ensure_model
+
+    if size == "quickstart":
+        cfg = load_config(REPO / "configs" / "quickstart.yaml")
+        return ensure_model(cfg.model, cfg.task, cfg.seed, progress=True)
+    return ensure_model(model_config(size, warm=True), TaskConfig(), seed=0, progress=True)
+
+
+def nonstop_model(size: str, logit_std: float = 4.0) -> Path:
+    """Random-init model whose EOS / padded-vocab logits are 0 and the others have std
+    ~`logit_std`: P(EOS) per token ~ 1 / (V * exp(std^2 / 2)) ~ 1e-6 at std 4."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl_service.config import TaskConfig
+    from rl_service.models.build import ensure_model
+
+    src = ensure_model(model_config(size, warm=False), TaskConfig(), seed=0, progress=False)
+    out = CACHE / f"nonstop-{src.name}"
+    if (out / "config.json").is_file():
+        return out
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad():
+        ids = tok(["12+34=", "99+1=", "5+67="], return_tensors="pt", padding=True)
+        std = model(**ids).logits.std().item()
+        head = model.lm_head.weight  # [V, H]
+        head.mul_(logit_std / std)
+        head[tok.eos_token_id] = 0
+        head[len(tok):] = 0  # rows no tokenizer id maps to
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "bench_info.json").write_text(json.dumps({"source": str(src), "logit_std": logit_std}))
+    tmp.rename(out)
+    return out
+
+
+def num_params(path: Path) -> int:
+    """Parameter count from build_info.json (written by models/build) or the config."""
+    for f in (path / "build_info.json", Path(str(path).replace("nonstop-", "")) / "build_info.json"):
+        if f.is_file():
+            return int(json.loads(f.read_text())["num_params"])
+    cfg = json.loads((path / "config.json").read_text())
+    h, i, L, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    return L * (4 * h * h + 3 * h * i + 2 * h) + 2 * V * h + h
+
+
+if __name__ == "__main__":  # python -m bench.models 30m : build (or find) the warm-started model
+    import sys
+
+    from bench.common import setup_env
+
+    setup_env()
+    for size in sys.argv[1:] or ["30m"]:
+        print(warm_model(size))
