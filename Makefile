@@ -39,8 +39,11 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(VPY) -m pytest tests/unit -q
 
+# make bench [NAME=rollout|e2e_trl|overlap|weight_sync|overhead|serve|all] [QUICK=1] [PROFILE=1]
+NAME ?= all
 bench: $(STAMP)
-	$(VPY) -m bench.serve
+	$(VPY) -c "import trl" 2>/dev/null || $(PIP) install -q -e ".[cpu,dev,postgres,bench]"
+	$(VPY) -m bench.run $(NAME) $(if $(QUICK),--quick) $(if $(PROFILE),--profile)
 
 clean:
 	rm -rf .tmp runs .cache/vllm

@@ -247,10 +247,12 @@ def _train_attempt(cfg: Config, run_dir: Path, model_path: str, resume_from: Pat
             t_trained = time.perf_counter()
             version += 1
             halt = _guard(cfg, metrics)
-            sync = {"probe_max_diff": float("nan")}
+            sync = {"probe_max_diff": float("nan"), "publish_s": 0.0, "load_s": 0.0}
             if halt is None:
                 sync = comps.publish(version, probes)                   # 3. publish + verified load
+                t_published = time.perf_counter()
                 sync.update(retrying(comps.load_published))
+                sync["publish_s"] = t_published - t_trained
                 if follower:
                     follower.on_version(version, sync["state_ref"], sync["meta_ref"])
                 if step + 1 + tc.max_policy_lag < tc.steps:            # 4. keep the pipeline full
@@ -267,7 +269,10 @@ def _train_attempt(cfg: Config, run_dir: Path, model_path: str, resume_from: Pat
                 "timing_s/generate": sum(s.generate_s for s in summaries) / cfg.rollout.num_workers,
                 "timing_s/reward": sum(s.reward_s for s in summaries) / cfg.reward.num_scorers,
                 "timing_s/wait": t_collected - t_step, "timing_s/train": t_trained - t_collected,
+                # the learner's own compute time; timing_s/train adds Ray dispatch and batch transfer
+                "timing_s/train_compute": metrics.get("timing_s/train", float("nan")),
                 "timing_s/weight_sync": t_synced - t_trained, "timing_s/step": step_s,
+                "timing_s/publish": sync["publish_s"], "timing_s/load": sync["load_s"],
                 "weight_sync/probe_max_diff": sync["probe_max_diff"],
                 "perf/tokens_per_s": tokens / step_s, "perf/samples_per_s": sum(len(s.sample_ids) for s in summaries) / step_s,
                 **comps.queue_depths(), **ledger.counts(), **flog.counts,

@@ -253,7 +253,8 @@ class Components:
             results = ray.get([w.load_weights.remote(*self.published) for w in self.workers])
         except ray.exceptions.RayActorError as err:
             raise ComponentFailure(f"a rollout worker died loading weights: {_first_line(err)}") from err
-        return {"probe_max_diff": max(r["probe_max_diff"] for r in results)}
+        return {"probe_max_diff": max(r["probe_max_diff"] for r in results),
+                "load_s": max(r["seconds"] for r in results)}  # slowest worker: checksum + load + probe
 
     def sync_weights(self, version: int, probes: list[list[int]]) -> dict:
         """Publish `version` from the learners and load it, verified, into every worker."""
