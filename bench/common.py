@@ -73,6 +73,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def env_sized(s: dict) -> dict:
+    """A benchmark's settings with BENCH_STEPS / BENCH_ROUNDS applied (time-boxed sessions
+    shrink a full run; the settings written to the results JSON show what ran)."""
+    out = dict(s)
+    for key, var in (("steps", "BENCH_STEPS"), ("rounds", "BENCH_ROUNDS"), ("repeats", "BENCH_ROUNDS")):
+        if key in out and os.environ.get(var):
+            out[key] = int(os.environ[var])
+    return out
+
+
 def alternate(rounds: int, sides: dict[str, Callable[[int], dict]]) -> list[dict]:
     """Run the sides in turn, A B A B ... (or A B C A B C ...), `rounds` times; each call gets
     the round index and returns its figures. Alternating inside one run means drift on a

@@ -22,7 +22,7 @@ import sys
 import time
 
 from bench import profile
-from bench.common import REPO, alternate, log, median, medians, pair_ratios, table, target
+from bench.common import REPO, alternate, env_sized, log, median, medians, pair_ratios, table, target
 from bench.rls_run import RUN_ROOT, timing_summary, train_run
 
 FULL = dict(size="30m", prompts=16, group=8, max_tokens=256, lr=5e-5, steps=20, rounds=2)
@@ -38,6 +38,8 @@ def rls_side(model: str, s: dict, i: int) -> dict:
     t = timing_summary(run["rows"])
     return {"tokens_per_s": t["tokens_per_s"], "steady_tokens_per_s": t["steady_tokens_per_s"],
             "step_s": t["step_s"], "train_s": t["train_s"], "generate_s": t["generate_s"],
+            "train_compute_s": t["train_compute_s"], "publish_s": t["publish_s"], "load_s": t["load_s"],
+            "wait_s": t["wait_s"],
             "weight_sync_s": t["weight_sync_s"], "accuracy_end": run["summary"]["eval/accuracy_end"],
             "accuracy_start": run["summary"]["eval/accuracy_start"], "process_s": run["process_s"],
             "completion_tokens": t["completion_tokens"], "steps": t["steps"], "profile": run["profile"]}
@@ -90,7 +92,7 @@ def standalone_vllm(model: str, s: dict, calls: int = 3) -> dict:
 def run(quick: bool) -> dict:
     from bench.models import num_params, warm_model
 
-    s = QUICK if quick else FULL
+    s = QUICK if quick else env_sized(FULL)
     model_dir = warm_model(s["size"])
     model, params = str(model_dir), num_params(model_dir)
     log(f"e2e_trl: model {model} ({params / 1e6:.2f}M params), {s}")
@@ -98,12 +100,14 @@ def run(quick: bool) -> dict:
                                    "trl_hf": lambda i: trl_side("hf", model, s, i),
                                    "trl_vllm": lambda i: trl_side("vllm", model, s, i)})
     keys = ["tokens_per_s", "steady_tokens_per_s", "step_s", "accuracy_end", "process_s", "train_s",
-            "generate_s", "weight_sync_s"]
+            "generate_s", "weight_sync_s", "train_compute_s", "publish_s", "load_s", "wait_s"]
     med = medians(runs, keys)
     ratio_hf = pair_ratios(runs, "tokens_per_s", "rl_service", "trl_hf")
     ratio_vllm = pair_ratios(runs, "tokens_per_s", "rl_service", "trl_vllm")
     alone = standalone_vllm(model, s)
-    ideal = alone["generate_s"] + med["rl_service"]["train_s"]
+    # the learner's own compute (timing_s/train_compute) when logged; the driver's train time adds dispatch
+    learner_s = med["rl_service"].get("train_compute_s") or med["rl_service"]["train_s"]
+    ideal = alone["generate_s"] + learner_s
     step_over_ideal = med["rl_service"]["step_s"] / ideal
     acc = {k: med[k]["accuracy_end"] for k in med}
     return {
@@ -117,7 +121,7 @@ def run(quick: bool) -> dict:
         "pair_ratios": {"rl_service_over_trl_hf": ratio_hf, "rl_service_over_trl_vllm": ratio_vllm},
         "median_ratios": {"rl_service_over_trl_hf": median(ratio_hf), "rl_service_over_trl_vllm": median(ratio_vllm)},
         "step_bar": {"standalone_vllm_generate_s": alone["generate_s"], "standalone_calls_s": alone["calls"],
-                     "learner_train_s": med["rl_service"]["train_s"], "ideal_step_s": ideal,
+                     "learner_train_s": learner_s, "driver_train_s": med["rl_service"]["train_s"], "ideal_step_s": ideal,
                      "rl_service_step_s": med["rl_service"]["step_s"], "step_over_ideal": step_over_ideal},
         "targets": {
             "tokens_per_s_vs_trl_hf": target(median(ratio_hf), 2.0),
@@ -143,7 +147,15 @@ def markdown(result: dict) -> str:
             + f"\n\nrl_service / TRL tokens/s (median of per-round ratios): vs HF generate {_f(r['rl_service_over_trl_hf'])}"
             f" (target >= 2), vs colocated vLLM {_f(r['rl_service_over_trl_vllm'])} (target >= 1.5).  \n"
             f"Step bar: rl_service step {b['rl_service_step_s']:.2f} s vs standalone vLLM {b['standalone_vllm_generate_s']:.2f} s"
-            f" + learner {b['learner_train_s']:.2f} s = {b['ideal_step_s']:.2f} s -> {b['step_over_ideal']:.2f}x (target <= 1.25)")
+            f" + learner compute {b['learner_train_s']:.2f} s = {b['ideal_step_s']:.2f} s -> {b['step_over_ideal']:.2f}x (target <= 1.25)"
+            + _rls_split(med["rl_service"]))
+
+
+def _rls_split(m: dict) -> str:
+    """Where an rl_service step goes (steady-state medians of its own timers)."""
+    keys = ["wait_s", "generate_s", "train_s", "train_compute_s", "weight_sync_s", "publish_s", "load_s"]
+    return "  \nrl_service step split (medians, s): " + ", ".join(
+        f"{k.removesuffix('_s')} {m[k]:.2f}" for k in keys if m.get(k) is not None)
 
 
 def _f(x: float | None) -> str:

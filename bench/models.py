@@ -1,7 +1,7 @@
 """The benchmark models, all built by the project's own `rl_service.models.build`.
 
 - `tiny`: the quickstart shape (hidden 128, 4 layers, ~1.1M params).
-- `30m`: hidden 512, 8 layers, 8 heads, MLP 1792 -> ~30.7M params (SFT to 15%).
+- `30m`: hidden 512, 8 layers, 8 heads, MLP 1792 -> ~30.7M params (SFT, 240 steps, to 8%).
 - `test`: the integration tests' shape (hidden 64, 2 layers, ~0.12M params), for --quick.
 - `quickstart` (warm only): whatever configs/quickstart.yaml builds (the tiny shape today).
 
@@ -38,7 +38,9 @@ SHAPES = {
 SFT = {
     "test": dict(max_steps=50),
     "tiny": dict(max_steps=3000),
-    "30m": dict(max_steps=1500, batch_size=64, lr=1e-3, eval_every=25, target_accuracy=0.15),
+    # Lowered 2026-11-23 (full-benchmark session, machine shared with training jobs): the
+    # 15% build did not fit the session's ~12 min build budget; 240 steps / 8% does.
+    "30m": dict(max_steps=240, batch_size=64, lr=1e-3, eval_every=40, target_accuracy=0.08),
 }
 
 

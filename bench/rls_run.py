@@ -56,14 +56,16 @@ def step_tokens(row: dict) -> float:
 
 def steady(rows: list[dict], key: str) -> float:
     """Median of `key` over the steps after the first (which also fills the pipeline)."""
-    xs = [r[key] for r in (rows[1:] if len(rows) > 1 else rows) if r.get(key) is not None]
-    return statistics.median(xs)
+    xs = [r[key] for r in (rows[1:] if len(rows) > 1 else rows) if r.get(key) is not None and r[key] == r[key]]
+    return statistics.median(xs) if xs else None  # None: the run did not log it (older controller)
 
 
 def timing_summary(rows: list[dict]) -> dict[str, float]:
     """Steady-state medians of the step's timings and the throughput over all steps."""
     keys = ["timing_s/step", "timing_s/generate", "timing_s/reward", "timing_s/wait", "timing_s/train",
-            "timing_s/weight_sync"]
+            "timing_s/weight_sync", "timing_s/train_compute", "timing_s/publish", "timing_s/load"]
+    # train_compute: the learner's own time (train minus it = Ray dispatch + batch transfer);
+    # publish: learner gather/checksum/probe/put; load: slowest worker's checksum+load+probe
     out = {k.removeprefix("timing_s/") + "_s": steady(rows, k) for k in keys}
     total_s = sum(r["timing_s/step"] for r in rows)
     tokens = sum(step_tokens(r) for r in rows)

@@ -40,6 +40,7 @@ def run(quick: bool) -> dict:
 
     sizes = ["test", "tiny"] if quick else ["tiny", "30m"]
     num_prompts, max_tokens, pairs = (8, 32, 1) if quick else (64, 256, 3)
+    pairs = int(os.environ.get("BENCH_ROUNDS", pairs))  # time-boxed sessions lower it; recorded in settings
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     runs, per_size = [], {}
