@@ -28,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.common import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -152,7 +154,7 @@ def main() -> int:
                 "p99_ms": medians["serve_c1"]["p99_ms"] - medians["inprocess"]["p99_ms"]}
     result = {
         "benchmark": "serve", "command": " ".join([Path(sys.executable).name, "-m", "bench.serve", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": _cpu_name(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": cpu_name(),
                     "note": "shared machine: other jobs ran concurrently"},
         "versions": {"python": platform.python_version(), "ray": ray.__version__, "vllm": vllm.__version__,
                      "torch": torch.__version__},
@@ -171,16 +173,6 @@ def main() -> int:
     print(f"Serve overhead per request (c=1): p50 +{overhead['p50_ms']:.1f} ms, p99 +{overhead['p99_ms']:.1f} ms")
     print(f"wrote {out}")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

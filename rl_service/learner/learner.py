@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from rl_service.algo.kl import make_kl_controller
-from rl_service.algo.masking import masked_mean
+from rl_service.algo.masking import masked_mean, right_pad
 from rl_service.config import LearnerConfig
 from rl_service.learner import fsdp
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
@@ -182,12 +182,7 @@ class Learner:
             return ()
         if any(len(p) < 2 for p in probe_ids):
             raise ValueError("every probe needs at least 2 tokens")
-        T = max(len(p) for p in probe_ids)
-        ids = torch.full((len(probe_ids), T), self.pad_id, dtype=torch.long)
-        am = torch.zeros(len(probe_ids), T, dtype=torch.long)
-        for i, p in enumerate(probe_ids):
-            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-            am[i, : len(p)] = 1
+        ids, am = right_pad(probe_ids, self.pad_id)  # [P, T]
         dev = self.models.device
         lp, _ = policy_logprobs(self.models.policy, ids.to(dev), am.to(dev))
         lp = lp.cpu()

@@ -17,6 +17,9 @@ from typing import Sequence
 
 import torch
 
+from rl_service.algo.logprobs import token_logprobs as logprobs_of
+from rl_service.algo.masking import right_pad
+
 
 def rm_inputs(tokenizer, texts: Sequence[str]) -> dict[str, torch.Tensor]:
     """BOS + text, right-padded (the score is read at the last non-pad token). -> input_ids, attention_mask: [N, L]."""
@@ -66,14 +69,8 @@ class TeacherLM:
         rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
         if not rows:
             return []
-        T = max(len(r) for r in rows)
-        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), T, dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[b, : len(r)] = 1
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # [B, T-1, V]
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # [B, T-1]
+        ids, mask = right_pad(rows, self.pad_id)  # [B, T]
+        lp = logprobs_of(self.model(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:])  # [B, T-1]
         # Token j of row b is predicted at column j-1; the response starts at j = len(prompt).
         return [lp[b, len(p) - 1 : len(p) - 1 + len(r)].tolist()
                 for b, (p, r) in enumerate(zip(prompt_ids, response_ids))]

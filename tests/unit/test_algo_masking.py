@@ -148,3 +148,13 @@ def test_aggregate_loss_global_denom_splits_exactly(mode):
     # dividing by the LOCAL count instead would not match (the halves differ in size)
     local = [aggregate_loss(loss[h], mask[h], mode) for h in halves]
     assert (local[0] + local[1]).item() / 2 != pytest.approx(full.item(), abs=1e-6)
+
+
+def test_right_pad_matches_a_loop():
+    from rl_service.algo.masking import right_pad
+
+    rows = [[5, 6, 7], [8], []]
+    ids, mask = right_pad(rows, pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    assert ids.dtype == mask.dtype == torch.long
