@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rl_service.algo.masking import right_pad
 from rl_service.config import SFTConfig
 from rl_service.models.evaluate import greedy_accuracy_hf
 from rl_service.tasks.addition import AdditionTask
@@ -34,13 +35,9 @@ def make_sft_batch(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[int, in
     prompts = tokenizer([f"{a}+{b}=" for a, b in pairs])["input_ids"]  # BOS included
     answers = tokenizer([str(a + b) for a, b in pairs], add_special_tokens=False)["input_ids"]
     seqs = [p + ans + [tokenizer.eos_token_id] for p, ans in zip(prompts, answers)]
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(seqs), T), -100, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    ids, mask = right_pad(seqs, tokenizer.pad_token_id)
+    labels = torch.full_like(ids, -100)
     for i, (p, s) in enumerate(zip(prompts, seqs)):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
         labels[i, len(p) : len(s)] = ids[i, len(p) : len(s)]
     return ids, mask, labels
 

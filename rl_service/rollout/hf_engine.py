@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from rl_service.algo.logprobs import token_logprobs
+from rl_service.algo.masking import right_pad
 from rl_service.rollout.engine import Completion, TokenDelta, cut_at_eos
 
 
@@ -131,15 +133,10 @@ class HFEngine:
         """Right-padded forward pass; logprobs: [B, L-1] (token t given tokens < t)."""
         if not sequences:
             return []
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(sequences):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = right_pad(sequences, self.pad_id)  # [B, L]
         ids, mask = ids.to(self.device), mask.to(self.device)
         logits = self.model(input_ids=ids, attention_mask=mask).logits.float()      # [B, L, V]
-        logprobs = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        logprobs = token_logprobs(logits[:, :-1], ids[:, 1:])                      # [B, L-1]
         return [logprobs[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
 
     @torch.no_grad()
