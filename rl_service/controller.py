@@ -25,7 +25,7 @@ Guards halt the run with a checkpoint: train.max_nan_steps skipped steps in a ro
 minibatch KL above learner.kl_hard_limit.
 
 Crashes (docs/reliability.md): a dead rollout worker, reward scorer or queue is replaced in
-place (Components.recover) and every batch in `pending` (issued, not trained) is put again;
+place (pipeline.py: Components.recover) and every batch in `pending` (issued, not trained) is put again;
 a copy that arrives twice is dropped by batch id. A dead learner process ends the attempt:
 everything is torn down and the run resumes from its last checkpoint in the same call, up to
 train.max_restarts times. Both are counted (`faults/*` metrics, summary.json).
@@ -45,8 +45,8 @@ from rl_service.faults import FaultLog
 from rl_service.ledger import SampleLedger
 from rl_service.tasks import PromptStream, make_task
 from rl_service.tracking import RunTracker
-from rl_service.types import Prompt, PromptBatch
-from rl_service.runtime import ComponentFailure, Components, LearnerFailure, evaluate, probe_sequences
+from rl_service.pipeline import BatchPipeline, batch_from_json
+from rl_service.runtime import Components, LearnerFailure, evaluate, probe_sequences
 
 # Fault injection for tests (rl_service/faults.py), e.g. "kill_in_checkpoint:<step>" SIGKILLs
 # this driver after the learners wrote that step's shards, before the checkpoint is committed.
@@ -63,14 +63,6 @@ def _pick(cfg_dump: dict, key: str):
     for part in key.split("."):
         cfg_dump = cfg_dump[part]
     return cfg_dump
-
-
-def _batch_to_json(b: PromptBatch) -> dict:
-    return {"batch_id": b.batch_id, "prompts": [[p.prompt_id, p.text, p.metadata] for p in b.prompts]}
-
-
-def _batch_from_json(d: dict) -> PromptBatch:
-    return PromptBatch(int(d["batch_id"]), tuple(Prompt(int(i), t, dict(m)) for i, t, m in d["prompts"]))
 
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:
@@ -124,79 +116,14 @@ def _train_attempt(cfg: Config, run_dir: Path, model_path: str, resume_from: Pat
 
             follower = ServeFollower.start(cfg.serve, model_path)
         probes = probe_sequences(model_path, task)
-        batches_per_step = tc.prompts_per_step // cfg.rollout.prompts_per_batch
-        pending: dict[int, PromptBatch] = {}  # issued, not yet trained or dropped (in checkpoints)
-        got: dict[int, tuple] = {}  # batch id -> (ScoredBatch ref, summary) collected for this step
-
-        def recover(err: ComponentFailure) -> None:
-            """Replace what died and put every batch not trained (nor collected) again."""
-            while err is not None:  # recovery itself may meet another crash
-                t, replaced, redo = time.perf_counter(), {}, []
-                try:
-                    replaced = comps.recover(sorted(set(pending) - set(got)))
-                    if replaced["reward"]:  # scored refs are owned by their scorer: gone with it
-                        got.clear()
-                    redo = [b for b in sorted(pending) if b not in got]
-                    for b in redo:
-                        comps.put_prompts(pending[b])
-                    err = None
-                except ComponentFailure as again:
-                    err = again
-                for kind, count in replaced.items():
-                    flog.add(f"faults/restarts_{kind}", count)
-                flog.add("faults/batches_regenerated", len(redo))
-                flog.event(kind="component", step=flog.step, replaced=replaced, batches_regenerated=redo,
-                           recover_s=time.perf_counter() - t)
-
-        def retrying(fn):
-            while True:
-                try:
-                    return fn()
-                except ComponentFailure as err:
-                    recover(err)
-
-        def put(batch: PromptBatch) -> None:
-            pending[batch.batch_id] = batch
-            try:
-                comps.put_prompts(batch)
-            except ComponentFailure as err:
-                recover(err)  # re-puts this batch too
-            if faults.fire("kill_queue", batch.batch_id):
-                comps.prompt_q.kill()
-
-        def issue(num_batches: int) -> None:
-            nonlocal next_batch_id
-            for _ in range(num_batches):
-                prompts = stream.next_batch(cfg.rollout.prompts_per_batch)
-                ledger.issue(p.prompt_id for p in prompts)
-                put(PromptBatch(next_batch_id, tuple(prompts)))
-                next_batch_id += 1
-
-        def collect() -> list[tuple]:
-            """One step's (ref, summary) pairs in batch-id order (arrival order is a race)."""
-            deadline = time.perf_counter() + tc.timeout_s
-            while len(got) < batches_per_step:
-                ref, s = comps.next_scored(deadline)
-                if s.batch_id not in pending or s.batch_id in got:  # a second copy after a recovery
-                    flog.add("faults/duplicates_dropped")
-                    continue
-                if version - s.policy_version > tc.max_policy_lag:   # too old: drop, count, replace
-                    del pending[s.batch_id]
-                    ledger.mark_dropped(s.dropped)
-                    ledger.mark_dropped((sid, "stale") for sid in s.sample_ids)
-                    issue(1)
-                    continue
-                got[s.batch_id] = (ref, s)
-            return [got[b] for b in sorted(got)]
 
         def save(step: int) -> Path:
             tmp = checkpoint.begin(run_dir / "checkpoints", step)
             learner_info = comps.save_checkpoint(tmp)
             if faults.fire("kill_in_checkpoint", step):
                 faults.kill_self()
-            state = {"step": step, "policy_version": version, "next_batch_id": next_batch_id,
-                     "stream": stream.state_dict(), "ledger": ledger.state_dict(),
-                     "pending": [_batch_to_json(pending[b]) for b in sorted(pending)],
+            state = {"step": step, "policy_version": version, "next_batch_id": pipe.next_batch_id,
+                     "stream": stream.state_dict(), "ledger": ledger.state_dict(), "pending": pipe.pending_json(),
                      "accuracy_start": acc_start, "accuracy": acc, "learner": learner_info,
                      "config": cfg.model_dump(mode="json")}
             return checkpoint.commit(run_dir / "checkpoints", tmp, step, state, tc.keep_last)
@@ -205,12 +132,14 @@ def _train_attempt(cfg: Config, run_dir: Path, model_path: str, resume_from: Pat
             comps.load_checkpoint(resume_from)
             stream.load_state_dict(saved["stream"])
             ledger.load_state_dict(saved["ledger"])
-            start_step, version, next_batch_id = saved["step"], saved["policy_version"], saved["next_batch_id"]
+            start_step, version = saved["step"], saved["policy_version"]
+            pipe = BatchPipeline(cfg, comps, stream, ledger, flog, next_batch_id=saved["next_batch_id"])
             acc_start, acc = saved["accuracy_start"], saved["accuracy"]
             comps.publish(version, probes)  # workers start from the checkpoint's policy
-            retrying(comps.load_published)
+            pipe.retrying(comps.load_published)
         else:
-            start_step, version, next_batch_id = 0, 0, 0
+            start_step, version = 0, 0
+            pipe = BatchPipeline(cfg, comps, stream, ledger, flog)
             acc_start = acc = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
         for path in (run_dir / "metrics.jsonl", run_dir / "consumed.jsonl"):
             _truncate_jsonl(path, start_step)  # rows of steps after the checkpoint are redone
@@ -219,9 +148,9 @@ def _train_attempt(cfg: Config, run_dir: Path, model_path: str, resume_from: Pat
         consumed_log = (run_dir / "consumed.jsonl").open("a")
         if saved:  # the batches in flight at the checkpoint, under their original ids
             for d in saved["pending"]:
-                put(_batch_from_json(d))
+                pipe.put(batch_from_json(d))
         else:
-            issue(batches_per_step * min(1 + tc.max_policy_lag, tc.steps))
+            pipe.issue(pipe.batches_per_step * min(1 + tc.max_policy_lag, tc.steps))
         if flog.failed_at is not None:  # restarted after a learner failure: what it cost
             flog.event(kind="learner", step=flog.step, resumed_from_step=start_step,
                        steps_redone=flog.step - 1 - start_step, recover_s=time.perf_counter() - flog.failed_at)
@@ -230,17 +159,13 @@ def _train_attempt(cfg: Config, run_dir: Path, model_path: str, resume_from: Pat
         for step in range(start_step, tc.steps):
             t_step = time.perf_counter()
             flog.step = step + 1
-            got.clear()
-            collected = retrying(collect)                               # 1. collect one step of batches
+            collected = pipe.collect(version)                           # 1. collect one step of batches
             refs, summaries = [g[0] for g in collected], [g[1] for g in collected]
             t_collected = time.perf_counter()
             if faults.fire("kill_learner", step + 1):
                 comps.kill_learner_soon(0.1)
             metrics = comps.train_step(refs, n)                         # 2. PPO update on FSDP2
-            for s in summaries:
-                del pending[s.batch_id]
-            ledger.mark_dropped(d for s in summaries for d in s.dropped)
-            ledger.mark_trained(sid for s in summaries for sid in s.sample_ids)
+            pipe.mark_trained(summaries)
             consumed_log.write(json.dumps({"step": step + 1, "batch_ids": [s.batch_id for s in summaries],
                                            "prompt_ids": [p for s in summaries for p in s.prompt_ids]}) + "\n")
             consumed_log.flush()
@@ -251,12 +176,12 @@ def _train_attempt(cfg: Config, run_dir: Path, model_path: str, resume_from: Pat
             if halt is None:
                 sync = comps.publish(version, probes)                   # 3. publish + verified load
                 t_published = time.perf_counter()
-                sync.update(retrying(comps.load_published))
+                sync.update(pipe.retrying(comps.load_published))
                 sync["publish_s"] = t_published - t_trained
                 if follower:
                     follower.on_version(version, sync["state_ref"], sync["meta_ref"])
                 if step + 1 + tc.max_policy_lag < tc.steps:            # 4. keep the pipeline full
-                    issue(batches_per_step)
+                    pipe.issue(pipe.batches_per_step)
             t_synced = time.perf_counter()
             if halt is None and tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
                 acc = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)

@@ -1,0 +1,128 @@
+"""The controller's batch bookkeeping: issue prompt batches, collect scored ones, recover.
+
+    issue(k) ─▶ pending{batch id: PromptBatch} ─▶ put on the prompt queue
+    collect(version) ◀─ scored queue: keep one step's batches in batch-id order,
+                        drop a stale batch (and issue a replacement), drop a second copy
+    recover(err) ─▶ Components.recover: replace what died, put every pending batch again
+
+`pending` holds every batch issued and not yet trained or dropped; it is what a checkpoint
+saves and what a crash re-puts, so no prompt is lost. A batch put twice after a recovery
+can arrive twice: the copy is dropped by batch id (`faults/duplicates_dropped`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+from rl_service import faults
+from rl_service.config import Config
+from rl_service.faults import FaultLog
+from rl_service.ledger import SampleLedger
+from rl_service.runtime import ComponentFailure, Components
+from rl_service.tasks import PromptStream
+from rl_service.types import Prompt, PromptBatch
+
+T = TypeVar("T")
+
+
+def batch_to_json(b: PromptBatch) -> dict:
+    return {"batch_id": b.batch_id, "prompts": [[p.prompt_id, p.text, p.metadata] for p in b.prompts]}
+
+
+def batch_from_json(d: dict) -> PromptBatch:
+    return PromptBatch(int(d["batch_id"]), tuple(Prompt(int(i), t, dict(m)) for i, t, m in d["prompts"]))
+
+
+class BatchPipeline:
+    """Prompt batches from issue to training, across component crashes."""
+
+    def __init__(self, cfg: Config, comps: Components, stream: PromptStream, ledger: SampleLedger,
+                 flog: FaultLog, next_batch_id: int = 0):
+        self.cfg, self.comps, self.stream, self.ledger, self.flog = cfg, comps, stream, ledger, flog
+        self.next_batch_id = next_batch_id
+        self.batches_per_step = cfg.train.prompts_per_step // cfg.rollout.prompts_per_batch
+        self.pending: dict[int, PromptBatch] = {}
+        """Issued, not yet trained or dropped (saved in checkpoints, re-put after a crash)."""
+        self.got: dict[int, tuple] = {}
+        """Batch id -> (ScoredBatch ref, BatchSummary) collected for the current step."""
+
+    def recover(self, err: ComponentFailure | None) -> None:
+        """Replace what died and put every batch not trained (nor collected) again."""
+        while err is not None:  # recovery itself may meet another crash
+            t, replaced, redo = time.perf_counter(), {}, []
+            try:
+                replaced = self.comps.recover(sorted(set(self.pending) - set(self.got)))
+                if replaced["reward"]:  # scored refs are owned by their scorer: gone with it
+                    self.got.clear()
+                redo = [b for b in sorted(self.pending) if b not in self.got]
+                for b in redo:
+                    self.comps.put_prompts(self.pending[b])
+                err = None
+            except ComponentFailure as again:
+                err = again
+            for kind, count in replaced.items():
+                self.flog.add(f"faults/restarts_{kind}", count)
+            self.flog.add("faults/batches_regenerated", len(redo))
+            self.flog.event(kind="component", step=self.flog.step, replaced=replaced, batches_regenerated=redo,
+                            recover_s=time.perf_counter() - t)
+
+    def retrying(self, fn: Callable[[], T]) -> T:
+        """fn(), recovering from component crashes until it succeeds."""
+        while True:
+            try:
+                return fn()
+            except ComponentFailure as err:
+                self.recover(err)
+
+    def put(self, batch: PromptBatch) -> None:
+        self.pending[batch.batch_id] = batch
+        try:
+            self.comps.put_prompts(batch)
+        except ComponentFailure as err:
+            self.recover(err)  # re-puts this batch too
+        if faults.fire("kill_queue", batch.batch_id):
+            self.comps.prompt_q.kill()
+
+    def issue(self, num_batches: int) -> None:
+        """Take num_batches batches of prompts from the stream, record them, put them."""
+        for _ in range(num_batches):
+            prompts = self.stream.next_batch(self.cfg.rollout.prompts_per_batch)
+            self.ledger.issue(p.prompt_id for p in prompts)
+            self.put(PromptBatch(self.next_batch_id, tuple(prompts)))
+            self.next_batch_id += 1
+
+    def collect(self, version: int) -> list[tuple]:
+        """One step's (ref, summary) pairs in batch-id order (arrival order is a race).
+
+        A batch sampled by a policy more than max_policy_lag versions behind `version` is
+        dropped, counted in the ledger and replaced by a fresh batch."""
+        self.got.clear()
+
+        def gather() -> list[tuple]:
+            deadline = time.perf_counter() + self.cfg.train.timeout_s
+            while len(self.got) < self.batches_per_step:
+                ref, s = self.comps.next_scored(deadline)
+                if s.batch_id not in self.pending or s.batch_id in self.got:  # a second copy after a recovery
+                    self.flog.add("faults/duplicates_dropped")
+                    continue
+                if version - s.policy_version > self.cfg.train.max_policy_lag:  # too old: drop, count, replace
+                    del self.pending[s.batch_id]
+                    self.ledger.mark_dropped(s.dropped)
+                    self.ledger.mark_dropped((sid, "stale") for sid in s.sample_ids)
+                    self.issue(1)
+                    continue
+                self.got[s.batch_id] = (ref, s)
+            return [self.got[b] for b in sorted(self.got)]
+
+        return self.retrying(gather)
+
+    def mark_trained(self, summaries: list) -> None:
+        """The step's batches are trained: out of `pending`, their samples into the ledger."""
+        for s in summaries:
+            del self.pending[s.batch_id]
+        self.ledger.mark_dropped(d for s in summaries for d in s.dropped)
+        self.ledger.mark_trained(sid for s in summaries for sid in s.sample_ids)
+
+    def pending_json(self) -> list[dict]:
+        return [batch_to_json(self.pending[b]) for b in sorted(self.pending)]
