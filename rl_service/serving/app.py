@@ -293,8 +293,9 @@ class PolicyServer:
         kind, rid = ("chat", P.new_id("chatcmpl")) if chat else ("completion", P.new_id("cmpl"))
         per_choice = [p for p in prompts for _ in range(req.n)]
         if req.stream:
+            include_usage = req.stream_options is not None and req.stream_options.include_usage
             return await self._stream(chat, rid, kind, prompts, per_choice, sampling, req.stop, release,
-                                      handed_over)
+                                      handed_over, prompt_tokens if include_usage else None)
 
         def generate():
             return self.engine.generate(prompts, **sampling), self.engine.version
@@ -305,14 +306,15 @@ class PolicyServer:
         choices = [P.apply_stop(c.text, req.stop, c.finish_reason) for c in comps]
         model = P.served_model(self.cfg.model_name, version)
         await asyncio.to_thread(self.store.record_completion, rid, kind, model, version, per_choice, choices)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sum(len(c.token_ids) for c in comps),
-                 "total_tokens": prompt_tokens + sum(len(c.token_ids) for c in comps)}
+        usage = P.usage(prompt_tokens, sum(len(c.token_ids) for c in comps))
         body = (P.chat_body if chat else P.completion_body)(rid, model, choices, usage)
         return JSONResponse(body, headers=self._headers(version, rid))
 
     async def _stream(self, chat: bool, rid: str, kind: str, prompts: list[str], per_choice: list[str],
-                      sampling: dict, stop, release, handed_over: list[bool]) -> StreamingResponse:
-        """Start the engine stream; answer once it holds the engine (its version goes in the headers)."""
+                      sampling: dict, stop, release, handed_over: list[bool],
+                      prompt_tokens: int | None) -> StreamingResponse:
+        """Start the engine stream; answer once it holds the engine (its version goes in the headers).
+        prompt_tokens: send a usage chunk at the end (stream_options.include_usage), else None."""
 
         def produce(put, cancel: threading.Event) -> None:
             try:
@@ -347,7 +349,7 @@ class PolicyServer:
             await asyncio.to_thread(self.store.record_completion, rid, kind, model, version, per_choice, choices)
 
         events = sse_events(feed, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), chat, rid,
-                            model, len(per_choice), stop, record)
+                            model, len(per_choice), stop, record, prompt_tokens)
         return StreamingResponse(events, media_type="text/event-stream", headers=self._headers(version, rid))
 
     def _headers(self, version: int, rid: str | None = None) -> dict[str, str]:

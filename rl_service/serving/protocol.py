@@ -44,6 +44,12 @@ def envelope(message: str, type_: str, param: str | None = None, code: str | Non
     return {"error": {"message": msg, "type": type_, "param": param, "code": code}}
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: StrictBool = False
+    """Send one last chunk before `[DONE]` with `usage` and no choices."""
+
+
 class _Request(BaseModel):
     # Unknown fields are ignored (clients send many optional OpenAI fields); known fields
     # are strict: "max_tokens": "10" is a 422, not silently 10.
@@ -55,6 +61,7 @@ class _Request(BaseModel):
     top_p: StrictFloat | StrictInt = 1.0
     n: StrictInt = 1
     stream: StrictBool = False
+    stream_options: StreamOptions | None = None
     stop: StrictStr | list[StrictStr] | None = None
     seed: StrictInt | None = None
     user: StrictStr | None = None
@@ -142,6 +149,8 @@ def check_sampling(req: _Request, max_tokens_cap: int, max_n: int) -> None:
         raise APIError(400, f"temperature must be in [0, 2] (got {req.temperature})", param="temperature")
     if not 0 < req.top_p <= 1:
         raise APIError(400, f"top_p must be in (0, 1] (got {req.top_p})", param="top_p")
+    if req.stream_options is not None and not req.stream:
+        raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
 
 
 def requested_max_tokens(req: _Request) -> int | None:
@@ -236,6 +245,18 @@ def stream_chunk(chat: bool, rid: str, model: str, index: int, text: str | None,
         choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         obj = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
     return f"data: {json.dumps(obj)}\n\n"
+
+
+def usage_chunk(chat: bool, rid: str, model: str, usage: dict) -> str:
+    """The `stream_options.include_usage` event: no choices, the request's token counts."""
+    obj = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
+           "model": model, "choices": [], "usage": usage}
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 STREAM_DONE = "data: [DONE]\n\n"

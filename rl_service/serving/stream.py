@@ -7,7 +7,8 @@
                 ▼
               sse_events(): per choice, decode the ids so far; StreamText holds back a
               partial character or a possible stop-string prefix; one chunk per new piece,
-              a finish chunk per choice, the completion stored, then `data: [DONE]`.
+              a finish chunk per choice, the completion stored, a usage chunk if asked,
+              then `data: [DONE]`.
 
 Closing the response early (client gone) sets the feed's cancel flag: the thread stops
 pulling deltas, which aborts the engine requests and releases the lock.
@@ -53,9 +54,12 @@ class DeltaFeed:
 
 async def sse_events(feed: DeltaFeed, decode: Callable[[list[int]], str], chat: bool, rid: str, model: str,
                      num_choices: int, stop: str | list[str] | None,
-                     record: Callable[[list[tuple[str, str]]], Awaitable[None]]) -> AsyncIterator[str]:
+                     record: Callable[[list[tuple[str, str]]], Awaitable[None]],
+                     prompt_tokens: int | None = None) -> AsyncIterator[str]:
     """SSE chunks of `num_choices` choices, interleaved as their tokens arrive. `record` stores the
-    final (text, finish_reason) of every choice before `[DONE]` is sent."""
+    final (text, finish_reason) of every choice before `[DONE]` is sent. With `prompt_tokens`
+    (stream_options.include_usage) a usage chunk precedes `[DONE]`: the completion tokens are
+    those the engine produced for each choice up to its end."""
     ids: list[list[int]] = [[] for _ in range(num_choices)]
     texts = [P.StreamText(stop) for _ in range(num_choices)]
     finish: list[str | None] = [None] * num_choices
@@ -88,6 +92,8 @@ async def sse_events(feed: DeltaFeed, decode: Callable[[list[int]], str], chat: 
                 finish[i] = "length"
                 yield P.stream_chunk(chat, rid, model, i, None, "length")
         await record([(t.sent, f) for t, f in zip(texts, finish)])
+        if prompt_tokens is not None:
+            yield P.usage_chunk(chat, rid, model, P.usage(prompt_tokens, sum(len(x) for x in ids)))
         yield P.STREAM_DONE
     finally:
         feed.cancel.set()

@@ -121,6 +121,24 @@ def test_chat_and_chat_stream(client, hf):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+def test_stream_include_usage_sends_the_non_stream_usage_last(client):
+    """stream_options.include_usage: one extra chunk before [DONE], no choices, the same token
+    counts as the non-streamed answer; without it no chunk carries usage."""
+    kwargs = dict(model="policy", prompt=["12+34=", "7+8="], n=2, max_tokens=6, temperature=0)
+    full = client.completions.create(**kwargs)
+    chunks = list(client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and all(c.choices for c in chunks[:-1])
+    assert chunks[-1].usage.model_dump() == full.usage.model_dump()
+    assert full.usage.completion_tokens > 0
+    plain = list(client.completions.create(**kwargs, stream=True))
+    assert all(c.choices and c.usage is None for c in plain)
+    messages = [{"role": "user", "content": "5+5="}]
+    chat_full = client.chat.completions.create(model="policy", messages=messages, max_tokens=6, temperature=0)
+    chat = list(client.chat.completions.create(model="policy", messages=messages, max_tokens=6, temperature=0,
+                                               stream=True, stream_options={"include_usage": True}))
+    assert chat[-1].choices == [] and chat[-1].usage.model_dump() == chat_full.usage.model_dump()
+
+
 def test_sampling_n_and_list_prompts(client):
     resp = client.completions.create(model="policy", prompt=["1+2=", "3+4="], n=3, max_tokens=5, seed=7)
     assert [c.index for c in resp.choices] == list(range(6))
@@ -141,6 +159,9 @@ BAD_INPUTS = [
     ({"model": "policy", "prompt": 5}, 422, "prompt"),
     ({"model": "policy", "prompt": "1+1=", "stream": "yes"}, 422, "stream"),
     ({"model": "policy", "prompt": "1+1=", "temperature": "hot"}, 422, "temperature"),
+    ({"model": "policy", "prompt": "1+1=", "stream_options": {"include_usage": True}}, 400, "stream_options"),
+    ({"model": "policy", "prompt": "1+1=", "stream": True, "stream_options": {"include_usage": 1}}, 422,
+     "stream_options"),
     ({"prompt": "1+1="}, 422, "model"),
     ([1, 2, 3], 422, None),
 ]
