@@ -217,6 +217,11 @@ class LearnerConfig(_Section):
     """Old logprobs in the PPO ratio: `rollout` = the engine's sampling logprobs (exact behaviour
     policy, corrects for max_policy_lag; equal to the learner's in fp32), `learner` = recomputed
     with the current weights before the update (ignores staleness)."""
+    logprob_check_every: int = Field(1, ge=0)
+    """With behavior_logprobs=rollout: recompute the old policy's logprobs on the learner every
+    this many updates, to check them against the engine's (`rollout/logprob_diff_*`, and the
+    KL to the reference from the learner's side). The other updates skip that no-grad forward
+    pass (about a quarter of a learner step) and use the engine's logprobs. 0 = never check."""
     clip_eps: float = Field(0.2, gt=0)
     """PPO ratio clip range."""
     value_clip_eps: float = Field(0.2, gt=0)

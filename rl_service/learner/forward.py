@@ -69,12 +69,13 @@ def active_or_dummy(idx: list[int]) -> tuple[list[int], bool]:
 
 
 @torch.no_grad()
-def score_rows(models: Models, micro: list[list[int]], input_ids: Tensor, attention_mask: Tensor
-               ) -> tuple[Tensor, Tensor, Tensor | None]:
+def score_rows(models: Models, micro: list[list[int]], input_ids: Tensor, attention_mask: Tensor,
+               with_policy: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """Old-policy logprobs, reference logprobs and values for this rank's micro-batches.
 
     micro: this rank's index lists (same count on every rank); input_ids, attention_mask: [N, T]
     -> ([N, T-1] x 3, zero on rows another rank owns; values None without a critic).
+    with_policy=False skips the policy forward (its logprobs stay zero: the caller has them).
     """
     N, T = input_ids.shape
     old_lp = torch.zeros(N, T - 1, dtype=torch.float32, device=input_ids.device)
@@ -83,11 +84,13 @@ def score_rows(models: Models, micro: list[list[int]], input_ids: Tensor, attent
     for raw in micro:
         idx, active = active_or_dummy(raw)
         ids, am = input_ids[idx], attention_mask[idx]
-        lp, _ = policy_logprobs(models.policy, ids, am)
+        lp = policy_logprobs(models.policy, ids, am)[0] if with_policy else None
         rlp, _ = policy_logprobs(models.reference, ids, am)
         v = critic_values(models.critic, ids, am) if models.critic is not None else None
         if active:
-            old_lp[idx], ref_lp[idx] = lp, rlp
+            ref_lp[idx] = rlp
+            if lp is not None:
+                old_lp[idx] = lp
             if values is not None:
                 values[idx] = v
     return old_lp, ref_lp, values

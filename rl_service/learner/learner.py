@@ -123,14 +123,21 @@ class Learner:
         scores = torch.tensor(rewards, dtype=torch.float32, device=device)
         kl_coef = float(self.kl_ctl.value)
         token_rewards = batch_token_rewards(batches, batch["input_ids"].shape[1])  # distillation; else None
-        data, metrics = prepare_rollout(self.models, self.cfg, batch, scores, [s.prompt_id for s in samples],
-                                        group_size, kl_coef,
-                                        None if token_rewards is None else token_rewards.to(device))
-        metrics.update(_engine_mismatch(samples, data))
+        every = self.cfg.logprob_check_every
+        recompute = self.cfg.behavior_logprobs == "learner" or (every > 0 and self.step % every == 0)
+        engine_lp = None
         if self.cfg.behavior_logprobs == "rollout":
             # PPO's ratio against the policy that actually sampled (it may be up to
             # max_policy_lag versions old): the clip then bounds the off-policy step too.
-            data.old_logprobs = engine_logprobs(samples, data.input_ids.shape[1]).to(device)
+            engine_lp = engine_logprobs(samples, batch["input_ids"].shape[1]).to(device)
+        data, metrics = prepare_rollout(self.models, self.cfg, batch, scores, [s.prompt_id for s in samples],
+                                        group_size, kl_coef,
+                                        None if token_rewards is None else token_rewards.to(device),
+                                        old_logprobs=None if recompute else engine_lp)
+        if recompute:
+            metrics.update(_engine_mismatch(samples, data))
+        if engine_lp is not None:
+            data.old_logprobs = engine_lp
         metrics.update(ppo_update(self.models, self.policy_opt, self.critic_opt, data, self.cfg, kl_coef,
                                   seed=self.seed * 100_003 + self.step))
         # Ziegler et al. steer the per-sequence KL (summed over tokens). A NaN KL (a skipped,

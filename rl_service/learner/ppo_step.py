@@ -74,9 +74,11 @@ def frac_zero_std(scores: Tensor, prompt_ids: list[int], group_size: int) -> flo
 
 def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor], scores: Tensor,
                     prompt_ids: list[int], group_size: int, kl_coef: float,
-                    token_rewards: Tensor | None = None) -> tuple[RolloutTensors, dict[str, float]]:
+                    token_rewards: Tensor | None = None,
+                    old_logprobs: Tensor | None = None) -> tuple[RolloutTensors, dict[str, float]]:
     """Score the batch and compute advantages. batch: pad_samples output on the device; scores: [N];
-    token_rewards: [N, T-1] aligned like response_mask (batch_token_rewards) or None.
+    token_rewards: [N, T-1] aligned like response_mask (batch_token_rewards) or None;
+    old_logprobs: [N, T-1] the sampling policy's (the engine's), or None to recompute them here.
 
     Per-token rewards (on-policy distillation) enter GAE as rewards on their tokens; with a
     group estimator they are added to each token's advantage as they are (discount 0: a token
@@ -84,10 +86,11 @@ def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor]
     input_ids, attention_mask, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     N = input_ids.shape[0]
     micro = rank_micro_batches(range(N), models.rank, models.world_size, cfg.micro_batch_size)
-    old_lp, ref_lp, values = score_rows(models, micro, input_ids, attention_mask)
+    old_lp, ref_lp, values = score_rows(models, micro, input_ids, attention_mask, with_policy=old_logprobs is None)
     # Rows are zero where another rank owns them, so a SUM assembles the full batch exactly.
     stacked = all_reduce_sum(torch.stack([old_lp, ref_lp] + ([values] if values is not None else [])))
-    old_lp, ref_lp = stacked[0], stacked[1]
+    old_lp = stacked[0] if old_logprobs is None else old_logprobs
+    ref_lp = stacked[1]
     values = stacked[2] if values is not None else None
 
     kl_tok = kl_penalty(old_lp, ref_lp, cfg.kl.estimator)  # [N, T-1]

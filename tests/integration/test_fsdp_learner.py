@@ -194,3 +194,61 @@ def test_two_processes_match_one(advantage: str, model_dir: Path, tmp_path: Path
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "w2" / "hf", dtype=torch.float32)
     assert all(torch.equal(exported.state_dict()[k], sd2[k]) for k in sd2)
     assert AutoTokenizer.from_pretrained(tmp_path / "w2" / "hf")("12+34=").input_ids == PROBES[0][:7]
+
+
+def _with_true_logprobs(model_dir: Path, batches: list[ScoredBatch]) -> list[ScoredBatch]:
+    """The batches with response_logprobs = what the start policy really assigns (an exact engine)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for b in batches:
+        samples = []
+        for s in b.samples:
+            ids = torch.tensor([s.prompt_ids + s.response_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            lp = logp.gather(-1, ids[0, 1:, None])[:, 0][len(s.prompt_ids) - 1:]
+            samples.append(Sample(**{**s.__dict__, "response_logprobs": tuple(lp.tolist())}))
+        out.append(ScoredBatch(**{**b.__dict__, "samples": tuple(samples)}))
+    return out
+
+
+def _check_every_worker(rank: int, port: int, model_dir: str, cfg: LearnerConfig,
+                        batches: list[ScoredBatch], out: str) -> None:
+    learner = Learner(cfg, model_dir, rank, 1, "127.0.0.1", port, seed=0)
+    try:
+        learner.setup()
+        metrics = [learner.train_step(batches, GROUP)]
+        _, sd_after_one = learner.publish(1, PROBES)
+        metrics.append(learner.train_step(batches, GROUP))
+        torch.save({"metrics": metrics, "state_dict": sd_after_one}, out)
+    finally:
+        learner.shutdown()
+
+
+def test_skipping_the_old_policy_pass_gives_the_same_update(model_dir: Path, tmp_path: Path) -> None:
+    """logprob_check_every: with an exact engine, an update that takes the old logprobs from the
+    engine instead of recomputing them moves the weights identically; the check's metrics appear
+    exactly on the updates that recompute (every 2nd here: update 0, not update 1)."""
+    batches = _with_true_logprobs(model_dir, _batches(model_dir))
+    runs = {}
+    for every in (1, 0, 2):
+        cfg = _config("gae").model_copy(update={"logprob_check_every": every})
+        ctx = mp.spawn(_check_every_worker, nprocs=1, join=False,
+                       args=(_free_port(), str(model_dir), cfg, batches, str(tmp_path / f"every{every}.pt")))
+        while not ctx.join():
+            pass
+        runs[every] = torch.load(tmp_path / f"every{every}.pt", weights_only=False)
+    checked, skipped, alternate = runs[1], runs[0], runs[2]
+    sd1, sd0 = checked["state_dict"], skipped["state_dict"]
+    assert max(float((sd1[k] - sd0[k]).abs().max()) for k in sd1) < 1e-5
+    # Update 0: the engine logprobs are exact. Update 1 reuses them after the weights moved, so
+    # the check must see the drift: proof that it compares against a real recomputation.
+    assert checked["metrics"][0]["rollout/logprob_diff_max"] < 1e-4
+    assert checked["metrics"][1]["rollout/logprob_diff_max"] > 1e-2
+    assert all("rollout/logprob_diff_max" not in m for m in skipped["metrics"])
+    assert ["rollout/logprob_diff_max" in m for m in alternate["metrics"]] == [True, False]
+    a, b = checked["metrics"][0], skipped["metrics"][0]
+    for k in ("kl/mean", "loss/policy", "policy/approx_kl", "grad_norm"):
+        assert abs(a[k] - b[k]) < 1e-4, (k, a[k], b[k])
