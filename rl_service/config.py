@@ -188,6 +188,16 @@ class KLConfig(_Section):
     """If set, the adaptive controller steers measured KL toward this value."""
     horizon: int = Field(10000, ge=1)
     """Adaptive controller horizon in samples (Ziegler et al.)."""
+    measure_every: int = Field(1, ge=0)
+    """With coef 0 and no target the reference model only feeds the `kl/*` metrics: run its
+    no-grad forward pass every this many updates (the others report no `kl/*`). 0 = never,
+    and the reference model is not even built (as TRL and OpenRLHF do with a zero KL coef).
+    While the KL is penalised the reference runs on every update whatever this says."""
+
+    @property
+    def penalised(self) -> bool:
+        """True when the KL enters the reward or loss (now or once the adaptive controller moves)."""
+        return self.coef > 0 or self.target is not None
 
 
 class LearnerConfig(_Section):

@@ -21,7 +21,7 @@ class Models:
     """The sharded models of one learner process and where they live."""
 
     policy: nn.Module
-    reference: nn.Module
+    reference: nn.Module | None  # None when the KL is neither penalised nor measured
     critic: nn.Module | None
     device: torch.device
     rank: int
@@ -70,27 +70,31 @@ def active_or_dummy(idx: list[int]) -> tuple[list[int], bool]:
 
 @torch.no_grad()
 def score_rows(models: Models, micro: list[list[int]], input_ids: Tensor, attention_mask: Tensor,
-               with_policy: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+               with_policy: bool = True, with_reference: bool = True
+               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Old-policy logprobs, reference logprobs and values for this rank's micro-batches.
 
     micro: this rank's index lists (same count on every rank); input_ids, attention_mask: [N, T]
-    -> ([N, T-1] x 3, zero on rows another rank owns; values None without a critic).
-    with_policy=False skips the policy forward (its logprobs stay zero: the caller has them).
+    -> ([N, T-1] x 3, zero on rows another rank owns). A pass that is switched off (with_policy,
+    with_reference False) or has no model (no critic) is skipped and returns None.
     """
     N, T = input_ids.shape
-    old_lp = torch.zeros(N, T - 1, dtype=torch.float32, device=input_ids.device)
-    ref_lp = torch.zeros_like(old_lp)
-    values = torch.zeros_like(old_lp) if models.critic is not None else None
+    with_reference = with_reference and models.reference is not None
+
+    def grid(on: bool) -> Tensor | None:
+        return torch.zeros(N, T - 1, dtype=torch.float32, device=input_ids.device) if on else None
+
+    old_lp, ref_lp, values = grid(with_policy), grid(with_reference), grid(models.critic is not None)
+    if old_lp is None and ref_lp is None and values is None:
+        return None, None, None
     for raw in micro:
         idx, active = active_or_dummy(raw)
         ids, am = input_ids[idx], attention_mask[idx]
-        lp = policy_logprobs(models.policy, ids, am)[0] if with_policy else None
-        rlp, _ = policy_logprobs(models.reference, ids, am)
-        v = critic_values(models.critic, ids, am) if models.critic is not None else None
+        lp = policy_logprobs(models.policy, ids, am)[0] if old_lp is not None else None
+        rlp = policy_logprobs(models.reference, ids, am)[0] if ref_lp is not None else None
+        v = critic_values(models.critic, ids, am) if values is not None else None
         if active:
-            ref_lp[idx] = rlp
-            if lp is not None:
-                old_lp[idx] = lp
-            if values is not None:
-                values[idx] = v
+            for out, got in ((old_lp, lp), (ref_lp, rlp), (values, v)):
+                if out is not None:
+                    out[idx] = got
     return old_lp, ref_lp, values

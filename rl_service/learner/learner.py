@@ -75,7 +75,10 @@ class Learner:
         self.pad_id = _pad_id(policy.config)
         # Reference = the initial policy, frozen. Dropout stays off everywhere (eval mode):
         # with dropout the recomputed "old" logprobs would not be the sampling policy's.
-        reference = copy.deepcopy(policy).requires_grad_(False)
+        # Not built when the KL is neither penalised nor measured (kl.measure_every 0).
+        reference = None
+        if self.cfg.kl.penalised or self.cfg.kl.measure_every > 0:
+            reference = copy.deepcopy(policy).requires_grad_(False)
         critic = None
         if self.cfg.advantage == "gae":
             # Same backbone weights, a new 1-output `score` head; no dropout before the head.
@@ -101,7 +104,8 @@ class Learner:
         warmup = max(1, self.cfg.lr_warmup_steps)
         self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, lambda s: min(1.0, (s + 1) / warmup))
         return {"num_params": num_params, "backend": backend, "device": str(device),
-                "critic": critic is not None}
+                "critic": critic is not None,
+                "reference": reference is not None}
 
     # ------------------------------------------------------------ train
 
@@ -125,6 +129,8 @@ class Learner:
         token_rewards = batch_token_rewards(batches, batch["input_ids"].shape[1])  # distillation; else None
         every = self.cfg.logprob_check_every
         recompute = self.cfg.behavior_logprobs == "learner" or (every > 0 and self.step % every == 0)
+        kl_every = self.cfg.kl.measure_every
+        measure_kl = self.cfg.kl.penalised or (kl_every > 0 and self.step % kl_every == 0)
         engine_lp = None
         if self.cfg.behavior_logprobs == "rollout":
             # PPO's ratio against the policy that actually sampled (it may be up to
@@ -133,7 +139,7 @@ class Learner:
         data, metrics = prepare_rollout(self.models, self.cfg, batch, scores, [s.prompt_id for s in samples],
                                         group_size, kl_coef,
                                         None if token_rewards is None else token_rewards.to(device),
-                                        old_logprobs=None if recompute else engine_lp)
+                                        old_logprobs=None if recompute else engine_lp, measure_kl=measure_kl)
         if recompute:
             metrics.update(_engine_mismatch(samples, data))
         if engine_lp is not None:
@@ -142,7 +148,7 @@ class Learner:
                                   seed=self.seed * 100_003 + self.step))
         # Ziegler et al. steer the per-sequence KL (summed over tokens). A NaN KL (a skipped,
         # broken step) must not poison the coefficient for the rest of the run.
-        if math.isfinite(metrics["kl/seq_mean"]):
+        if "kl/seq_mean" in metrics and math.isfinite(metrics["kl/seq_mean"]):
             self.kl_ctl.update(metrics["kl/seq_mean"], len(samples))
         applied, trailing = metrics.pop("train/optimizer_steps"), metrics.pop("train/trailing_skipped")
         self.nan_streak = int(trailing) if applied > 0 else self.nan_streak + int(trailing)

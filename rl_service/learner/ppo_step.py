@@ -45,7 +45,7 @@ class RolloutTensors:
     attention_mask: Tensor     # [N, T]
     mask: Tensor               # [N, T-1] response tokens
     old_logprobs: Tensor       # [N, T-1] policy before this update
-    ref_logprobs: Tensor       # [N, T-1] frozen reference
+    ref_logprobs: Tensor | None  # [N, T-1] frozen reference (None when the KL is not measured)
     advantages: Tensor         # [N, T-1]
     old_values: Tensor | None  # [N, T-1] critic before this update (gae only)
     returns: Tensor | None     # [N, T-1] critic targets (gae only)
@@ -75,10 +75,12 @@ def frac_zero_std(scores: Tensor, prompt_ids: list[int], group_size: int) -> flo
 def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor], scores: Tensor,
                     prompt_ids: list[int], group_size: int, kl_coef: float,
                     token_rewards: Tensor | None = None,
-                    old_logprobs: Tensor | None = None) -> tuple[RolloutTensors, dict[str, float]]:
+                    old_logprobs: Tensor | None = None,
+                    measure_kl: bool = True) -> tuple[RolloutTensors, dict[str, float]]:
     """Score the batch and compute advantages. batch: pad_samples output on the device; scores: [N];
     token_rewards: [N, T-1] aligned like response_mask (batch_token_rewards) or None;
-    old_logprobs: [N, T-1] the sampling policy's (the engine's), or None to recompute them here.
+    old_logprobs: [N, T-1] the sampling policy's (the engine's), or None to recompute them here;
+    measure_kl: run the reference pass (must be True while the KL is penalised) and report kl/*.
 
     Per-token rewards (on-policy distillation) enter GAE as rewards on their tokens; with a
     group estimator they are added to each token's advantage as they are (discount 0: a token
@@ -86,31 +88,37 @@ def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor]
     input_ids, attention_mask, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     N = input_ids.shape[0]
     micro = rank_micro_batches(range(N), models.rank, models.world_size, cfg.micro_batch_size)
-    old_lp, ref_lp, values = score_rows(models, micro, input_ids, attention_mask, with_policy=old_logprobs is None)
+    parts = score_rows(models, micro, input_ids, attention_mask, with_policy=old_logprobs is None,
+                       with_reference=measure_kl)
     # Rows are zero where another rank owns them, so a SUM assembles the full batch exactly.
-    stacked = all_reduce_sum(torch.stack([old_lp, ref_lp] + ([values] if values is not None else [])))
-    old_lp = stacked[0] if old_logprobs is None else old_logprobs
-    ref_lp = stacked[1]
-    values = stacked[2] if values is not None else None
+    present = [t for t in parts if t is not None]
+    summed = iter(all_reduce_sum(torch.stack(present)) if present else [])
+    old_lp, ref_lp, values = (next(summed) if t is not None else None for t in parts)
+    old_lp = old_lp if old_logprobs is None else old_logprobs
+    if kl_coef > 0 and ref_lp is None:
+        raise ValueError("the KL is penalised but no reference logprobs were computed")
 
-    kl_tok = kl_penalty(old_lp, ref_lp, cfg.kl.estimator)  # [N, T-1]
-    kl_seq = masked_sum(kl_tok, mask, dim=-1)  # [N]
     in_reward = cfg.kl.placement == "reward"
     metrics = {
         "reward/mean": float(scores.mean()),
         "reward/std": float(scores.std()) if N > 1 else 0.0,
-        "kl/mean": float(masked_mean(kl_tok, mask)),
-        "kl/seq_mean": float(kl_seq.mean()),
         "kl/coef": float(kl_coef),
         "reward/frac_zero_std": frac_zero_std(scores, prompt_ids, group_size),
     }
+    kl_tok = kl_seq = None
+    if ref_lp is not None:
+        kl_tok = kl_penalty(old_lp, ref_lp, cfg.kl.estimator)  # [N, T-1]
+        kl_seq = masked_sum(kl_tok, mask, dim=-1)  # [N]
+        metrics["kl/mean"] = float(masked_mean(kl_tok, mask))
+        metrics["kl/seq_mean"] = float(kl_seq.mean())
     if token_rewards is not None:
         metrics["reward/token_mean"] = float(masked_mean(token_rewards, mask))
         metrics["reward/token_seq_mean"] = float(masked_sum(token_rewards, mask, dim=-1).mean())
     returns = None
     if cfg.advantage == "gae":
         assert values is not None, "gae needs the critic"
-        rewards = token_level_rewards(scores, mask, kl_tok if in_reward else None, kl_coef, token_rewards)
+        rewards = token_level_rewards(scores, mask, kl_tok if in_reward and kl_coef > 0 else None, kl_coef,
+                                      token_rewards)
         adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         metrics["value/explained_var"] = explained_variance(values, returns, mask)
         if cfg.whiten_advantages:

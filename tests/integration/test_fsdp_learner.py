@@ -218,11 +218,12 @@ def _check_every_worker(rank: int, port: int, model_dir: str, cfg: LearnerConfig
                         batches: list[ScoredBatch], out: str) -> None:
     learner = Learner(cfg, model_dir, rank, 1, "127.0.0.1", port, seed=0)
     try:
-        learner.setup()
+        info = learner.setup()
         metrics = [learner.train_step(batches, GROUP)]
         _, sd_after_one = learner.publish(1, PROBES)
         metrics.append(learner.train_step(batches, GROUP))
-        torch.save({"metrics": metrics, "state_dict": sd_after_one}, out)
+        _, sd_after_two = learner.publish(2, PROBES)
+        torch.save({"info": info, "metrics": metrics, "state_dict": sd_after_one, "state_dict_2": sd_after_two}, out)
     finally:
         learner.shutdown()
 
@@ -232,14 +233,8 @@ def test_skipping_the_old_policy_pass_gives_the_same_update(model_dir: Path, tmp
     engine instead of recomputing them moves the weights identically; the check's metrics appear
     exactly on the updates that recompute (every 2nd here: update 0, not update 1)."""
     batches = _with_true_logprobs(model_dir, _batches(model_dir))
-    runs = {}
-    for every in (1, 0, 2):
-        cfg = _config("gae").model_copy(update={"logprob_check_every": every})
-        ctx = mp.spawn(_check_every_worker, nprocs=1, join=False,
-                       args=(_free_port(), str(model_dir), cfg, batches, str(tmp_path / f"every{every}.pt")))
-        while not ctx.join():
-            pass
-        runs[every] = torch.load(tmp_path / f"every{every}.pt", weights_only=False)
+    runs = _two_updates(model_dir, batches, tmp_path,
+                        {every: _config("gae").model_copy(update={"logprob_check_every": every}) for every in (1, 0, 2)})
     checked, skipped, alternate = runs[1], runs[0], runs[2]
     sd1, sd0 = checked["state_dict"], skipped["state_dict"]
     assert max(float((sd1[k] - sd0[k]).abs().max()) for k in sd1) < 1e-5
@@ -252,3 +247,43 @@ def test_skipping_the_old_policy_pass_gives_the_same_update(model_dir: Path, tmp
     a, b = checked["metrics"][0], skipped["metrics"][0]
     for k in ("kl/mean", "loss/policy", "policy/approx_kl", "grad_norm"):
         assert abs(a[k] - b[k]) < 1e-4, (k, a[k], b[k])
+
+
+def _two_updates(model_dir: Path, batches: list[ScoredBatch], tmp_path: Path,
+                 configs: dict[int, LearnerConfig]) -> dict[int, dict]:
+    """Two train steps per config in a 1-process learner (one after the other)."""
+    runs = {}
+    for key, cfg in configs.items():
+        ctx = mp.spawn(_check_every_worker, nprocs=1, join=False,
+                       args=(_free_port(), str(model_dir), cfg, batches, str(tmp_path / f"run{key}.pt")))
+        while not ctx.join():
+            pass
+        runs[key] = torch.load(tmp_path / f"run{key}.pt", weights_only=False)
+    return runs
+
+
+def test_unpenalised_kl_is_measured_every_n_updates_or_never(model_dir: Path, tmp_path: Path) -> None:
+    """kl.measure_every with kl.coef 0: the reference pass only feeds kl/*, so skipping it (or not
+    building the reference at all, 0) leaves the updates unchanged; kl/* appear exactly on the
+    measured updates, and the KL measured after one update is > 0 (a real reference pass).
+    With a penalty the reference runs on every update whatever measure_every says."""
+    batches = _with_true_logprobs(model_dir, _batches(model_dir))
+    base = _config("gae")
+
+    def cfg(every: int, coef: float = 0.0) -> LearnerConfig:
+        kl = base.kl.model_copy(update={"coef": coef, "measure_every": every})
+        return base.model_copy(update={"kl": kl, "logprob_check_every": 1})
+
+    runs = _two_updates(model_dir, batches, tmp_path, {1: cfg(1), 0: cfg(0), 2: cfg(2), 3: cfg(0, coef=0.05)})
+    for every, has_kl in ((1, [True, True]), (0, [False, False]), (2, [True, False]), (3, [True, True])):
+        assert ["kl/mean" in m and "kl/seq_mean" in m for m in runs[every]["metrics"]] == has_kl, every
+        assert runs[every]["info"]["reference"] == (every != 0), every
+    always, never = runs[1], runs[0]
+    for key in ("state_dict", "state_dict_2"):
+        assert max(float((always[key][k] - never[key][k]).abs().max()) for k in always[key]) < 1e-6
+    assert abs(always["metrics"][0]["kl/mean"]) < 1e-6  # the policy still is the reference
+    assert abs(always["metrics"][1]["kl/mean"]) > 1e-4  # after one update it is not
+    assert abs(runs[2]["metrics"][0]["kl/mean"] - always["metrics"][0]["kl/mean"]) < 1e-6
+    # kl.coef 0.05 penalises: a different update from the unpenalised one
+    penalised = runs[3]["state_dict_2"]
+    assert max(float((penalised[k] - always["state_dict_2"][k]).abs().max()) for k in penalised) > 1e-6
