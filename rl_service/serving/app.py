@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rl_service.config import Resources, RolloutConfig, ServeConfig
 from rl_service.serving import protocol as P
-from rl_service.serving.feedback import FeedbackStore
+from rl_service.serving.feedback import FeedbackStore, StoreUnavailable
 from rl_service.serving.stream import DeltaFeed, sse_events
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,13 @@ api = FastAPI(title="rl-service policy", docs_url=None, redoc_url=None, openapi_
 @api.exception_handler(P.APIError)
 async def _api_error(_request: Request, err: P.APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@api.exception_handler(StoreUnavailable)
+async def _store_down(_request: Request, err: StoreUnavailable) -> JSONResponse:
+    # Nothing was stored: the client may retry (the store reconnects on the next call).
+    return JSONResponse(P.envelope(str(err), "server_error", code="store_unavailable"), status_code=503,
+                        headers={"retry-after": "1"})
 
 
 @api.exception_handler(StarletteHTTPException)

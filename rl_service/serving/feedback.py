@@ -8,6 +8,12 @@ replicas may open the same SQLite file (WAL: one writer at a time, `busy_timeout
 others wait) or the same PostgreSQL database. Times and ratings are DOUBLE PRECISION: a
 PostgreSQL REAL is 4 bytes, too coarse for a Unix time.
 
+A dropped PostgreSQL connection (server restart, failover, an idle-connection reaper) is
+re-opened on the next call, which is retried once; a write retried after a commit whose
+acknowledgement was lost finds its row already there (same primary key) and counts as done.
+When the database stays unreachable the call raises StoreUnavailable (the endpoint answers
+503) and the next call tries again; nothing acknowledged is lost.
+
 Tables:
     completions(id, choice_index, created, kind, model, policy_version, prompt, completion, finish_reason)
     ratings(id, completion_id, choice_index, rating, comment, created)
@@ -41,15 +47,20 @@ SCHEMA = [
 ]
 
 
+class StoreUnavailable(RuntimeError):
+    """The database could not be reached (after one reconnect); nothing was written."""
+
+
 class FeedbackStore:
     """Thread-safe: one connection guarded by a lock (writes are tiny; fsync dominates)."""
 
     def __init__(self, db_path: str | None = None, dsn: str | None = None):
         self._lock = threading.Lock()
+        self._dsn = dsn
         if dsn:
             import psycopg  # optional dependency, only for PostgreSQL
 
-            self._conn = psycopg.connect(dsn)
+            self._conn = psycopg.connect(dsn, connect_timeout=10)
             self._ph = "%s"
         else:
             path = Path(db_path or "runs/feedback.sqlite")
@@ -68,22 +79,53 @@ class FeedbackStore:
         """Insert and commit; returns only once the transaction is durable."""
         sql = sql.replace("?", self._ph)
         with self._lock:
-            cur = self._conn.cursor()
-            try:
-                cur.executemany(sql, rows)
-                self._conn.commit()
-            except BaseException:
+            self._run(lambda: self._insert(sql, rows),
+                      retry=lambda: self._insert(sql + " ON CONFLICT DO NOTHING", rows))
+
+    def _insert(self, sql: str, rows: list[tuple]) -> None:
+        cur = self._conn.cursor()
+        try:
+            cur.executemany(sql, rows)
+            self._conn.commit()
+        except BaseException:
+            if not self._connection_lost():
                 self._conn.rollback()
-                raise
+            raise
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
+        def select() -> list[tuple]:
             cur = self._conn.cursor()
             try:
                 cur.execute(sql.replace("?", self._ph), args)
                 return list(cur.fetchall())
             finally:
-                self._conn.rollback()  # end the read transaction psycopg opened (no-op for SQLite)
+                if not self._connection_lost():
+                    self._conn.rollback()  # end the read transaction psycopg opened (no-op for SQLite)
+
+        with self._lock:
+            return self._run(select, retry=select)
+
+    def _run(self, first, retry):
+        """first(); if the PostgreSQL connection was lost, reconnect and retry() once (lock held)."""
+        if self._dsn is None:
+            return first()
+        import psycopg
+
+        try:
+            if self._connection_lost():
+                raise psycopg.OperationalError("the connection was closed")
+            return first()
+        except psycopg.OperationalError as err:
+            if not self._connection_lost():
+                raise
+            try:
+                self._conn = psycopg.connect(self._dsn, connect_timeout=10)
+                return retry()
+            except psycopg.OperationalError as again:
+                raise StoreUnavailable(f"feedback database unreachable: {_one_line(again)}") from err
+
+    def _connection_lost(self) -> bool:
+        return self._dsn is not None and (self._conn.closed or self._conn.broken)
 
     def record_completion(self, rid: str, kind: str, model: str, version: int, prompts: list[str],
                           choices: list[tuple[str, str]]) -> None:
@@ -128,6 +170,10 @@ class FeedbackStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def export_preferences(store: FeedbackStore, out: str | Path) -> int:

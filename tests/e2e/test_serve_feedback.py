@@ -139,13 +139,29 @@ class PostgresProcess:
         self.port = free_port()
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/feedback"
         self.log = open(self.root / "postgres.log", "ab")
-        # fsync stays on (the default): a commit is acknowledged once it is durable.
-        self.proc = subprocess.Popen([bin_dir / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p",
-                                      str(self.port), "-k", self.data], stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, **run_as)
-        self._create_database()
+        self.bin_dir, self.run_as = bin_dir, run_as
+        self.start()
+        self._admin("CREATE DATABASE feedback")
 
-    def _create_database(self, timeout_s: float = 60) -> None:
+    def start(self) -> None:
+        """(Re)start the server on the same data directory and port."""
+        # fsync stays on (the default): a commit is acknowledged once it is durable.
+        self.proc = subprocess.Popen([self.bin_dir / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p",
+                                      str(self.port), "-k", self.data], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, **self.run_as)
+        self._admin("SELECT 1")
+
+    def shutdown(self) -> None:
+        """Stop the server ("fast": open connections are cut), keeping its data."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def _admin(self, sql: str, timeout_s: float = 60) -> None:
+        """Run `sql` on the maintenance database once the server accepts connections."""
         import psycopg
 
         deadline = time.monotonic() + timeout_s
@@ -153,12 +169,20 @@ class PostgresProcess:
             assert self.proc.poll() is None, f"postgres exited; see {self.root / 'postgres.log'}"
             try:
                 with psycopg.connect(self.dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-                    conn.execute("CREATE DATABASE feedback")
+                    conn.execute(sql)
                     return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def cut_connections(self) -> int:
+        """Terminate every other session on the feedback database (what a failover does to clients)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return len(conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = 'feedback' AND pid <> pg_backend_pid()").fetchall())
 
     def rows(self, sql: str, args: tuple = ()) -> list[tuple]:
         import psycopg
@@ -167,12 +191,8 @@ class PostgresProcess:
             return conn.execute(sql.replace("?", "%s"), args).fetchall()
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)  # "fast" shutdown
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.shutdown()
         self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -234,13 +254,24 @@ def test_feedback_survives_kill9_and_exports(backend, servers, tiny_model_dir, t
     # The restarted server finds the completion stored by the killed one.
     r = httpx.post(f"{s2.url}/v1/feedback", headers=auth, json={"completion_id": resp.id, "rating": 0.25})
     assert r.status_code == 200
+    if pg:
+        # The database goes away under the running server: feedback is refused with a 503
+        # envelope (nothing stored), and accepted again once the database is back.
+        pg.shutdown()
+        r = httpx.post(f"{s2.url}/v1/feedback", headers=auth, json={"completion_id": resp.id, "rating": 0.75})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
+        assert "\n" not in r.json()["error"]["message"] and r.headers["retry-after"] == "1"
+        pg.start()
+        r = httpx.post(f"{s2.url}/v1/feedback", headers=auth, json={"completion_id": resp.id, "rating": 0.75})
+        assert r.status_code == 200, r.text
+        acked["ratings"].append(r.json()["id"])
     assert s2.terminate() == 0  # SIGTERM: clean shutdown, exit 0
 
     stored_ratings = {row[0] for row in rows("SELECT id FROM ratings")}
     stored_prefs = {row[0] for row in rows("SELECT id FROM preferences")}
     completions = rows("SELECT choice_index, completion, policy_version FROM completions "
                        "WHERE id = ? ORDER BY choice_index", (resp.id,))
-    assert set(acked["ratings"]) <= stored_ratings and len(stored_ratings) == 4
+    assert set(acked["ratings"]) <= stored_ratings and len(stored_ratings) == 4 + (pg is not None)
     assert stored_prefs == set(acked["preferences"])
     assert [(i, t, 0) for i, t in enumerate(texts)] == completions
     assert db.exists() == (backend == "sqlite")  # with a DSN, nothing went to the SQLite file
@@ -253,8 +284,39 @@ def test_feedback_survives_kill9_and_exports(backend, servers, tiny_model_dir, t
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(set(line) == {"prompt", "chosen", "rejected"} for line in lines)
     assert lines[: len(prefs)] == prefs
-    # Rated choices of one prompt become pairs (choice 0 averages 1.0 and 0.25 -> 0.625).
-    means = [0.625, 0.0, 0.5]
+    # Rated choices of one prompt become pairs (choice 0 averages 1.0 and 0.25 -> 0.625;
+    # with PostgreSQL also 0.75 -> 0.667).
+    means = [0.625 if pg is None else 2.0 / 3.0, 0.0, 0.5]
     expected = {(texts[i] if means[i] > means[j] else texts[j], texts[j] if means[i] > means[j] else texts[i])
                 for i in range(3) for j in range(i + 1, 3) if texts[i] != texts[j]}
     assert {(line["chosen"], line["rejected"]) for line in lines[len(prefs):]} == expected
+
+
+def test_postgres_store_reconnects_after_a_dropped_connection(postgres) -> None:
+    """The store's connection is cut by the server (as in a failover): the next call reconnects
+    and succeeds; a write whose row is already there (its commit's acknowledgement was lost)
+    counts as done without a duplicate; while the server is down calls raise StoreUnavailable
+    (one line) and the store recovers when it is back."""
+    from rl_service.serving.feedback import FeedbackStore, StoreUnavailable
+
+    store = FeedbackStore(dsn=postgres.dsn)
+    try:
+        store.add_preference("p1", "1+1=", "2", "3", None)
+        assert postgres.cut_connections() == 1
+        store.add_preference("p2", "2+2=", "4", "5", None)  # reconnects
+        assert store.counts()["preferences"] == 2
+        # p3 committed by someone else's connection: the store's retry after a cut must not fail on it.
+        import psycopg
+        with psycopg.connect(postgres.dsn) as conn:
+            conn.execute("INSERT INTO preferences VALUES ('p3', '3+3=', '6', '7', NULL, 0)")
+        postgres.cut_connections()
+        store.add_preference("p3", "3+3=", "6", "7", None)
+        postgres.shutdown()
+        with pytest.raises(StoreUnavailable, match="feedback database unreachable") as err:
+            store.add_preference("p4", "4+4=", "8", "9", None)
+        assert "\n" not in str(err.value)
+        postgres.start()
+        store.add_preference("p4", "4+4=", "8", "9", None)
+        assert [r[0] for r in postgres.rows("SELECT id FROM preferences ORDER BY id")] == ["p1", "p2", "p3", "p4"]
+    finally:
+        store.close()
