@@ -39,7 +39,7 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(VPY) -m pytest tests/unit -q
 
-# make bench [NAME=rollout|e2e_trl|overlap|weight_sync|overhead|serve|all] [QUICK=1] [PROFILE=1]
+# make bench [NAME=rollout|e2e_trl|overlap|weight_sync|overhead|learner_step|serve|all] [QUICK=1] [PROFILE=1]
 NAME ?= all
 bench: $(STAMP)
 	$(VPY) -c "import trl" 2>/dev/null || $(PIP) install -q -e ".[cpu,dev,postgres,bench]"

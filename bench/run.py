@@ -1,7 +1,7 @@
 """Benchmark entry point (not run by `make test`).
 
     .venv/bin/python -m bench.run NAME [--quick] [--profile]
-    NAME: rollout | e2e_trl | overlap | weight_sync | overhead | serve | all
+    NAME: rollout | e2e_trl | overlap | weight_sync | overhead | learner_step | serve | all
 
 Each benchmark writes bench/results/<NAME>.json (`<NAME>.quick.json` with --quick):
 machine, versions, command, settings, every run's figures, medians, targets; and
@@ -25,8 +25,8 @@ from bench.common import REPO, RESULTS, log, machine_info, setup_env, table, wri
 
 DOCS = REPO / "docs" / "benchmarks.md"
 MODULES = {"rollout": "bench.rollout", "e2e_trl": "bench.e2e_trl", "overlap": "bench.overlap",
-           "weight_sync": "bench.weight_sync", "overhead": "bench.overhead"}
-ORDER = ["rollout", "weight_sync", "overlap", "overhead", "e2e_trl", "serve"]
+           "weight_sync": "bench.weight_sync", "overhead": "bench.overhead", "learner_step": "bench.learner_step"}
+ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "e2e_trl", "serve"]
 
 
 def run_serve(quick: bool) -> dict:
