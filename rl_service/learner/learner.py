@@ -127,22 +127,19 @@ class Learner:
         scores = torch.tensor(rewards, dtype=torch.float32, device=device)
         kl_coef = float(self.kl_ctl.value)
         token_rewards = batch_token_rewards(batches, batch["input_ids"].shape[1])  # distillation; else None
-        every = self.cfg.logprob_check_every
-        recompute = self.cfg.behavior_logprobs == "learner" or (every > 0 and self.step % every == 0)
-        kl_every = self.cfg.kl.measure_every
-        measure_kl = self.cfg.kl.penalised or (kl_every > 0 and self.step % kl_every == 0)
-        engine_lp = None
-        if self.cfg.behavior_logprobs == "rollout":
-            # PPO's ratio against the policy that actually sampled (it may be up to
-            # max_policy_lag versions old): the clip then bounds the off-policy step too.
-            engine_lp = engine_logprobs(samples, batch["input_ids"].shape[1]).to(device)
+        from_engine = self.cfg.behavior_logprobs == "rollout"
+        recompute = not from_engine or _due(self.cfg.logprob_check_every, self.step)
+        measure_kl = self.cfg.kl.penalised or _due(self.cfg.kl.measure_every, self.step)
+        engine_lp = engine_logprobs(samples, batch["input_ids"].shape[1]).to(device)  # [N, T-1]
         data, metrics = prepare_rollout(self.models, self.cfg, batch, scores, [s.prompt_id for s in samples],
                                         group_size, kl_coef,
                                         None if token_rewards is None else token_rewards.to(device),
                                         old_logprobs=None if recompute else engine_lp, measure_kl=measure_kl)
         if recompute:
-            metrics.update(_engine_mismatch(samples, data))
-        if engine_lp is not None:
+            metrics.update(_engine_mismatch(samples, engine_lp, data))
+        if from_engine:
+            # PPO's ratio against the policy that actually sampled (it may be up to
+            # max_policy_lag versions old): the clip then bounds the off-policy step too.
             data.old_logprobs = engine_lp
         metrics.update(ppo_update(self.models, self.policy_opt, self.critic_opt, data, self.cfg, kl_coef,
                                   seed=self.seed * 100_003 + self.step))
@@ -295,12 +292,17 @@ def _pad_id(config) -> int:
     return 0
 
 
-def _engine_mismatch(samples: list[Sample], data: RolloutTensors) -> dict[str, float]:
-    """|engine logprob - learner old logprob| on response tokens: off-policy drift / weight-sync check."""
+def _due(every: int, step: int) -> bool:
+    """Whether an every-N-updates pass runs on update `step` (0 = never)."""
+    return every > 0 and step % every == 0
+
+
+def _engine_mismatch(samples: list[Sample], engine_lp: Tensor, data: RolloutTensors) -> dict[str, float]:
+    """|engine logprob - learner old logprob| on response tokens: off-policy drift / weight-sync check.
+    engine_lp: [N, T-1] engine_logprobs(samples) on the learner's device."""
     if any(len(s.response_logprobs) != len(s.response_ids) for s in samples):
         return {}
-    eng = engine_logprobs(samples, data.input_ids.shape[1]).to(data.mask.device)
-    diff = (eng - data.old_logprobs).abs()
+    diff = (engine_lp - data.old_logprobs).abs()
     on = data.mask.bool()
     return {"rollout/logprob_diff_mean": float(masked_mean(diff, data.mask)),
             "rollout/logprob_diff_max": float(diff[on].max()) if on.any() else 0.0}

@@ -60,10 +60,8 @@ async def _api_error(_request: Request, err: P.APIError) -> JSONResponse:
 
 
 @api.exception_handler(StoreUnavailable)
-async def _store_down(_request: Request, err: StoreUnavailable) -> JSONResponse:
-    # Nothing was stored: the client may retry (the store reconnects on the next call).
-    return JSONResponse(P.envelope(str(err), "server_error", code="store_unavailable"), status_code=503,
-                        headers={"retry-after": "1"})
+async def _store_down(request: Request, err: StoreUnavailable) -> JSONResponse:
+    return await _api_error(request, P.store_unavailable(str(err)))  # the store reconnects on the next call
 
 
 @api.exception_handler(StarletteHTTPException)

@@ -58,9 +58,7 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._dsn = dsn
         if dsn:
-            import psycopg  # optional dependency, only for PostgreSQL
-
-            self._conn = psycopg.connect(dsn, connect_timeout=10)
+            self._conn = self._connect()
             self._ph = "%s"
         else:
             path = Path(db_path or "runs/feedback.sqlite")
@@ -105,24 +103,30 @@ class FeedbackStore:
         with self._lock:
             return self._run(select, retry=select)
 
-    def _run(self, first, retry):
-        """first(); if the PostgreSQL connection was lost, reconnect and retry() once (lock held)."""
+    def _connect(self):
+        import psycopg  # optional dependency, only for PostgreSQL
+
+        return psycopg.connect(self._dsn, connect_timeout=10)
+
+    def _run(self, op, retry):
+        """op(); if the PostgreSQL connection is (or turns out) lost, reconnect and retry() once.
+        Called with the lock held."""
         if self._dsn is None:
-            return first()
+            return op()
         import psycopg
 
-        try:
-            if self._connection_lost():
-                raise psycopg.OperationalError("the connection was closed")
-            return first()
-        except psycopg.OperationalError as err:
-            if not self._connection_lost():
-                raise
+        if not self._connection_lost():
             try:
-                self._conn = psycopg.connect(self._dsn, connect_timeout=10)
-                return retry()
-            except psycopg.OperationalError as again:
-                raise StoreUnavailable(f"feedback database unreachable: {_one_line(again)}") from err
+                return op()
+            except psycopg.OperationalError:
+                if not self._connection_lost():
+                    raise  # the connection is fine: a real error of this statement
+        self._conn.close()
+        try:
+            self._conn = self._connect()
+            return retry()
+        except psycopg.OperationalError as err:
+            raise StoreUnavailable(f"feedback database unreachable: {_one_line(err)}") from err
 
     def _connection_lost(self) -> bool:
         return self._dsn is not None and (self._conn.closed or self._conn.broken)

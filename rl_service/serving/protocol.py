@@ -32,6 +32,11 @@ class APIError(Exception):
         return envelope(self.message, self.type, self.param, self.code)
 
 
+def store_unavailable(reason: str) -> APIError:
+    """503 when the feedback database cannot be reached: nothing was stored, the client may retry."""
+    return APIError(503, reason, "server_error", code="store_unavailable", headers={"retry-after": "1"})
+
+
 def overloaded(limit: int) -> APIError:
     """503 for a replica that already holds `limit` requests (running + waiting for its engine).
     `Retry-After` tells clients (the openai client retries 503s) when to come back."""
