@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE  := 1
 # torch threads spin-wait by default and stall for seconds when another process holds a core
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install quickstart test test-unit bench clean
+.PHONY: install quickstart lint test test-unit bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@mkdir -p $(TMPDIR) $(VLLM_CACHE_ROOT)
@@ -33,7 +33,12 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/rl-service train configs/quickstart.yaml
 
-test: $(STAMP)
+# ruff (config in pyproject.toml): lint and format check, first, so CI enforces one style
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(VPY) -m pytest tests -q -p no:cacheprovider --durations=15
 
 test-unit: $(STAMP)

@@ -15,8 +15,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -56,8 +57,13 @@ def machine_info() -> dict[str, Any]:
         mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": cpu_name(),
-            "mem_gib": mem, "loadavg_1m": load}
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "processor": cpu_name(),
+        "mem_gib": mem,
+        "loadavg_1m": load,
+    }
 
 
 def versions() -> dict[str, str]:
@@ -93,16 +99,22 @@ def alternate(rounds: int, sides: dict[str, Callable[[int], dict]]) -> list[dict
             t0 = time.perf_counter()
             figures = fn(i)
             runs.append({"pair": i, "side": name, "wall_s": time.perf_counter() - t0, **figures})
-            print(f"  round {i} {name:>10}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in figures.items()
-                                                        if isinstance(v, (int, float))), flush=True)
+            print(
+                f"  round {i} {name:>10}: "
+                + "  ".join(f"{k}={_fmt(v)}" for k, v in figures.items() if isinstance(v, (int, float))),
+                flush=True,
+            )
     return runs
 
 
 def pair_ratios(runs: list[dict], key: str, num: str, den: str) -> list[float]:
     """Per-pair ratio runs[num][key] / runs[den][key], in pair order."""
     by = {(r["pair"], r["side"]): r[key] for r in runs if key in r}
-    return [by[(p, num)] / by[(p, den)] for p in sorted({r["pair"] for r in runs})
-            if (p, num) in by and (p, den) in by and by[(p, den)]]
+    return [
+        by[(p, num)] / by[(p, den)]
+        for p in sorted({r["pair"] for r in runs})
+        if (p, num) in by and (p, den) in by and by[(p, den)]
+    ]
 
 
 def medians(runs: list[dict], keys: list[str]) -> dict[str, dict[str, float]]:
@@ -110,8 +122,7 @@ def medians(runs: list[dict], keys: list[str]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for side in dict.fromkeys(r["side"] for r in runs):
         rows = [r for r in runs if r["side"] == side]
-        out[side] = {k: statistics.median(r[k] for r in rows) for k in keys
-                     if all(r.get(k) is not None for r in rows)}
+        out[side] = {k: statistics.median(r[k] for r in rows) for k in keys if all(r.get(k) is not None for r in rows)}
     return out
 
 

@@ -50,12 +50,31 @@ def _batches(prompts: int, group: int):
             prompt = tuple([1] + [rng.randrange(3, 20) for _ in range(5)])
             for k in range(group):
                 resp = tuple(rng.randrange(3, 20) for _ in range(rng.randint(2, 4))) + (2,)
-                samples.append(Sample(sample_id=f"{pid}/{k}", prompt_id=pid, prompt_text="x", prompt_ids=prompt,
-                                      response_ids=resp, response_logprobs=tuple(-1.0 for _ in resp),
-                                      response_text="x", policy_version=0, finish_reason="stop"))
+                samples.append(
+                    Sample(
+                        sample_id=f"{pid}/{k}",
+                        prompt_id=pid,
+                        prompt_text="x",
+                        prompt_ids=prompt,
+                        response_ids=resp,
+                        response_logprobs=tuple(-1.0 for _ in resp),
+                        response_text="x",
+                        policy_version=0,
+                        finish_reason="stop",
+                    )
+                )
                 rewards.append(float(rng.random() < 0.5))
-        out.append(ScoredBatch(batch_id=b, samples=tuple(samples), rewards=tuple(rewards), dropped=(),
-                               policy_version=0, generate_s=0.0, reward_s=0.0))
+        out.append(
+            ScoredBatch(
+                batch_id=b,
+                samples=tuple(samples),
+                rewards=tuple(rewards),
+                dropped=(),
+                policy_version=0,
+                generate_s=0.0,
+                reward_s=0.0,
+            )
+        )
     return out
 
 
@@ -64,8 +83,14 @@ def _worker(rank: int, world: int, port: int, threads: int, lean: bool, model: s
     from rl_service.learner.learner import Learner
 
     every = 0 if lean else 1
-    cfg = LearnerConfig(num_workers=world, backend="gloo", advantage="grpo", lr=5e-5, logprob_check_every=every,
-                        kl={"coef": 0.0, "measure_every": every})
+    cfg = LearnerConfig(
+        num_workers=world,
+        backend="gloo",
+        advantage="grpo",
+        lr=5e-5,
+        logprob_check_every=every,
+        kl={"coef": 0.0, "measure_every": every},
+    )
     learner = Learner(cfg, model, rank, world, "127.0.0.1", port, seed=0)
     try:
         learner.setup()
@@ -99,21 +124,31 @@ def run(quick: bool) -> dict:
     s = QUICK if quick else env_sized(FULL)
     model = str(warm_model(s["size"]))
     log(f"learner_step: model {model}, {s}")
-    sides = {f"{layout}-{v}": (lambda i, layout=layout, lean=(v == "lean"): _one(model, s, layout, lean))
-             for layout in LAYOUTS for v in ("defaults", "lean")}
+    sides = {
+        f"{layout}-{v}": (lambda i, layout=layout, lean=(v == "lean"): _one(model, s, layout, lean))
+        for layout in LAYOUTS
+        for v in ("defaults", "lean")
+    }
     runs = alternate(s["rounds"], sides)
     med = medians(runs, ["train_step_s", "publish_s"])
     ratios = {layout: pair_ratios(runs, "train_step_s", f"{layout}-lean", f"{layout}-defaults") for layout in LAYOUTS}
-    return {"settings": {**s, "model": model, "samples_per_update": s["prompts"] * s["group"]},
-            "runs": runs, "medians": med, "pair_ratios_lean_over_defaults": ratios,
-            "median_ratios_lean_over_defaults": {k: median(v) for k, v in ratios.items()}}
+    return {
+        "settings": {**s, "model": model, "samples_per_update": s["prompts"] * s["group"]},
+        "runs": runs,
+        "medians": med,
+        "pair_ratios_lean_over_defaults": ratios,
+        "median_ratios_lean_over_defaults": {k: median(v) for k, v in ratios.items()},
+    }
 
 
 def markdown(result: dict) -> str:
     s, med, r = result["settings"], result["medians"], result["median_ratios_lean_over_defaults"]
     rows = [[side, m["train_step_s"], m["publish_s"]] for side, m in med.items()]
-    return (f"GRPO update of {s['samples_per_update']} sequences (~10 tokens) on the {s['size']} model, "
-            f"{s['updates']} updates per run (median after the first), {s['rounds']} rounds; side = ranks x threads - variant\n\n"
-            + table(["side", "train_step s (median)", "publish s"], rows)
-            + "\n\nlean / defaults (median of per-round ratios): "
-            + ", ".join(f"{k} {v:.2f}x" for k, v in r.items() if v is not None))
+    return (
+        f"GRPO update of {s['samples_per_update']} sequences (~10 tokens) on the {s['size']} model, "
+        f"{s['updates']} updates per run (median after the first), {s['rounds']} rounds; "
+        "side = ranks x threads - variant\n\n"
+        + table(["side", "train_step s (median)", "publish s"], rows)
+        + "\n\nlean / defaults (median of per-round ratios): "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in r.items() if v is not None)
+    )

@@ -48,8 +48,9 @@ def model_config(size: str, warm: bool):
     from rl_service.config import ModelConfig, SFTConfig, TinyModelConfig
 
     sft = SFTConfig(**SFT[size]) if warm else SFTConfig(max_steps=0)
-    return ModelConfig(cache_dir=str(CACHE), build=TinyModelConfig(**SHAPES[size], max_position_embeddings=MAX_POS),
-                       sft=sft)
+    return ModelConfig(
+        cache_dir=str(CACHE), build=TinyModelConfig(**SHAPES[size], max_position_embeddings=MAX_POS), sft=sft
+    )
 
 
 def warm_model(size: str) -> Path:
@@ -85,7 +86,7 @@ def nonstop_model(size: str, logit_std: float = 4.0) -> Path:
         head = model.lm_head.weight  # [V, H]
         head.mul_(logit_std / std)
         head[tok.eos_token_id] = 0
-        head[len(tok):] = 0  # rows no tokenizer id maps to
+        head[len(tok) :] = 0  # rows no tokenizer id maps to
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -41,16 +41,23 @@ def overhead_of(rows: list[dict], lag: int, view: str = "compute") -> dict:
     steady_rows = rows[1:] if len(rows) > 1 else rows
     pairs = [step_overhead(r, lag, view) for r in steady_rows]
     step, over = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-    return {"share": over / step, "overhead_s_per_step": over / len(pairs), "step_s_mean": step / len(pairs),
-            "per_step_share": [o / s for s, o in pairs]}
+    return {
+        "share": over / step,
+        "overhead_s_per_step": over / len(pairs),
+        "step_s_mean": step / len(pairs),
+        "per_step_share": [o / s for s, o in pairs],
+    }
 
 
 def components(rows: list[dict]) -> dict:
     """Steady-state mean seconds per step of each logged timer (where the overhead sits)."""
     steady_rows = rows[1:] if len(rows) > 1 else rows
     keys = ["generate", "reward", "wait", "train", "train_compute", "weight_sync", "publish", "load", "step"]
-    return {k: sum(r[f"timing_s/{k}"] for r in steady_rows) / len(steady_rows) for k in keys
-            if all(r.get(f"timing_s/{k}") is not None for r in steady_rows)}
+    return {
+        k: sum(r[f"timing_s/{k}"] for r in steady_rows) / len(steady_rows)
+        for k in keys
+        if all(r.get(f"timing_s/{k}") is not None for r in steady_rows)
+    }
 
 
 def finished_run(name: str) -> dict:
@@ -71,10 +78,9 @@ def run(quick: bool) -> dict:
     instead of starting new ones; each run's lag comes from its saved config.yaml."""
     import os
 
-    from rl_service.config import load_config
-
     from bench.common import REPO
     from bench.rls_run import RUN_ROOT
+    from rl_service.config import load_config
 
     s = QUICK if quick else env_sized(FULL)
     names = [n for n in os.environ.get("BENCH_OVERHEAD_RUNS", "").split(",") if n]
@@ -91,40 +97,117 @@ def run(quick: bool) -> dict:
         o = overhead_of(run_["rows"], lag)
         d = overhead_of(run_["rows"], lag, view="driver")
         loop_s = sum(r["timing_s/step"] for r in run_["rows"])
-        runs.append({"repeat": i, "side": names[i] if names else "quickstart", "lag": lag, **o,
-                     "driver_view_share": d["share"],
-                     "driver_view_overhead_s_per_step": d["overhead_s_per_step"],
-                     "components_s": components(run_["rows"]), "loop_s": loop_s, "process_s": run_["process_s"],
-                     "outside_loop_share": 1 - loop_s / run_["process_s"], "profile": run_["profile"]})
-        print(f"  repeat {i}: overhead {100 * o['share']:.1f}% of step wall, "
-              f"{o['overhead_s_per_step']:.3f} s/step", flush=True)
+        runs.append(
+            {
+                "repeat": i,
+                "side": names[i] if names else "quickstart",
+                "lag": lag,
+                **o,
+                "driver_view_share": d["share"],
+                "driver_view_overhead_s_per_step": d["overhead_s_per_step"],
+                "components_s": components(run_["rows"]),
+                "loop_s": loop_s,
+                "process_s": run_["process_s"],
+                "outside_loop_share": 1 - loop_s / run_["process_s"],
+                "profile": run_["profile"],
+            }
+        )
+        print(
+            f"  repeat {i}: overhead {100 * o['share']:.1f}% of step wall, {o['overhead_s_per_step']:.3f} s/step",
+            flush=True,
+        )
     share = median([r["share"] for r in runs])
-    return {"settings": {"config": "configs/quickstart.yaml", "max_policy_lag": lag, "steps": s["steps"],
-                         "repeats": s["repeats"], "overrides": s["overrides"], "from_runs": s.get("from_runs")},
-            "runs": runs,
-            "medians": {"share": share, "overhead_s_per_step": median([r["overhead_s_per_step"] for r in runs]),
-                        "step_s_mean": median([r["step_s_mean"] for r in runs]),
-                        "driver_view_share": median([r["driver_view_share"] for r in runs]),
-                        "outside_loop_share": median([r["outside_loop_share"] for r in runs])},
-            "targets": {"overhead_share": target(share, 0.10, higher_is_better=False)}}
+    return {
+        "settings": {
+            "config": "configs/quickstart.yaml",
+            "max_policy_lag": lag,
+            "steps": s["steps"],
+            "repeats": s["repeats"],
+            "overrides": s["overrides"],
+            "from_runs": s.get("from_runs"),
+        },
+        "runs": runs,
+        "medians": {
+            "share": share,
+            "overhead_s_per_step": median([r["overhead_s_per_step"] for r in runs]),
+            "step_s_mean": median([r["step_s_mean"] for r in runs]),
+            "driver_view_share": median([r["driver_view_share"] for r in runs]),
+            "outside_loop_share": median([r["outside_loop_share"] for r in runs]),
+        },
+        "targets": {"overhead_share": target(share, 0.10, higher_is_better=False)},
+    }
 
 
 def markdown(result: dict) -> str:
     m, s = result["medians"], result["settings"]
-    rows = [[r["side"], r["lag"], r["step_s_mean"], r["overhead_s_per_step"], f"{100 * r['share']:.1f}%",
-             f"{100 * r['driver_view_share']:.1f}%", f"{100 * r['outside_loop_share']:.0f}%"] for r in result["runs"]]
-    rows.append(["median", "", m["step_s_mean"], m["overhead_s_per_step"], f"{100 * m['share']:.1f}%",
-                 f"{100 * m['driver_view_share']:.1f}%", f"{100 * m['outside_loop_share']:.0f}%"])
-    src = (f"measured on the finished runs {', '.join(s['from_runs'])} (no new runs; process wall = the "
-           "controller's wall_s)" if s.get("from_runs") else f"{s['steps']} steps x {s['repeats']} runs")
-    comp = [[r["side"], *(r["components_s"].get(k) for k in ("step", "generate", "reward", "wait", "train",
-                                                               "train_compute", "weight_sync", "publish", "load"))]
-            for r in result["runs"]]
-    return (f"{src}; overhead = step - busy (see bench/overhead.py), steady state; "
-            "share = components' own timers (train_compute, publish, load), driver view = timing_s/train + "
-            "timing_s/weight_sync\n\n"
-            + table(["run", "lag", "s/step", "overhead s/step", "overhead share", "share (driver view)",
-                     "process time outside the loop"], rows)
-            + "\n\nSteady-state mean seconds per step of each timer:\n\n"
-            + table(["run", "step", "generate", "reward", "wait", "train", "train_compute", "weight_sync",
-                     "publish", "load"], comp))
+    rows = [
+        [
+            r["side"],
+            r["lag"],
+            r["step_s_mean"],
+            r["overhead_s_per_step"],
+            f"{100 * r['share']:.1f}%",
+            f"{100 * r['driver_view_share']:.1f}%",
+            f"{100 * r['outside_loop_share']:.0f}%",
+        ]
+        for r in result["runs"]
+    ]
+    rows.append(
+        [
+            "median",
+            "",
+            m["step_s_mean"],
+            m["overhead_s_per_step"],
+            f"{100 * m['share']:.1f}%",
+            f"{100 * m['driver_view_share']:.1f}%",
+            f"{100 * m['outside_loop_share']:.0f}%",
+        ]
+    )
+    src = (
+        f"measured on the finished runs {', '.join(s['from_runs'])} (no new runs; process wall = the "
+        "controller's wall_s)"
+        if s.get("from_runs")
+        else f"{s['steps']} steps x {s['repeats']} runs"
+    )
+    comp = [
+        [
+            r["side"],
+            *(
+                r["components_s"].get(k)
+                for k in (
+                    "step",
+                    "generate",
+                    "reward",
+                    "wait",
+                    "train",
+                    "train_compute",
+                    "weight_sync",
+                    "publish",
+                    "load",
+                )
+            ),
+        ]
+        for r in result["runs"]
+    ]
+    return (
+        f"{src}; overhead = step - busy (see bench/overhead.py), steady state; "
+        "share = components' own timers (train_compute, publish, load), driver view = timing_s/train + "
+        "timing_s/weight_sync\n\n"
+        + table(
+            [
+                "run",
+                "lag",
+                "s/step",
+                "overhead s/step",
+                "overhead share",
+                "share (driver view)",
+                "process time outside the loop",
+            ],
+            rows,
+        )
+        + "\n\nSteady-state mean seconds per step of each timer:\n\n"
+        + table(
+            ["run", "step", "generate", "reward", "wait", "train", "train_compute", "weight_sync", "publish", "load"],
+            comp,
+        )
+    )

@@ -24,10 +24,15 @@ STAGES = [
     ("weight_sync", ("publish (rl_service", "load_weights (rl_service", "sync_weights (", "trl_vllm_shim.py")),
     ("eval", ("evaluate (rl_service", "greedy_accuracy_hf (")),
     ("train", ("train_step (rl_service", "training_step (", "backward (torch")),
-    ("generate", ("generate (rl_service/rollout", "_generate_single_turn (", "generate (vllm", "generate (transformers")),
+    (
+        "generate",
+        ("generate (rl_service/rollout", "_generate_single_turn (", "generate (vllm", "generate (transformers"),
+    ),
     ("reward", ("rl_service/reward/", "_calculate_rewards (")),
-    ("startup", ("setup (rl_service", "__init__ (rl_service/rollout", "from_pretrained (", "_init_vllm (",
-                 "_find_and_load (")),  # not "<module> (": every -m script's stack starts there
+    (
+        "startup",
+        ("setup (rl_service", "__init__ (rl_service/rollout", "from_pretrained (", "_init_vllm (", "_find_and_load ("),
+    ),  # not "<module> (": every -m script's stack starts there
 ]
 
 
@@ -40,8 +45,20 @@ def wrap(cmd: list[str], out: Path, rate: int = 25) -> list[str]:
     spy = shutil.which("py-spy") or str(Path(cmd[0]).with_name("py-spy"))
     if not enabled() or not Path(spy).exists():
         return cmd
-    return [spy, "record", "--subprocesses", "--nonblocking", "--format", "raw", "--rate", str(rate),
-            "-o", str(out), "--", *cmd]
+    return [
+        spy,
+        "record",
+        "--subprocesses",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--rate",
+        str(rate),
+        "-o",
+        str(out),
+        "--",
+        *cmd,
+    ]
 
 
 def stage_of(stack: str) -> str:
@@ -69,6 +86,9 @@ def stage_shares(collapsed: Path) -> dict | None:
     total = sum(stages.values())
     if not total:
         return None
-    return {"samples": total, "file": str(collapsed),
-            "shares": {k: round(v / total, 4) for k, v in stages.most_common()},
-            "hot_other": [(leaf, round(n / total, 4)) for leaf, n in leaves.most_common(10)]}
+    return {
+        "samples": total,
+        "file": str(collapsed),
+        "shares": {k: round(v / total, 4) for k, v in stages.most_common()},
+        "hot_other": [(leaf, round(n / total, 4)) for leaf, n in leaves.most_common(10)],
+    }

@@ -35,18 +35,26 @@ def train_run(name: str, overrides: list[str], timeout_s: float = 3600) -> dict:
     t0 = time.perf_counter()
     prof = RUN_ROOT / f"{name}.collapsed"
     with log_path.open("w") as fh:
-        proc = subprocess.run(profile.wrap(args, prof), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                              timeout=timeout_s)
+        proc = subprocess.run(
+            profile.wrap(args, prof), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout_s
+        )
     process_s = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
         raise RuntimeError(f"rl-service train {name} exited {proc.returncode}; log {log_path}:\n{tail}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     summary = json.loads((run_dir / "summary.json").read_text())
-    log(f"{name}: {len(rows)} steps, process {process_s:.0f}s, accuracy "
-        f"{summary.get('eval/accuracy_start')} -> {summary.get('eval/accuracy_end')}")
-    return {"rows": rows, "summary": summary, "process_s": process_s, "run_dir": str(run_dir),
-            "profile": profile.stage_shares(prof) if profile.enabled() else None}
+    log(
+        f"{name}: {len(rows)} steps, process {process_s:.0f}s, accuracy "
+        f"{summary.get('eval/accuracy_start')} -> {summary.get('eval/accuracy_end')}"
+    )
+    return {
+        "rows": rows,
+        "summary": summary,
+        "process_s": process_s,
+        "run_dir": str(run_dir),
+        "profile": profile.stage_shares(prof) if profile.enabled() else None,
+    }
 
 
 def step_tokens(row: dict) -> float:
@@ -62,15 +70,31 @@ def steady(rows: list[dict], key: str) -> float:
 
 def timing_summary(rows: list[dict]) -> dict[str, float]:
     """Steady-state medians of the step's timings and the throughput over all steps."""
-    keys = ["timing_s/step", "timing_s/generate", "timing_s/reward", "timing_s/wait", "timing_s/train",
-            "timing_s/weight_sync", "timing_s/train_compute", "timing_s/publish", "timing_s/load"]
+    keys = [
+        "timing_s/step",
+        "timing_s/generate",
+        "timing_s/reward",
+        "timing_s/wait",
+        "timing_s/train",
+        "timing_s/weight_sync",
+        "timing_s/train_compute",
+        "timing_s/publish",
+        "timing_s/load",
+    ]
     # train_compute: the learner's own time (train minus it = Ray dispatch + batch transfer);
     # publish: learner gather/checksum/probe/put; load: slowest worker's checksum+load+probe
     out = {k.removeprefix("timing_s/") + "_s": steady(rows, k) for k in keys}
     total_s = sum(r["timing_s/step"] for r in rows)
     tokens = sum(step_tokens(r) for r in rows)
-    out.update({"steps": len(rows), "loop_s": total_s, "completion_tokens": tokens,
-                "tokens_per_s": tokens / total_s, "steady_tokens_per_s": steady_tokens_per_s(rows)})
+    out.update(
+        {
+            "steps": len(rows),
+            "loop_s": total_s,
+            "completion_tokens": tokens,
+            "tokens_per_s": tokens / total_s,
+            "steady_tokens_per_s": steady_tokens_per_s(rows),
+        }
+    )
     return out
 
 

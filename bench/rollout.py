@@ -46,29 +46,50 @@ def run(quick: bool) -> dict:
     runs, per_size = [], {}
     for size in sizes:
         path = nonstop_model(size)
-        log(f"rollout: {size} model {path.name} ({num_params(path) / 1e6:.2f}M params), "
-            f"{num_prompts} prompts x {max_tokens} tokens, {threads} threads")
+        log(
+            f"rollout: {size} model {path.name} ({num_params(path) / 1e6:.2f}M params), "
+            f"{num_prompts} prompts x {max_tokens} tokens, {threads} threads"
+        )
         vllm = VLLMEngine(str(path), dtype="float32", kv_cache_gib=1.0, seed=0, cpu_threads=threads)
         hf = HFEngine(str(path), dtype="float32", seed=0)
         prompts = prompts_for(num_prompts)
         timed_generate(vllm, prompts, max_tokens, seed=10_000)  # warm-up: first calls pay one-off costs
         timed_generate(hf, prompts, max_tokens, seed=10_000)
-        rows = alternate(pairs, {"vllm": lambda i: timed_generate(vllm, prompts, max_tokens, seed=i),
-                                 "hf": lambda i: timed_generate(hf, prompts, max_tokens, seed=i)})
+        rows = alternate(
+            pairs,
+            {
+                "vllm": lambda i, e=vllm, p=prompts: timed_generate(e, p, max_tokens, seed=i),
+                "hf": lambda i, e=hf, p=prompts: timed_generate(e, p, max_tokens, seed=i),
+            },
+        )
         for r in rows:
             r["model"] = size
         runs += rows
         ratios = pair_ratios(rows, "tokens_per_s", "vllm", "hf")
-        per_size[size] = {"params": num_params(path), "model_path": str(path), "engine_start_s": vllm.start_s,
-                          "medians": medians(rows, ["tokens_per_s", "seconds", "tokens"]),
-                          "pair_ratios_vllm_over_hf": ratios, "median_ratio": median(ratios)}
+        per_size[size] = {
+            "params": num_params(path),
+            "model_path": str(path),
+            "engine_start_s": vllm.start_s,
+            "medians": medians(rows, ["tokens_per_s", "seconds", "tokens"]),
+            "pair_ratios_vllm_over_hf": ratios,
+            "median_ratio": median(ratios),
+        }
         del vllm, hf
     big = sizes[-1]
     return {
-        "settings": {"sizes": sizes, "prompts": num_prompts, "max_new_tokens": max_tokens, "n": 1,
-                     "temperature": 1.0, "pairs": pairs, "threads": threads, "dtype": "float32",
-                     "vllm": "in-process, enforce_eager, kv 1 GiB"},
-        "runs": runs, "medians": per_size,
+        "settings": {
+            "sizes": sizes,
+            "prompts": num_prompts,
+            "max_new_tokens": max_tokens,
+            "n": 1,
+            "temperature": 1.0,
+            "pairs": pairs,
+            "threads": threads,
+            "dtype": "float32",
+            "vllm": "in-process, enforce_eager, kv 1 GiB",
+        },
+        "runs": runs,
+        "medians": per_size,
         "targets": {f"vllm_over_hf_{big}": target(per_size[big]["median_ratio"], 1.5)},
     }
 
@@ -77,9 +98,19 @@ def markdown(result: dict) -> str:
     rows = []
     for size, m in result["medians"].items():
         med = m["medians"]
-        rows.append([size, f"{m['params'] / 1e6:.2f}M", med["vllm"]["tokens_per_s"], med["hf"]["tokens_per_s"],
-                     m["median_ratio"], ", ".join(f"{r:.2f}" for r in m["pair_ratios_vllm_over_hf"])])
+        rows.append(
+            [
+                size,
+                f"{m['params'] / 1e6:.2f}M",
+                med["vllm"]["tokens_per_s"],
+                med["hf"]["tokens_per_s"],
+                m["median_ratio"],
+                ", ".join(f"{r:.2f}" for r in m["pair_ratios_vllm_over_hf"]),
+            ]
+        )
     s = result["settings"]
-    return (f"{s['prompts']} prompts x {s['max_new_tokens']} new tokens, {s['threads']} threads, fp32, "
-            f"{s['pairs']} pair(s) (vLLM, HF alternating); generated tokens/s (medians)\n\n"
-            + table(["model", "params", "vLLM tok/s", "HF tok/s", "vLLM/HF (median)", "per-pair ratios"], rows))
+    return (
+        f"{s['prompts']} prompts x {s['max_new_tokens']} new tokens, {s['threads']} threads, fp32, "
+        f"{s['pairs']} pair(s) (vLLM, HF alternating); generated tokens/s (medians)\n\n"
+        + table(["model", "params", "vLLM tok/s", "HF tok/s", "vLLM/HF (median)", "per-pair ratios"], rows)
+    )

@@ -24,8 +24,14 @@ from pathlib import Path
 from bench.common import REPO, RESULTS, log, machine_info, setup_env, table, write_result
 
 DOCS = REPO / "docs" / "benchmarks.md"
-MODULES = {"rollout": "bench.rollout", "e2e_trl": "bench.e2e_trl", "overlap": "bench.overlap",
-           "weight_sync": "bench.weight_sync", "overhead": "bench.overhead", "learner_step": "bench.learner_step"}
+MODULES = {
+    "rollout": "bench.rollout",
+    "e2e_trl": "bench.e2e_trl",
+    "overlap": "bench.overlap",
+    "weight_sync": "bench.weight_sync",
+    "overhead": "bench.overhead",
+    "learner_step": "bench.learner_step",
+}
 ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "e2e_trl", "serve"]
 
 
@@ -42,16 +48,20 @@ def serve_markdown(result: dict) -> str:
     s, med = result["settings"], result["medians"]
     rows = [[mode, m["p50_ms"], m["p99_ms"], m["requests_per_s"]] for mode, m in med.items()]
     o = result["serve_overhead_c1"]
-    return (f"{s['requests']} greedy requests x {s['max_tokens']} tokens, {s['repeats']} repeats, engine {s['engine']}\n\n"
-            + table(["mode", "p50 ms", "p99 ms", "req/s"], rows)
-            + f"\n\nServe overhead per request (c=1): p50 +{o['p50_ms']:.1f} ms, p99 +{o['p99_ms']:.1f} ms")
+    return (
+        f"{s['requests']} greedy requests x {s['max_tokens']} tokens, {s['repeats']} repeats, engine {s['engine']}\n\n"
+        + table(["mode", "p50 ms", "p99 ms", "req/s"], rows)
+        + f"\n\nServe overhead per request (c=1): p50 +{o['p50_ms']:.1f} ms, p99 +{o['p99_ms']:.1f} ms"
+    )
 
 
 def targets_markdown(targets: dict) -> str:
     if not targets:
         return ""
-    rows = [[name, t["value"], f"{t['direction']} {t['bar']}",
-             {True: "met", False: "MISSED", None: "n/a"}[t["met"]]] for name, t in targets.items()]
+    rows = [
+        [name, t["value"], f"{t['direction']} {t['bar']}", {True: "met", False: "MISSED", None: "n/a"}[t["met"]]]
+        for name, t in targets.items()
+    ]
     return "\n\nTargets:\n\n" + table(["target", "value", "bar", "status"], rows)
 
 
@@ -61,10 +71,15 @@ def profiles_markdown(result: dict) -> str:
     if not runs:
         return ""
     stages = ["generate", "reward", "train", "weight_sync", "eval", "startup", "other"]
-    rows = [[f"{r.get('side')} #{r.get('pair', r.get('repeat', 0))}"]
-            + [f"{100 * r['profile']['shares'].get(k, 0):.0f}%" for k in stages] for r in runs]
-    return ("\n\npy-spy stage shares (non-idle samples of the processes py-spy could read; see Method notes):\n\n"
-            + table(["run", *stages], rows))
+    rows = [
+        [f"{r.get('side')} #{r.get('pair', r.get('repeat', 0))}"]
+        + [f"{100 * r['profile']['shares'].get(k, 0):.0f}%" for k in stages]
+        for r in runs
+    ]
+    return (
+        "\n\npy-spy stage shares (non-idle samples of the processes py-spy could read; see Method notes):\n\n"
+        + table(["run", *stages], rows)
+    )
 
 
 def update_docs(name: str, body_md: str, result_path: Path, quick: bool, load_start: float) -> None:
@@ -80,10 +95,18 @@ def update_docs(name: str, body_md: str, result_path: Path, quick: bool, load_st
         log(f"docs: keeping the full-run table of {name} (this was a --quick run)")
         return
     m = machine_info()
-    label = ("**Smoke figures** (`--quick`: tiny sizes, 1-2 steps, on a shared machine loaded by other jobs; "
-             "they prove the benchmark runs, they are not the measurement)") if quick else "Mode: full"
-    meta = (f"{label}. {time.strftime('%Y-%m-%d %H:%M')}, {m['cpus']} x {m['processor']}, 1-min load "
-            f"{load_start:.1f} at the start, {m['loadavg_1m']:.1f} at the end; `{result_path.relative_to(REPO)}`")
+    label = (
+        (
+            "**Smoke figures** (`--quick`: tiny sizes, 1-2 steps, on a shared machine loaded by other jobs; "
+            "they prove the benchmark runs, they are not the measurement)"
+        )
+        if quick
+        else "Mode: full"
+    )
+    meta = (
+        f"{label}. {time.strftime('%Y-%m-%d %H:%M')}, {m['cpus']} x {m['processor']}, 1-min load "
+        f"{load_start:.1f} at the start, {m['loadavg_1m']:.1f} at the end; `{result_path.relative_to(REPO)}`"
+    )
     DOCS.write_text(f"{head}{start}\n{meta}\n\n{body_md}\n{end}{tail}")
 
 
@@ -106,11 +129,16 @@ def run_one(name: str, quick: bool, argv: list[str]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(prog="python -m bench.run", description="rl_service benchmarks (see docs/benchmarks.md)")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run", description="rl_service benchmarks (see docs/benchmarks.md)"
+    )
     ap.add_argument("name", choices=[*ORDER, "all"])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1-2 steps")
-    ap.add_argument("--profile", action="store_true",
-                    help="sample every training run with py-spy; stage shares go into the JSON (bench/profile.py)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every training run with py-spy; stage shares go into the JSON (bench/profile.py)",
+    )
     args = ap.parse_args(argv)
     if args.profile:
         os.environ["BENCH_PROFILE"] = "1"  # read by bench/profile.py, inherited by `all`'s children

@@ -47,9 +47,11 @@ def default_model() -> Path:
     from rl_service.config import ModelConfig, SFTConfig, TaskConfig, TinyModelConfig
     from rl_service.models.build import ensure_model
 
-    cfg = ModelConfig(cache_dir=str(REPO / ".cache" / "test-models"),
-                      build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
-                      sft=SFTConfig(max_steps=50))
+    cfg = ModelConfig(
+        cache_dir=str(REPO / ".cache" / "test-models"),
+        build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+        sft=SFTConfig(max_steps=50),
+    )
     return ensure_model(cfg, TaskConfig(), seed=0, progress=False)
 
 
@@ -57,8 +59,13 @@ def summarize(latencies_s: list[float], wall_s: float) -> dict:
     """Latencies in ms: p50, p99 (nearest rank), mean; requests/s over the run's wall time."""
     xs = sorted(latencies_s)
     pick = lambda q: xs[min(len(xs) - 1, max(0, round(q * len(xs)) - 1))] * 1e3  # noqa: E731
-    return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "mean_ms": 1e3 * sum(xs) / len(xs),
-            "requests_per_s": len(xs) / wall_s, "n": len(xs)}
+    return {
+        "p50_ms": pick(0.50),
+        "p99_ms": pick(0.99),
+        "mean_ms": 1e3 * sum(xs) / len(xs),
+        "requests_per_s": len(xs) / wall_s,
+        "n": len(xs),
+    }
 
 
 def run_inprocess(engine, prompts: list[str], max_tokens: int) -> dict:
@@ -77,8 +84,10 @@ def run_serve(url: str, prompts: list[str], max_tokens: int, concurrency: int) -
 
     def one(i: int) -> float:
         t = time.perf_counter()
-        r = clients[i % concurrency].post(f"{url}/v1/completions", json={
-            "model": "policy", "prompt": prompts[i], "max_tokens": max_tokens, "temperature": 0})
+        r = clients[i % concurrency].post(
+            f"{url}/v1/completions",
+            json={"model": "policy", "prompt": prompts[i], "max_tokens": max_tokens, "temperature": 0},
+        )
         r.raise_for_status()
         return time.perf_counter() - t
 
@@ -116,17 +125,29 @@ def main() -> int:
     prompts = [f"{rng.randrange(100)}+{rng.randrange(100)}=" for _ in range(args.requests)]
 
     tmp = tempfile.mkdtemp(prefix="rls-bench-", dir="/tmp")
-    ray.init(num_cpus=4, _temp_dir=tmp, _node_ip_address="127.0.0.1", include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        num_cpus=4,
+        _temp_dir=tmp,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     runs = []
     try:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        cfg = ServeConfig(port=port, engine="vllm", threads=1, max_tokens=max(64, args.max_tokens),
-                          max_ongoing_requests=args.concurrency, max_queued_requests=4 * args.concurrency,
-                          feedback_db=str(Path(tmp) / "feedback.sqlite"))
+        cfg = ServeConfig(
+            port=port,
+            engine="vllm",
+            threads=1,
+            max_tokens=max(64, args.max_tokens),
+            max_ongoing_requests=args.concurrency,
+            max_queued_requests=4 * args.concurrency,
+            feedback_db=str(Path(tmp) / "feedback.sqlite"),
+        )
         serve.run(build_app(cfg, str(model)), name="bench", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         engine = VLLMEngine(str(model), dtype="float32", kv_cache_gib=0.25, seed=0, cpu_threads=1)
@@ -140,34 +161,63 @@ def main() -> int:
                 else:
                     res = run_serve(url, prompts, args.max_tokens, int(mode.split("_c")[1]))
                 runs.append({"repeat": rep, "mode": mode, **res})
-                print(f"  repeat {rep} {mode:>10}: p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  "
-                      f"{res['requests_per_s']:.1f} req/s", flush=True)
+                print(
+                    f"  repeat {rep} {mode:>10}: p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  "
+                    f"{res['requests_per_s']:.1f} req/s",
+                    flush=True,
+                )
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
     modes = list(dict.fromkeys(r["mode"] for r in runs))
-    medians = {m: {k: statistics.median(r[k] for r in runs if r["mode"] == m)
-                   for k in ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")} for m in modes}
-    overhead = {"p50_ms": medians["serve_c1"]["p50_ms"] - medians["inprocess"]["p50_ms"],
-                "p99_ms": medians["serve_c1"]["p99_ms"] - medians["inprocess"]["p99_ms"]}
+    medians = {
+        m: {
+            k: statistics.median(r[k] for r in runs if r["mode"] == m)
+            for k in ("p50_ms", "p99_ms", "mean_ms", "requests_per_s")
+        }
+        for m in modes
+    }
+    overhead = {
+        "p50_ms": medians["serve_c1"]["p50_ms"] - medians["inprocess"]["p50_ms"],
+        "p99_ms": medians["serve_c1"]["p99_ms"] - medians["inprocess"]["p99_ms"],
+    }
     result = {
-        "benchmark": "serve", "command": " ".join([Path(sys.executable).name, "-m", "bench.serve", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": cpu_name(),
-                    "note": "shared machine: other jobs ran concurrently"},
-        "versions": {"python": platform.python_version(), "ray": ray.__version__, "vllm": vllm.__version__,
-                     "torch": torch.__version__},
-        "settings": {"model": str(model), "requests": args.requests, "max_tokens": args.max_tokens,
-                     "repeats": args.repeats, "concurrency": args.concurrency, "engine": "vllm fp32, 1 thread",
-                     "greedy": True},
-        "runs": runs, "medians": medians, "serve_overhead_c1": overhead,
+        "benchmark": "serve",
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.serve", *sys.argv[1:]]),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "processor": cpu_name(),
+            "note": "shared machine: other jobs ran concurrently",
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "ray": ray.__version__,
+            "vllm": vllm.__version__,
+            "torch": torch.__version__,
+        },
+        "settings": {
+            "model": str(model),
+            "requests": args.requests,
+            "max_tokens": args.max_tokens,
+            "repeats": args.repeats,
+            "concurrency": args.concurrency,
+            "engine": "vllm fp32, 1 thread",
+            "greedy": True,
+        },
+        "runs": runs,
+        "medians": medians,
+        "serve_overhead_c1": overhead,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'mode':>12} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   (medians of {args.repeats} runs, "
-          f"{args.requests} requests x {args.max_tokens} tokens)")
+    print(
+        f"\n{'mode':>12} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   (medians of {args.repeats} runs, "
+        f"{args.requests} requests x {args.max_tokens} tokens)"
+    )
     for m, v in medians.items():
         print(f"{m:>12} {v['p50_ms']:8.1f} {v['p99_ms']:8.1f} {v['requests_per_s']:8.1f}")
     print(f"Serve overhead per request (c=1): p50 +{overhead['p50_ms']:.1f} ms, p99 +{overhead['p99_ms']:.1f} ms")

@@ -51,7 +51,8 @@ def main() -> int:
     from rl_service.config import TaskConfig
     from rl_service.models.evaluate import greedy_accuracy_hf
     from rl_service.reward.functions import addition_exact
-    from rl_service.tasks.addition import AdditionTask, PromptStream
+    from rl_service.tasks.addition import AdditionTask
+    from rl_service.tasks.stream import PromptStream
 
     torch.set_num_threads(args.threads)
     if args.mode == "vllm":
@@ -60,8 +61,7 @@ def main() -> int:
         patch_colocate_sync()
     task = AdditionTask(TaskConfig())
     prompts = PromptStream(task, args.seed).next_batch(args.prompts * args.steps)
-    data = Dataset.from_dict({"prompt": [p.text for p in prompts],
-                              "answer": [p.metadata["answer"] for p in prompts]})
+    data = Dataset.from_dict({"prompt": [p.text for p in prompts], "answer": [p.metadata["answer"] for p in prompts]})
     tokens_per_call: list[int] = []
 
     def reward(prompts, completions, completion_ids, answer, **_):
@@ -81,19 +81,40 @@ def main() -> int:
     timer = StepTimer()
     out_dir = REPO / ".tmp" / "bench" / f"trl-{args.mode}"
     cfg = GRPOConfig(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-        logging_steps=1, disable_tqdm=True, seed=args.seed, max_steps=args.steps,
-        per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1,
-        num_generations=args.group, steps_per_generation=1, num_iterations=1,
-        max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0, top_k=0,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, beta=0.0, shuffle_dataset=False, dataloader_num_workers=0,
-        use_vllm=args.mode == "vllm", vllm_mode="colocate",
+        output_dir=str(out_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=args.seed,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.prompts * args.group,
+        gradient_accumulation_steps=1,
+        num_generations=args.group,
+        steps_per_generation=1,
+        num_iterations=1,
+        max_completion_length=args.max_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=0.0,
+        shuffle_dataset=False,
+        dataloader_num_workers=0,
+        use_vllm=args.mode == "vllm",
+        vllm_mode="colocate",
         vllm_max_model_length=json.loads((Path(args.model) / "config.json").read_text())["max_position_embeddings"],
     )
     tok = AutoTokenizer.from_pretrained(args.model)
-    trainer = GRPOTrainer(model=args.model, reward_funcs=reward, args=cfg, train_dataset=data,
-                          processing_class=tok, callbacks=[timer])
+    trainer = GRPOTrainer(
+        model=args.model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok, callbacks=[timer]
+    )
     torch.set_num_threads(args.threads)  # vLLM's CPU worker may have changed it
     startup_s = time.perf_counter() - t_start
     t_train = time.perf_counter()
@@ -102,18 +123,31 @@ def main() -> int:
     model = trainer.model.eval()
     accuracy = greedy_accuracy_hf(model, tok, task.eval_problems)
     result = {
-        "mode": args.mode, "steps": args.steps, "prompts_per_step": args.prompts, "group": args.group,
-        "step_s": timer.step_s, "tokens": tokens_per_call, "startup_s": startup_s, "train_s": train_s,
-        "accuracy_end": accuracy, "threads": args.threads,
+        "mode": args.mode,
+        "steps": args.steps,
+        "prompts_per_step": args.prompts,
+        "group": args.group,
+        "step_s": timer.step_s,
+        "tokens": tokens_per_call,
+        "startup_s": startup_s,
+        "train_s": train_s,
+        "accuracy_end": accuracy,
+        "threads": args.threads,
         "sync_s": list(SYNC_SECONDS) if args.mode == "vllm" else [],
         "rewards": [h.get("reward") for h in trainer.state.log_history if "reward" in h],
         # vLLM vs trainer logprob gap per step: stays small only if the shim's weight sync works.
-        "logp_diff_mean": [h.get("sampling/sampling_logp_difference/mean") for h in trainer.state.log_history
-                           if "sampling/sampling_logp_difference/mean" in h],
+        "logp_diff_mean": [
+            h.get("sampling/sampling_logp_difference/mean")
+            for h in trainer.state.log_history
+            if "sampling/sampling_logp_difference/mean" in h
+        ],
     }
     Path(args.out).write_text(json.dumps(result))
-    print(f"[trl-{args.mode}] {args.steps} steps, median step {sorted(timer.step_s)[len(timer.step_s) // 2]:.2f}s, "
-          f"accuracy {accuracy:.3f}", flush=True)
+    print(
+        f"[trl-{args.mode}] {args.steps} steps, median step {sorted(timer.step_s)[len(timer.step_s) // 2]:.2f}s, "
+        f"accuracy {accuracy:.3f}",
+        flush=True,
+    )
     return 0
 
 

@@ -20,8 +20,13 @@ from bench.common import alternate, env_sized, log, medians, table, target
 from bench.rls_run import timing_summary, train_run
 
 FULL = dict(sizes=["quickstart", "30m"], steps=8, rounds=2, engine_loads=5, overrides=["rollout.max_new_tokens=8"])
-QUICK = dict(sizes=["test", "quickstart"], steps=2, rounds=1, engine_loads=2,
-             overrides=["rollout.max_new_tokens=8", "train.prompts_per_step=16"])
+QUICK = dict(
+    sizes=["test", "quickstart"],
+    steps=2,
+    rounds=1,
+    engine_loads=2,
+    overrides=["rollout.max_new_tokens=8", "train.prompts_per_step=16"],
+)
 
 
 def gib_of(path) -> float:
@@ -35,13 +40,22 @@ def path_side(size: str, s: dict, i: int) -> dict:
 
     model = warm_model(size)
     use_model = [] if size == "quickstart" else [f"model.path={model}"]  # quickstart: the config's own model
-    run = train_run(f"weight-sync-{size}-{i}", [*use_model, f"train.steps={s['steps']}", "train.eval_every=0",
-                                                 *s["overrides"]])
+    run = train_run(
+        f"weight-sync-{size}-{i}", [*use_model, f"train.steps={s['steps']}", "train.eval_every=0", *s["overrides"]]
+    )
     t = timing_summary(run["rows"])
     gib = gib_of(model)
-    return {"gib": gib, "weight_sync_s": t["weight_sync_s"], "s_per_gib": t["weight_sync_s"] / gib,
-            "publish_s": t["publish_s"], "load_s": t["load_s"], "train_compute_s": t["train_compute_s"],
-            "step_s": t["step_s"], "share_of_step": t["weight_sync_s"] / t["step_s"], "profile": run["profile"]}
+    return {
+        "gib": gib,
+        "weight_sync_s": t["weight_sync_s"],
+        "s_per_gib": t["weight_sync_s"] / gib,
+        "publish_s": t["publish_s"],
+        "load_s": t["load_s"],
+        "train_compute_s": t["train_compute_s"],
+        "step_s": t["step_s"],
+        "share_of_step": t["weight_sync_s"] / t["step_s"],
+        "profile": run["profile"],
+    }
 
 
 def engine_load(size: str, loads: int) -> dict:
@@ -71,26 +85,63 @@ def run(quick: bool) -> dict:
     runs = alternate(s["rounds"], {a: lambda i: path_side(a, s, i), b: lambda i: path_side(b, s, i)})
     log("weight_sync: engine-only loads in this process")
     engine = {size: engine_load(size, s["engine_loads"]) for size in s["sizes"]}
-    med = medians(runs, ["gib", "weight_sync_s", "s_per_gib", "step_s", "share_of_step", "publish_s", "load_s",
-                         "train_compute_s"])
-    return {"settings": {"sizes": s["sizes"], "steps": s["steps"], "rounds": s["rounds"], "overrides": s["overrides"],
-                         "layout": "quickstart: 2 vLLM workers, 2 FSDP2 learners, object-store transfer", "cpus": os.cpu_count()},
-            "runs": runs, "medians": med, "engine_only": engine,
-            "targets": {f"share_of_step_{size}": target(m["share_of_step"], 0.05, higher_is_better=False)
-                        for size, m in med.items()}}
+    med = medians(
+        runs, ["gib", "weight_sync_s", "s_per_gib", "step_s", "share_of_step", "publish_s", "load_s", "train_compute_s"]
+    )
+    return {
+        "settings": {
+            "sizes": s["sizes"],
+            "steps": s["steps"],
+            "rounds": s["rounds"],
+            "overrides": s["overrides"],
+            "layout": "quickstart: 2 vLLM workers, 2 FSDP2 learners, object-store transfer",
+            "cpus": os.cpu_count(),
+        },
+        "runs": runs,
+        "medians": med,
+        "engine_only": engine,
+        "targets": {
+            f"share_of_step_{size}": target(m["share_of_step"], 0.05, higher_is_better=False) for size, m in med.items()
+        },
+    }
 
 
 def markdown(result: dict) -> str:
     rows = []
     for size, m in result["medians"].items():
         e = result["engine_only"][size]
-        rows.append([size, f"{m['gib'] * 1024:.1f} MiB", m["weight_sync_s"], m.get("publish_s"), m.get("load_s"),
-                     m["s_per_gib"], e["s_per_gib"], m["step_s"], f"{100 * m['share_of_step']:.1f}%"])
+        rows.append(
+            [
+                size,
+                f"{m['gib'] * 1024:.1f} MiB",
+                m["weight_sync_s"],
+                m.get("publish_s"),
+                m.get("load_s"),
+                m["s_per_gib"],
+                e["s_per_gib"],
+                m["step_s"],
+                f"{100 * m['share_of_step']:.1f}%",
+            ]
+        )
     s = result["settings"]
-    return (f"quickstart layout with the model swapped in, {s['steps']} steps x {s['rounds']} rounds (sizes alternate); "
-            "full path = `timing_s/weight_sync` (gather, checksum, probes, transfer, load, verify on 2 workers); "
-            "engine only = `VLLMEngine.load_weights` in-process; publish = learner gather/checksum/probe/put "
-            "(`timing_s/publish`), load = slowest worker's checksum+load+probe (`timing_s/load`); the rest of the full "
-            "path is driver-side Ray dispatch and waits\n\n"
-            + table(["model", "fp32 size", "full path s", "publish s", "load s", "full path s/GiB", "engine-only s/GiB",
-                     "s/step", "share of step"], rows))
+    return (
+        f"quickstart layout with the model swapped in, {s['steps']} steps x {s['rounds']} rounds (sizes alternate); "
+        "full path = `timing_s/weight_sync` (gather, checksum, probes, transfer, load, verify on 2 workers); "
+        "engine only = `VLLMEngine.load_weights` in-process; publish = learner gather/checksum/probe/put "
+        "(`timing_s/publish`), load = slowest worker's checksum+load+probe (`timing_s/load`); the rest of the full "
+        "path is driver-side Ray dispatch and waits\n\n"
+        + table(
+            [
+                "model",
+                "fp32 size",
+                "full path s",
+                "publish s",
+                "load s",
+                "full path s/GiB",
+                "engine-only s/GiB",
+                "s/step",
+                "share of step",
+            ],
+            rows,
+        )
+    )

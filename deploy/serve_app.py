@@ -5,7 +5,7 @@ application's `args` mapping:
 
     args:
       checkpoint: runs/quickstart/final      # HF directory written by training
-      serve: {engine: vllm, num_gpus: 1}     # any ServeConfig field (rl_service/config.py)
+      serve: {engine: vllm, num_gpus: 1}     # any ServeConfig field (rl_service/config/)
 
 `deploy` is a namespace package on the job's working dir (the repo root), so the import
 path is `deploy.serve_app:app_builder`.

@@ -98,17 +98,20 @@ class BatchSummary:
     reward_s: float
 
     @staticmethod
-    def of(batch: "ScoredBatch") -> "BatchSummary":
+    def of(batch: ScoredBatch) -> BatchSummary:
         versions = {s.policy_version for s in batch.samples}
         return BatchSummary(
             batch_id=batch.batch_id,
-            prompt_ids=tuple(sorted({s.prompt_id for s in batch.samples}
-                                    | {int(sid.split("/")[0]) for sid, _ in batch.dropped})),
+            prompt_ids=tuple(
+                sorted({s.prompt_id for s in batch.samples} | {int(sid.split("/")[0]) for sid, _ in batch.dropped})
+            ),
             sample_ids=tuple(s.sample_id for s in batch.samples),
             dropped=batch.dropped,
             policy_version=min(versions) if versions else batch.policy_version,
             num_response_tokens=sum(len(s.response_ids) for s in batch.samples),
-            generate_s=batch.generate_s, reward_s=batch.reward_s)
+            generate_s=batch.generate_s,
+            reward_s=batch.reward_s,
+        )
 
 
 @dataclass(frozen=True)

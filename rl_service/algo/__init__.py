@@ -5,21 +5,48 @@ transformers, nor other rl_service modules); tests/unit/test_layering.py checks 
 """
 
 from rl_service.algo.advantages import ADVANTAGE_ESTIMATORS, broadcast_to_tokens, gae, group_advantages
-from rl_service.algo.kl import (AdaptiveKLController, FixedKLController, KLController, kl_penalty,
-                                make_kl_controller)
+from rl_service.algo.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty, make_kl_controller
 from rl_service.algo.logprobs import entropy_from_logits, token_logprobs
 from rl_service.algo.losses import entropy_bonus, explained_variance, ppo_policy_loss, value_loss
-from rl_service.algo.masking import (aggregate_loss, loss_denom, masked_count, masked_mean, masked_sum,
-                                     masked_var, masked_whiten)
-from rl_service.algo.rewards import last_token_index, token_level_rewards
+from rl_service.algo.masking import (
+    aggregate_loss,
+    loss_denom,
+    masked_count,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
 from rl_service.algo.preference import bradley_terry_loss, dpo_loss, sequence_logprobs, smoothed_pair_nll
+from rl_service.algo.rewards import last_token_index, token_level_rewards
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AdaptiveKLController", "FixedKLController", "KLController",
-    "aggregate_loss", "broadcast_to_tokens", "entropy_bonus", "entropy_from_logits",
-    "explained_variance", "gae", "group_advantages", "kl_penalty", "last_token_index",
-    "loss_denom", "make_kl_controller", "masked_count", "masked_mean", "masked_sum",
-    "masked_var", "masked_whiten", "ppo_policy_loss", "token_level_rewards",
-    "token_logprobs", "value_loss",
-    "bradley_terry_loss", "dpo_loss", "sequence_logprobs", "smoothed_pair_nll",
+    "ADVANTAGE_ESTIMATORS",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "KLController",
+    "aggregate_loss",
+    "broadcast_to_tokens",
+    "entropy_bonus",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae",
+    "group_advantages",
+    "kl_penalty",
+    "last_token_index",
+    "loss_denom",
+    "make_kl_controller",
+    "masked_count",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "ppo_policy_loss",
+    "token_level_rewards",
+    "token_logprobs",
+    "value_loss",
+    "bradley_terry_loss",
+    "dpo_loss",
+    "sequence_logprobs",
+    "smoothed_pair_nll",
 ]

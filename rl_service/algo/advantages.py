@@ -8,7 +8,7 @@ ADVANTAGE_ESTIMATORS, mirroring `LearnerConfig.advantage`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -92,8 +92,9 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[[Tensor, float], Tensor]] = {
 }
 
 
-def group_advantages(scores: Tensor, group_size: int, estimator: str, eps: float = 1e-6
-                     ) -> tuple[Tensor, dict[str, float]]:
+def group_advantages(
+    scores: Tensor, group_size: int, estimator: str, eps: float = 1e-6
+) -> tuple[Tensor, dict[str, float]]:
     """Per-sample advantages from a group baseline.
 
     scores: [B] (rows b*n .. b*n+n-1 are one prompt's n = group_size samples) -> (adv [B], metrics).
@@ -110,8 +111,10 @@ def group_advantages(scores: Tensor, group_size: int, estimator: str, eps: float
         raise ValueError(f"group_size must be >= 1 (got {group_size})")
     B = scores.shape[0]
     if B % group_size != 0:
-        raise ValueError(f"batch of {B} scores is not a whole number of groups of size {group_size}: "
-                         "every prompt needs all of its samples in the same batch")
+        raise ValueError(
+            f"batch of {B} scores is not a whole number of groups of size {group_size}: "
+            "every prompt needs all of its samples in the same batch"
+        )
     x = scores.float().view(B // group_size, group_size)
     zero_std = x.amax(-1) == x.amin(-1)  # [G]
     adv = ADVANTAGE_ESTIMATORS[estimator](x, eps)

@@ -18,9 +18,15 @@ from rl_service.algo.masking import LossAgg, aggregate_loss, masked_mean, masked
 _MAX_LOG_RATIO = 20.0
 
 
-def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                    clip_eps: float, agg: LossAgg = "token_mean", denom: float | Tensor | None = None
-                    ) -> tuple[Tensor, dict[str, float]]:
+def ppo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    agg: LossAgg = "token_mean",
+    denom: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate (Schulman et al. 2017), as a loss to minimise.
 
     logprobs (current policy, with grad), old_logprobs (sampling policy), advantages, mask: [B, T].
@@ -49,8 +55,15 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     return loss, metrics
 
 
-def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float,
-               agg: LossAgg = "token_mean", denom: float | Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    agg: LossAgg = "token_mean",
+    denom: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """Clipped value loss: 0.5 * max((v - R)^2, (clip(v, old - eps, old + eps) - R)^2).
 
     values (with grad), old_values (at rollout time), returns, mask: [B, T].
@@ -69,8 +82,9 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
     return loss, {"loss/value": float(loss.detach()), "value/clipfrac": float(clipfrac)}
 
 
-def entropy_bonus(entropy: Tensor, mask: Tensor, agg: LossAgg = "token_mean",
-                  denom: float | Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+def entropy_bonus(
+    entropy: Tensor, mask: Tensor, agg: LossAgg = "token_mean", denom: float | Tensor | None = None
+) -> tuple[Tensor, dict[str, float]]:
     """Aggregated entropy (the caller subtracts coef * value from its loss).
 
     entropy, mask: [B, T] -> (scalar with grad, {"entropy/mean": local masked token mean}).

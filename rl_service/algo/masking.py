@@ -96,8 +96,9 @@ def loss_denom(mask: Tensor, mode: LossAgg) -> float:
     raise ValueError(f"unknown loss aggregation {mode!r} (expected 'token_mean' or 'seq_mean')")
 
 
-def aggregate_loss(loss_tok: Tensor, mask: Tensor, mode: LossAgg = "token_mean",
-                   denom: float | Tensor | None = None) -> Tensor:
+def aggregate_loss(
+    loss_tok: Tensor, mask: Tensor, mode: LossAgg = "token_mean", denom: float | Tensor | None = None
+) -> Tensor:
     """Reduce per-token losses to a scalar.
 
     loss_tok, mask: [B, T] -> scalar.

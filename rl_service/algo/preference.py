@@ -29,8 +29,13 @@ def smoothed_pair_nll(z: Tensor, label_smoothing: float = 0.0) -> Tensor:
     return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
-def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float = 0.0,
-                       label_smoothing: float = 0.0, denom: float | None = None) -> tuple[Tensor, dict[str, float]]:
+def bradley_terry_loss(
+    chosen_rewards: Tensor,
+    rejected_rewards: Tensor,
+    margin: Tensor | float = 0.0,
+    label_smoothing: float = 0.0,
+    denom: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """Reward-model loss (Bradley & Terry 1952; Ouyang et al. 2022): P(c > r) = sigmoid(r_c - r_r - m).
 
     chosen_rewards, rejected_rewards: [B] scalar rewards of each pair's two completions.
@@ -43,8 +48,9 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin:
     """
     rc, rr = chosen_rewards.float(), rejected_rewards.float()
     diff = rc - rr  # [B]
-    per_pair = smoothed_pair_nll(diff - torch.as_tensor(margin, dtype=torch.float32, device=diff.device),
-                                 label_smoothing)
+    per_pair = smoothed_pair_nll(
+        diff - torch.as_tensor(margin, dtype=torch.float32, device=diff.device), label_smoothing
+    )
     loss = per_pair.sum() / (denom if denom is not None else max(diff.numel(), 1))
     per_pair, rc, rr, diff = per_pair.detach(), rc.detach(), rr.detach(), diff.detach()
     metrics = {
@@ -66,9 +72,15 @@ def sequence_logprobs(token_logprobs: Tensor, mask: Tensor) -> Tensor:
     return masked_sum(token_logprobs, mask, dim=-1)
 
 
-def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
-             beta: float = 0.1, label_smoothing: float = 0.0,
-             denom: float | None = None) -> tuple[Tensor, dict[str, float]]:
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    denom: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """Direct Preference Optimisation (Rafailov et al. 2023).
 
     All inputs: [B] sequence logprobs (`sequence_logprobs`) of each pair's completions

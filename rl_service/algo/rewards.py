@@ -17,8 +17,9 @@ def last_token_index(mask: Tensor) -> tuple[Tensor, Tensor]:
     return idx, m.any(dim=-1)
 
 
-def token_level_rewards(scores: Tensor, mask: Tensor, kl: Tensor | None, kl_coef: float,
-                        token_rewards: Tensor | None = None) -> Tensor:
+def token_level_rewards(
+    scores: Tensor, mask: Tensor, kl: Tensor | None, kl_coef: float, token_rewards: Tensor | None = None
+) -> Tensor:
     """-kl_coef * kl on every masked token, plus the score on the last masked token of each row,
     plus `token_rewards` (a per-token reward, e.g. on-policy distillation's teacher - student
     logprob) on every masked token.

@@ -13,7 +13,8 @@ no base class) and are registered by name so a prompt can name the env it was dr
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 StepResult = tuple[str, float, bool, bool, dict[str, Any]]
 """(observation, reward, terminated, truncated, info), as in gymnasium."""
@@ -44,6 +45,7 @@ def register(name: str) -> Callable[[Callable[..., TextEnv]], Callable[..., Text
     def add(ctor: Callable[..., TextEnv]) -> Callable[..., TextEnv]:
         ENVS[name] = ctor
         return ctor
+
     return add
 
 

@@ -22,15 +22,23 @@ Pure python over the engine's `generate_ids`; no torch, ray or vllm imports.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from rl_service.envs.base import TextEnv, env_from_metadata
 
 
 class IdsEngine(Protocol):
-    def generate_ids(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
-                     top_p: float = 1.0, seed: int | None = None) -> list[list[Any]]:
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Any]]:
         """`n` Completions (token_ids, logprobs, text, finish_reason) per id prompt."""
         ...
 
@@ -59,9 +67,13 @@ class Episode:
 
     def summary(self) -> dict[str, Any]:
         """What the reward function and the eval read (goes into Sample.metadata)."""
-        return {"env_return": self.episode_return, "env_turns": self.turns,
-                "env_success": bool(self.info.get("success", False)),
-                "env_terminated": self.terminated, "env_truncated": self.truncated}
+        return {
+            "env_return": self.episode_return,
+            "env_turns": self.turns,
+            "env_success": bool(self.info.get("success", False)),
+            "env_terminated": self.terminated,
+            "env_truncated": self.truncated,
+        }
 
 
 def _turn_seed(seed: int | None, turn: int) -> int | None:
@@ -90,9 +102,17 @@ def _apply(ep: Episode, completion: Any, tokenizer: Any, max_new_tokens: int, ma
     ep.response_logprobs += [0.0] * len(obs_ids)
 
 
-def run_episodes(engine: IdsEngine, tokenizer: Any, metadatas: Sequence[dict[str, Any]], n: int,
-                 max_new_tokens: int, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None) -> list[list[Episode]]:
+def run_episodes(
+    engine: IdsEngine,
+    tokenizer: Any,
+    metadatas: Sequence[dict[str, Any]],
+    n: int,
+    max_new_tokens: int,
+    max_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[list[Episode]]:
     """`n` episodes per prompt (each prompt's metadata names its env and reset seed),
     grouped by prompt. Every turn is ONE batched engine call over all running episodes.
 
@@ -107,14 +127,22 @@ def run_episodes(engine: IdsEngine, tokenizer: Any, metadatas: Sequence[dict[str
             text = env.reset(env_seed)
             group.append(Episode(prompt_text=text, prompt_ids=list(tokenizer(text)["input_ids"]), env=env))
         if len(group[0].prompt_ids) + max_new_tokens > max_tokens:
-            raise ValueError(f"prompt {text!r} ({len(group[0].prompt_ids)} tokens) + max_new_tokens "
-                             f"{max_new_tokens} exceeds the episode budget of {max_tokens} tokens")
+            raise ValueError(
+                f"prompt {text!r} ({len(group[0].prompt_ids)} tokens) + max_new_tokens "
+                f"{max_new_tokens} exceeds the episode budget of {max_tokens} tokens"
+            )
         groups.append(group)
     if not groups:
         return []
     # Turn 1: n samples per prompt from one request each (the engine spreads the seed).
-    first = engine.generate_ids([g[0].prompt_ids for g in groups], n=n, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=_turn_seed(seed, 0))
+    first = engine.generate_ids(
+        [g[0].prompt_ids for g in groups],
+        n=n,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=_turn_seed(seed, 0),
+    )
     for group, completions in zip(groups, first):
         for ep, c in zip(group, completions):
             _apply(ep, c, tokenizer, max_new_tokens, max_tokens)
@@ -123,8 +151,14 @@ def run_episodes(engine: IdsEngine, tokenizer: Any, metadatas: Sequence[dict[str
         running = [ep for g in groups for ep in g if not ep.done]
         if not running:
             return groups
-        outs = engine.generate_ids([ep.context for ep in running], n=1, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, top_p=top_p, seed=_turn_seed(seed, turn))
+        outs = engine.generate_ids(
+            [ep.context for ep in running],
+            n=1,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=_turn_seed(seed, turn),
+        )
         for ep, out in zip(running, outs):
             _apply(ep, out[0], tokenizer, max_new_tokens, max_tokens)
         turn += 1

@@ -18,7 +18,7 @@ Splitting (identical on every process, so collectives line up):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -78,7 +78,9 @@ def batch_token_rewards(batches: Sequence[ScoredBatch], T: int) -> Tensor | None
     rows = []
     for b in batches:
         if b.token_rewards is not None and len(b.token_rewards) != len(b.samples):
-            raise ValueError(f"batch {b.batch_id}: {len(b.token_rewards)} token_rewards rows for {len(b.samples)} samples")
+            raise ValueError(
+                f"batch {b.batch_id}: {len(b.token_rewards)} token_rewards rows for {len(b.samples)} samples"
+            )
         for i, s in enumerate(b.samples):
             r = b.token_rewards[i] if b.token_rewards is not None else (0.0,) * len(s.response_ids)
             if len(r) != len(s.response_ids):
@@ -143,7 +145,9 @@ def micro_batches(indices: Sequence[int], micro_batch_size: int, count: int) -> 
     idx = list(indices)
     chunks = [idx[i : i + micro_batch_size] for i in range(0, len(idx), micro_batch_size)]
     if len(chunks) > count:
-        raise ValueError(f"{len(idx)} indices need {len(chunks)} micro-batches of {micro_batch_size}, more than {count}")
+        raise ValueError(
+            f"{len(idx)} indices need {len(chunks)} micro-batches of {micro_batch_size}, more than {count}"
+        )
     return chunks + [[] for _ in range(count - len(chunks))]
 
 

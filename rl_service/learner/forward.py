@@ -33,8 +33,9 @@ def _trimmed(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor,
     return input_ids[:, :L], attention_mask[:, :L], L
 
 
-def policy_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, with_entropy: bool = False,
-                    entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+def policy_logprobs(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, with_entropy: bool = False, entropy_grad: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """Log-prob of token t+1 given tokens <= t (and the entropy of that prediction).
 
     input_ids, attention_mask: [b, T] -> (logprobs [b, T-1], entropy [b, T-1] or None), fp32.
@@ -69,9 +70,14 @@ def active_or_dummy(idx: list[int]) -> tuple[list[int], bool]:
 
 
 @torch.no_grad()
-def score_rows(models: Models, micro: list[list[int]], input_ids: Tensor, attention_mask: Tensor,
-               with_policy: bool = True, with_reference: bool = True
-               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+def score_rows(
+    models: Models,
+    micro: list[list[int]],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    with_policy: bool = True,
+    with_reference: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Old-policy logprobs, reference logprobs and values for this rank's micro-batches.
 
     micro: this rank's index lists (same count on every rank); input_ids, attention_mask: [N, T]

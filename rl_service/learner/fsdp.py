@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard
 
 
 def resolve_backend(backend: str) -> str:
-    """"auto" -> nccl when this process sees a GPU, else gloo."""
+    """ "auto" -> nccl when this process sees a GPU, else gloo."""
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():
@@ -36,14 +36,19 @@ def local_device(backend: str, rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(backend: str, rank: int, world_size: int, master_addr: str, master_port: int,
-                     timeout_s: float = 600.0) -> tuple[torch.device, DeviceMesh]:
+def init_distributed(
+    backend: str, rank: int, world_size: int, master_addr: str, master_port: int, timeout_s: float = 600.0
+) -> tuple[torch.device, DeviceMesh]:
     """Join the process group (tcp:// rendezvous) and build a 1-D data-parallel mesh."""
     device = local_device(backend, rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method=f"tcp://{master_addr}:{master_port}",
-                                rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend=backend,
+            init_method=f"tcp://{master_addr}:{master_port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
     mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
     return device, mesh
 

@@ -8,7 +8,7 @@ calls it on every rank with the same arguments.
     learner.setup()
     metrics = learner.train_step(batches, group_size)
     version, state_dict = learner.publish(v, probe_ids)   # state_dict on rank 0 only
-    learner.save_checkpoint(dir); learner.load_checkpoint(dir)  # exact resume (rl_service/checkpoint.py)
+    learner.save_checkpoint(dir); learner.load_checkpoint(dir)  # exact resume (rl_service/controller/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -31,18 +31,33 @@ from rl_service.learner import fsdp
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
 from rl_service.learner.forward import Models, policy_logprobs
 from rl_service.learner.ppo_step import RolloutTensors, ppo_update, prepare_rollout
+from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
 from rl_service.types import PolicyVersion, Sample, ScoredBatch
-from rl_service.weight_sync import state_dict_bytes, state_dict_checksum
 
 # Tokenizer and generation files of the source directory, copied as is by save_hf so the
 # exported directory tokenizes exactly like the source.
-_COPIED_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "chat_template",
-                    "generation_config")
+_COPIED_PREFIXES = (
+    "tokenizer",
+    "special_tokens_map",
+    "added_tokens",
+    "vocab",
+    "merges",
+    "chat_template",
+    "generation_config",
+)
 
 
 class Learner:
-    def __init__(self, cfg: LearnerConfig, model_path: str, rank: int, world_size: int,
-                 master_addr: str, master_port: int, seed: int):
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        model_path: str,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        seed: int,
+    ):
         """Cheap: stores arguments, no collectives, no model loading."""
         self.cfg = cfg
         self.model_path = model_path
@@ -83,8 +98,9 @@ class Learner:
         if self.cfg.advantage == "gae":
             # Same backbone weights, a new 1-output `score` head; no dropout before the head.
             critic_config = AutoConfig.from_pretrained(self.model_path, num_labels=1, classifier_dropout=0.0)
-            critic = AutoModelForTokenClassification.from_pretrained(self.model_path, config=critic_config,
-                                                                     dtype=torch.float32)
+            critic = AutoModelForTokenClassification.from_pretrained(
+                self.model_path, config=critic_config, dtype=torch.float32
+            )
             with torch.no_grad():  # V = 0 at the start: no bias toward any return scale
                 critic.score.weight.zero_()
                 if critic.score.bias is not None:
@@ -97,15 +113,20 @@ class Learner:
         self.models = Models(policy, reference, critic, device, self.rank, self.world_size)
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if critic is not None:
-            self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=self.cfg.critic_lr,
-                                                weight_decay=self.cfg.weight_decay)
+            self.critic_opt = torch.optim.AdamW(
+                critic.parameters(), lr=self.cfg.critic_lr, weight_decay=self.cfg.weight_decay
+            )
         # Linear warmup of the policy LR over the first PPO updates: Adam's first steps move
         # every weight by ~lr regardless of its gradient, which can wreck a small warm-started policy.
         warmup = max(1, self.cfg.lr_warmup_steps)
         self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, lambda s: min(1.0, (s + 1) / warmup))
-        return {"num_params": num_params, "backend": backend, "device": str(device),
-                "critic": critic is not None,
-                "reference": reference is not None}
+        return {
+            "num_params": num_params,
+            "backend": backend,
+            "device": str(device),
+            "critic": critic is not None,
+            "reference": reference is not None,
+        }
 
     # ------------------------------------------------------------ train
 
@@ -131,18 +152,35 @@ class Learner:
         recompute = not from_engine or _due(self.cfg.logprob_check_every, self.step)
         measure_kl = self.cfg.kl.penalised or _due(self.cfg.kl.measure_every, self.step)
         engine_lp = engine_logprobs(samples, batch["input_ids"].shape[1]).to(device)  # [N, T-1]
-        data, metrics = prepare_rollout(self.models, self.cfg, batch, scores, [s.prompt_id for s in samples],
-                                        group_size, kl_coef,
-                                        None if token_rewards is None else token_rewards.to(device),
-                                        old_logprobs=None if recompute else engine_lp, measure_kl=measure_kl)
+        data, metrics = prepare_rollout(
+            self.models,
+            self.cfg,
+            batch,
+            scores,
+            [s.prompt_id for s in samples],
+            group_size,
+            kl_coef,
+            None if token_rewards is None else token_rewards.to(device),
+            old_logprobs=None if recompute else engine_lp,
+            measure_kl=measure_kl,
+        )
         if recompute:
             metrics.update(_engine_mismatch(samples, engine_lp, data))
         if from_engine:
             # PPO's ratio against the policy that actually sampled (it may be up to
             # max_policy_lag versions old): the clip then bounds the off-policy step too.
             data.old_logprobs = engine_lp
-        metrics.update(ppo_update(self.models, self.policy_opt, self.critic_opt, data, self.cfg, kl_coef,
-                                  seed=self.seed * 100_003 + self.step))
+        metrics.update(
+            ppo_update(
+                self.models,
+                self.policy_opt,
+                self.critic_opt,
+                data,
+                self.cfg,
+                kl_coef,
+                seed=self.seed * 100_003 + self.step,
+            )
+        )
         # Ziegler et al. steer the per-sequence KL (summed over tokens). A NaN KL (a skipped,
         # broken step) must not poison the coefficient for the rest of the run.
         if "kl/seq_mean" in metrics and math.isfinite(metrics["kl/seq_mean"]):
@@ -180,9 +218,13 @@ class Learner:
         if self.rank == 0:
             meta = (state_dict_checksum(state_dict), state_dict_bytes(state_dict))
         checksum, num_bytes = fsdp.broadcast_object(meta)
-        pv = PolicyVersion(version=version, checksum=checksum, num_bytes=num_bytes,
-                           probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
-                           probe_logprobs=probe_logprobs)
+        pv = PolicyVersion(
+            version=version,
+            checksum=checksum,
+            num_bytes=num_bytes,
+            probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
+            probe_logprobs=probe_logprobs,
+        )
         return pv, (state_dict if self.rank == 0 else None)
 
     @torch.no_grad()
@@ -234,8 +276,14 @@ class Learner:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and self.models.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.models.device)
-        return {"step": self.step, "nan_streak": self.nan_streak, "kl_ctl": self.kl_ctl.state_dict(),
-                "policy_sched": self.policy_sched.state_dict(), "rng": rng, "world_size": self.world_size}
+        return {
+            "step": self.step,
+            "nan_streak": self.nan_streak,
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "policy_sched": self.policy_sched.state_dict(),
+            "rng": rng,
+            "world_size": self.world_size,
+        }
 
     def save_checkpoint(self, ckpt_dir: str) -> dict:
         """Write policy, critic, optimizers (sharded, torch.distributed.checkpoint) and the small
@@ -261,11 +309,16 @@ class Learner:
         src = Path(ckpt_dir)
         state = self._dcp_state()  # templates (optimizer states initialised) that DCP fills in place
         dcp.load(state, checkpoint_id=str(src / "learner"))
-        set_state_dict(self.models.policy, self.policy_opt, model_state_dict=state["policy"],
-                       optim_state_dict=state["policy_opt"])
+        set_state_dict(
+            self.models.policy, self.policy_opt, model_state_dict=state["policy"], optim_state_dict=state["policy_opt"]
+        )
         if self.models.critic is not None:
-            set_state_dict(self.models.critic, self.critic_opt, model_state_dict=state["critic"],
-                           optim_state_dict=state["critic_opt"])
+            set_state_dict(
+                self.models.critic,
+                self.critic_opt,
+                model_state_dict=state["critic"],
+                optim_state_dict=state["critic_opt"],
+            )
         local_file = src / f"learner_rank{self.rank}.pt"
         local = torch.load(local_file if local_file.is_file() else src / "learner_rank0.pt", weights_only=False)
         self.step, self.nan_streak = int(local["step"]), int(local["nan_streak"])
@@ -304,5 +357,7 @@ def _engine_mismatch(samples: list[Sample], engine_lp: Tensor, data: RolloutTens
         return {}
     diff = (engine_lp - data.old_logprobs).abs()
     on = data.mask.bool()
-    return {"rollout/logprob_diff_mean": float(masked_mean(diff, data.mask)),
-            "rollout/logprob_diff_max": float(diff[on].max()) if on.any() else 0.0}
+    return {
+        "rollout/logprob_diff_mean": float(masked_mean(diff, data.mask)),
+        "rollout/logprob_diff_max": float(diff[on].max()) if on.any() else 0.0,
+    }

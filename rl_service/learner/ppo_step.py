@@ -41,14 +41,14 @@ from rl_service.learner.fsdp import all_reduce_sum, clip_grad_norm
 class RolloutTensors:
     """The whole batch, identical on every rank. Per-token tensors are [N, T-1]."""
 
-    input_ids: Tensor          # [N, T]
-    attention_mask: Tensor     # [N, T]
-    mask: Tensor               # [N, T-1] response tokens
-    old_logprobs: Tensor       # [N, T-1] policy before this update
+    input_ids: Tensor  # [N, T]
+    attention_mask: Tensor  # [N, T]
+    mask: Tensor  # [N, T-1] response tokens
+    old_logprobs: Tensor  # [N, T-1] policy before this update
     ref_logprobs: Tensor | None  # [N, T-1] frozen reference (None when the KL is not measured)
-    advantages: Tensor         # [N, T-1]
+    advantages: Tensor  # [N, T-1]
     old_values: Tensor | None  # [N, T-1] critic before this update (gae only)
-    returns: Tensor | None     # [N, T-1] critic targets (gae only)
+    returns: Tensor | None  # [N, T-1] critic targets (gae only)
 
 
 def grouped_advantages(scores: Tensor, prompt_ids: list[int], group_size: int, estimator: str) -> Tensor:
@@ -72,11 +72,18 @@ def frac_zero_std(scores: Tensor, prompt_ids: list[int], group_size: int) -> flo
     return sum(float(scores[r].max() == scores[r].min()) for r in runs) / max(1, len(runs))
 
 
-def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor], scores: Tensor,
-                    prompt_ids: list[int], group_size: int, kl_coef: float,
-                    token_rewards: Tensor | None = None,
-                    old_logprobs: Tensor | None = None,
-                    measure_kl: bool = True) -> tuple[RolloutTensors, dict[str, float]]:
+def prepare_rollout(
+    models: Models,
+    cfg: LearnerConfig,
+    batch: dict[str, Tensor],
+    scores: Tensor,
+    prompt_ids: list[int],
+    group_size: int,
+    kl_coef: float,
+    token_rewards: Tensor | None = None,
+    old_logprobs: Tensor | None = None,
+    measure_kl: bool = True,
+) -> tuple[RolloutTensors, dict[str, float]]:
     """Score the batch and compute advantages. batch: pad_samples output on the device; scores: [N];
     token_rewards: [N, T-1] aligned like response_mask (batch_token_rewards) or None;
     old_logprobs: [N, T-1] the sampling policy's (the engine's), or None to recompute them here;
@@ -88,8 +95,9 @@ def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor]
     input_ids, attention_mask, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     N = input_ids.shape[0]
     micro = rank_micro_batches(range(N), models.rank, models.world_size, cfg.micro_batch_size)
-    parts = score_rows(models, micro, input_ids, attention_mask, with_policy=old_logprobs is None,
-                       with_reference=measure_kl)
+    parts = score_rows(
+        models, micro, input_ids, attention_mask, with_policy=old_logprobs is None, with_reference=measure_kl
+    )
     # Rows are zero where another rank owns them, so a SUM assembles the full batch exactly.
     present = [t for t in parts if t is not None]
     summed = iter(all_reduce_sum(torch.stack(present)) if present else [])
@@ -117,8 +125,9 @@ def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor]
     returns = None
     if cfg.advantage == "gae":
         assert values is not None, "gae needs the critic"
-        rewards = token_level_rewards(scores, mask, kl_tok if in_reward and kl_coef > 0 else None, kl_coef,
-                                      token_rewards)
+        rewards = token_level_rewards(
+            scores, mask, kl_tok if in_reward and kl_coef > 0 else None, kl_coef, token_rewards
+        )
         adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         metrics["value/explained_var"] = explained_variance(values, returns, mask)
         if cfg.whiten_advantages:
@@ -138,13 +147,28 @@ def prepare_rollout(models: Models, cfg: LearnerConfig, batch: dict[str, Tensor]
 
 # Per-step sums all-reduced over ranks: the losses are each rank's share of the global
 # loss (add up to it); the ratio metrics are token-weighted and divided by "tokens".
-_SUMS = ["loss/policy", "loss/value", "loss/kl", "policy/clipfrac", "policy/approx_kl", "entropy/mean",
-         "value/clipfrac", "tokens"]
+_SUMS = [
+    "loss/policy",
+    "loss/value",
+    "loss/kl",
+    "policy/clipfrac",
+    "policy/approx_kl",
+    "entropy/mean",
+    "value/clipfrac",
+    "tokens",
+]
 _TOKEN_WEIGHTED = slice(3, 7)
 
 
-def ppo_update(models: Models, policy_opt: torch.optim.Optimizer, critic_opt: torch.optim.Optimizer | None,
-               data: RolloutTensors, cfg: LearnerConfig, kl_coef: float, seed: int) -> dict[str, float]:
+def ppo_update(
+    models: Models,
+    policy_opt: torch.optim.Optimizer,
+    critic_opt: torch.optim.Optimizer | None,
+    data: RolloutTensors,
+    cfg: LearnerConfig,
+    kl_coef: float,
+    seed: int,
+) -> dict[str, float]:
     """cfg.ppo_epochs x cfg.num_minibatches optimizer steps on `data` (every rank, in lockstep)."""
     N, W = data.mask.shape[0], models.world_size
     kl_in_loss = cfg.kl.placement == "loss" and kl_coef > 0
@@ -195,53 +219,79 @@ def ppo_update(models: Models, policy_opt: torch.optim.Optimizer, critic_opt: to
                 break
         if early_stop:
             break
-        if cfg.target_kl is not None and epoch + 1 < cfg.ppo_epochs and epoch_kl / max(epoch_tokens, 1.0) > cfg.target_kl:
+        if (
+            cfg.target_kl is not None
+            and epoch + 1 < cfg.ppo_epochs
+            and epoch_kl / max(epoch_tokens, 1.0) > cfg.target_kl
+        ):
             early_stop = 1
             break
     means = {k: float(v) / max(steps, 1) for k, v in zip(_SUMS, step_sums) if k != "tokens"}
     dropped = (["loss/value", "value/clipfrac"] if models.critic is None else []) + ([] if kl_in_loss else ["loss/kl"])
     for k in dropped:
         del means[k]
-    means.update({
-        "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
-        "train/skipped_steps": float(skipped),
-        "train/optimizer_steps": float(steps - skipped),
-        "train/trailing_skipped": float(trailing),
-        "policy/early_stop": float(early_stop),
-        "policy/approx_kl_max": kl_max,
-        "policy/kl_hard_limit_hit": float(hard_hit),
-    })
+    means.update(
+        {
+            "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+            "train/skipped_steps": float(skipped),
+            "train/optimizer_steps": float(steps - skipped),
+            "train/trailing_skipped": float(trailing),
+            "policy/early_stop": float(early_stop),
+            "policy/approx_kl_max": kl_max,
+            "policy/kl_hard_limit_hit": float(hard_hit),
+        }
+    )
     return means
 
 
-def _micro_step(models: Models, data: RolloutTensors, cfg: LearnerConfig, idx: list[int], active: bool,
-                denom: float, kl_coef: float, kl_in_loss: bool) -> Tensor:
+def _micro_step(
+    models: Models,
+    data: RolloutTensors,
+    cfg: LearnerConfig,
+    idx: list[int],
+    active: bool,
+    denom: float,
+    kl_coef: float,
+    kl_in_loss: bool,
+) -> Tensor:
     """Forward + backward of one micro-batch; returns its local metric sums (order of _SUMS)."""
     mask = data.mask[idx] * float(active)  # a dummy micro-batch weighs 0 but still runs
     ids, am = data.input_ids[idx], data.attention_mask[idx]
     want_entropy_grad = cfg.entropy_coef > 0
     logprobs, entropy = policy_logprobs(models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad)
-    loss, pm = ppo_policy_loss(logprobs, data.old_logprobs[idx], data.advantages[idx], mask, cfg.clip_eps,
-                               cfg.loss_agg, denom)
+    loss, pm = ppo_policy_loss(
+        logprobs, data.old_logprobs[idx], data.advantages[idx], mask, cfg.clip_eps, cfg.loss_agg, denom
+    )
     if want_entropy_grad:
         bonus, _ = entropy_bonus(entropy, mask, cfg.loss_agg, denom)
         loss = loss - cfg.entropy_coef * bonus
     kl_loss = torch.zeros(())
     if kl_in_loss:
-        kl_loss = aggregate_loss(kl_penalty(logprobs, data.ref_logprobs[idx], cfg.kl.estimator), mask,
-                                 cfg.loss_agg, denom)
+        kl_loss = aggregate_loss(
+            kl_penalty(logprobs, data.ref_logprobs[idx], cfg.kl.estimator), mask, cfg.loss_agg, denom
+        )
         loss = loss + kl_coef * kl_loss
     vl, vm = torch.zeros(()), {"value/clipfrac": 0.0}
     if models.critic is not None:
         values = critic_values(models.critic, ids, am)
-        vl, vm = value_loss(values, data.old_values[idx], data.returns[idx], mask, cfg.value_clip_eps,
-                            cfg.loss_agg, denom)
+        vl, vm = value_loss(
+            values, data.old_values[idx], data.returns[idx], mask, cfg.value_clip_eps, cfg.loss_agg, denom
+        )
         loss = loss + cfg.vf_coef * vl
     # FSDP2 averages gradients over ranks; the loss is this rank's share of the global
     # loss, so scale by world_size to turn that average back into the sum.
     (loss * models.world_size).backward()
     ntok = float(mask.sum())
-    return torch.tensor([float(pm["loss/policy"]), float(vl.detach()), float(kl_loss.detach()),
-                         pm["policy/clipfrac"] * ntok, pm["policy/approx_kl"] * ntok,
-                         float(masked_sum(entropy.detach(), mask)), vm["value/clipfrac"] * ntok, ntok],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [
+            float(pm["loss/policy"]),
+            float(vl.detach()),
+            float(kl_loss.detach()),
+            pm["policy/clipfrac"] * ntok,
+            pm["policy/approx_kl"] * ntok,
+            float(masked_sum(entropy.detach(), mask)),
+            vm["value/clipfrac"] * ntok,
+            ntok,
+        ],
+        dtype=torch.float64,
+    )

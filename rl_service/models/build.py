@@ -84,8 +84,11 @@ def _build_into(out: Path, model_cfg: ModelConfig, task_cfg: TaskConfig, seed: i
         model = build_tiny_model(model_cfg.build, tokenizer)
     n = num_params(model)
     b = model_cfg.build
-    print(f"[models] building tiny Llama ({n / 1e6:.2f}M params, hidden {b.hidden_size}, {b.num_layers} layers, "
-          f"vocab {len(tokenizer)}) + SFT to {model_cfg.sft.target_accuracy:.0%} held-out accuracy", flush=True)
+    print(
+        f"[models] building tiny Llama ({n / 1e6:.2f}M params, hidden {b.hidden_size}, {b.num_layers} layers, "
+        f"vocab {len(tokenizer)}) + SFT to {model_cfg.sft.target_accuracy:.0%} held-out accuracy",
+        flush=True,
+    )
     with torch.random.fork_rng(devices=[]):
         result = sft_warm_start(model, tokenizer, task, model_cfg.sft, seed, progress=progress)
     model.save_pretrained(out)
@@ -99,6 +102,9 @@ def _build_into(out: Path, model_cfg: ModelConfig, task_cfg: TaskConfig, seed: i
         "build_seconds": round(time.perf_counter() - start, 2),
         "vocab_size": len(tokenizer),
     }
-    print(f"[models] built: {result['steps']} SFT steps, held-out accuracy {result['accuracy']:.3f}, "
-          f"{info['build_seconds']:.0f}s", flush=True)
+    print(
+        f"[models] built: {result['steps']} SFT steps, held-out accuracy {result['accuracy']:.3f}, "
+        f"{info['build_seconds']:.0f}s",
+        flush=True,
+    )
     return info

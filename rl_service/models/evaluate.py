@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -11,8 +11,9 @@ from rl_service.tasks.addition import Problem, verify
 
 
 @torch.no_grad()
-def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                    max_new_tokens: int) -> list[list[int]]:
+def greedy_generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int
+) -> list[list[int]]:
     """Greedy completions (token ids, cut after EOS) for `prompts`, one left-padded batch.
 
     Own loop rather than model.generate: no logits processors, stops as soon as every row
@@ -35,15 +36,21 @@ def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                    past_key_values=past, use_cache=True)
+        out = model(
+            input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=past, use_cache=True
+        )
         past, next_pos = out.past_key_values, next_pos + 1
     gen = torch.stack(generated, dim=1).tolist()  # [B, N]
     return [row[: row.index(eos) + 1] if eos in row else row for row in gen]
 
 
-def greedy_accuracy_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: Sequence[Problem],
-                       max_new_tokens: int = 8, batch_size: int = 256) -> float:
+def greedy_accuracy_hf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Problem],
+    max_new_tokens: int = 8,
+    batch_size: int = 256,
+) -> float:
     """Fraction of `problems` whose greedy completion (EOS cut, specials skipped) verifies."""
     was_training = model.training
     model.eval()

@@ -42,8 +42,9 @@ def make_sft_batch(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[int, in
     return ids, mask, labels
 
 
-def sft_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
-             labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def sft_loss(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean CE over answer+EOS tokens. Metrics: `seq_acc` = teacher-forced argmax right on
     every answer token, which equals greedy exact match on these examples."""
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # [B, T-1, V]
@@ -56,27 +57,43 @@ def sft_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
     return loss, {"loss": loss.item(), "seq_acc": seq_acc}
 
 
-def sft_warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: AdditionTask | Any,
-                   cfg: SFTConfig, seed: int, progress: bool = True) -> dict[str, float]:
+def sft_warm_start(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: AdditionTask | Any,
+    cfg: SFTConfig,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, float]:
     """Train in place. Returns {"steps", "accuracy" (held-out greedy), "seconds", "loss" (EMA),
     "threads" (torch threads used after the probe)}."""
     start = time.perf_counter()
     batch_fn = getattr(task, "sft_batch", None) or (
-        lambda tok, rng, n: make_sft_batch(tok, [task.sample_train(rng) for _ in range(n)]))
-    metric_fn = getattr(task, "sft_metric", None) or (
-        lambda m, tok: greedy_accuracy_hf(m, tok, task.eval_problems))
+        lambda tok, rng, n: make_sft_batch(tok, [task.sample_train(rng) for _ in range(n)])
+    )
+    metric_fn = getattr(task, "sft_metric", None) or (lambda m, tok: greedy_accuracy_hf(m, tok, task.eval_problems))
     accuracy = metric_fn(model, tokenizer)
     if cfg.max_steps == 0 or accuracy >= cfg.target_accuracy:
-        return {"steps": 0, "accuracy": accuracy, "seconds": time.perf_counter() - start, "loss": float("nan"),
-                "threads": torch.get_num_threads()}
+        return {
+            "steps": 0,
+            "accuracy": accuracy,
+            "seconds": time.perf_counter() - start,
+            "loss": float("nan"),
+            "threads": torch.get_num_threads(),
+        }
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = min(WARMUP_STEPS, max(cfg.max_steps // 10, 1))
     # Linear warmup then cosine to 10% over max_steps: we usually stop early, long before decay matters.
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup
-        else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(cfg.max_steps - warmup, 1))))
+        opt,
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(cfg.max_steps - warmup, 1)))
+        ),
+    )
     model.train()
     threads_before = torch.get_num_threads()
     step_times: dict[int, list[float]] = {}
@@ -103,8 +120,13 @@ def sft_warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     bar.close()
     torch.set_num_threads(threads_before)
     model.eval()
-    return {"steps": step, "accuracy": accuracy, "seconds": time.perf_counter() - start, "loss": loss_ema,
-            "threads": threads}
+    return {
+        "steps": step,
+        "accuracy": accuracy,
+        "seconds": time.perf_counter() - start,
+        "loss": loss_ema,
+        "threads": threads,
+    }
 
 
 def _pick_threads(step: int, max_threads: int, step_times: dict[int, list[float]]) -> int:
@@ -121,7 +143,7 @@ def _pick_threads(step: int, max_threads: int, step_times: dict[int, list[float]
     elif step <= 2 * PROBE_STEPS:
         n = max_threads
     else:
-        one, many = (sorted(step_times[k][-(PROBE_STEPS - 1):]) for k in (1, max_threads))
+        one, many = (sorted(step_times[k][-(PROBE_STEPS - 1) :]) for k in (1, max_threads))
         n = 1 if one[len(one) // 2] <= many[len(many) // 2] else max_threads
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

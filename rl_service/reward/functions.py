@@ -11,10 +11,9 @@ import importlib
 import importlib.util
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-from rl_service.envs.rewards import env_return  # environment tasks: the episode return
+from typing import Any
 
 RewardFn = Callable[..., float]
 
@@ -27,6 +26,15 @@ def addition_exact(prompt: str, completion: str, answer: str = "", **_: Any) -> 
 def zero(prompt: str, completion: str, **_: Any) -> float:
     """0.0 for everything: on-policy distillation alone (reward.teacher gives the only signal)."""
     return 0.0
+
+
+def env_return(prompt: str, completion: str, env_return: float | None = None, **_: Any) -> float:
+    """Environment tasks: the episode's return, which the rollout worker stored in the sample's
+    metadata. A sample without it (not an env episode) raises, so the scorer drops it instead of
+    scoring it 0."""
+    if env_return is None:
+        raise ValueError("sample has no env_return: reward.fn env_return needs an environment task")
+    return float(env_return)
 
 
 BUILTINS: dict[str, RewardFn] = {"addition_exact": addition_exact, "zero": zero, "env_return": env_return}

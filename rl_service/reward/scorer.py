@@ -35,7 +35,7 @@ class RewardScorer:
         self.fn = resolve_reward_fn(cfg.fn)
         self.reward_model = self.teacher = None
         if cfg.model is not None or cfg.teacher is not None:
-            from rl_service.reward.models import RewardModel, TeacherLM  # torch + transformers: only when used
+            from rl_service.reward.learned import RewardModel, TeacherLM  # torch + transformers: only when used
 
             self.reward_model = RewardModel(cfg.model) if cfg.model is not None else None
             self.teacher = TeacherLM(cfg.teacher) if cfg.teacher is not None else None
@@ -66,8 +66,7 @@ class RewardScorer:
         out = []
         for s, t_lp in zip(samples, teacher_lp):
             gen = getattr(s, "response_mask", None) or (1,) * len(s.response_ids)
-            out.append(tuple(self.cfg.teacher_coef * (t - lp) * g
-                             for t, lp, g in zip(t_lp, s.response_logprobs, gen)))
+            out.append(tuple(self.cfg.teacher_coef * (t - lp) * g for t, lp, g in zip(t_lp, s.response_logprobs, gen)))
         return tuple(out)
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
@@ -77,7 +76,8 @@ class RewardScorer:
             if isinstance(r, InvalidReward):
                 if self.cfg.on_error == "fail":
                     raise RewardFunctionError(
-                        f"{self._source()} on sample {s.sample_id} (batch {batch.batch_id}): {r}") from None
+                        f"{self._source()} on sample {s.sample_id} (batch {batch.batch_id}): {r}"
+                    ) from None
                 dropped.append((s.sample_id, f"invalid_reward: {r}"))
                 continue
             kept.append(s)
@@ -87,15 +87,21 @@ class RewardScorer:
             keep = [i for i, s in enumerate(kept) if str(s.prompt_id) not in bad]
             dropped += [(kept[i].sample_id, "incomplete_group") for i in range(len(kept)) if i not in set(keep)]
             kept, rewards = [kept[i] for i in keep], [rewards[i] for i in keep]
-        return ScoredBatch(batch_id=batch.batch_id, samples=tuple(kept), rewards=tuple(rewards),
-                           dropped=tuple(dropped), policy_version=batch.policy_version,
-                           generate_s=batch.generate_s, reward_s=time.perf_counter() - start,
-                           token_rewards=self._token_rewards(kept))
+        return ScoredBatch(
+            batch_id=batch.batch_id,
+            samples=tuple(kept),
+            rewards=tuple(rewards),
+            dropped=tuple(dropped),
+            policy_version=batch.policy_version,
+            generate_s=batch.generate_s,
+            reward_s=time.perf_counter() - start,
+            token_rewards=self._token_rewards(kept),
+        )
 
     def run(self, rollout_q, scored_q, poll_s: float = 0.2) -> int:
         """Loop: pull a RolloutBatch, score it, push (ScoredBatch ref, BatchSummary). Returns
         the number of batches scored once `stop()` is called."""
-        from rl_service import faults
+        from rl_service.testing import faults
 
         done = 0
         while not self._stop:

@@ -56,20 +56,41 @@ class Engine(Protocol):
     version: int
     """Policy version of the weights currently loaded (0 = the weights it started from)."""
 
-    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
         """`n` completions per prompt, grouped by prompt. temperature 0 = greedy (n identical
         copies). With `seed` set, the same call returns the same completions."""
         ...
 
-    def generate_ids(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
-                     top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
         """`generate` from token-id prompts used as given (no BOS added, nothing re-tokenised):
         the multi-turn path, where a turn's input is the previous ids + generated ids + observation ids."""
         ...
 
-    def stream(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, seed: int | None = None) -> Iterator[TokenDelta]:
+    def stream(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[TokenDelta]:
         """`generate`, yielding each choice's new tokens as the engine produces them. Greedy
         gives the same tokens as `generate`. Closing the iterator early aborts the requests."""
         ...
@@ -92,8 +113,7 @@ def make_engine(cfg: RolloutConfig, model_path: str, seed: int) -> Engine:
         from rl_service.rollout.vllm_engine import VLLMEngine
 
         threads = max(1, math.floor(cfg.resources.num_cpus))
-        return VLLMEngine(model_path, dtype=cfg.dtype, kv_cache_gib=cfg.kv_cache_gib, seed=seed,
-                          cpu_threads=threads)
+        return VLLMEngine(model_path, dtype=cfg.dtype, kv_cache_gib=cfg.kv_cache_gib, seed=seed, cpu_threads=threads)
     if cfg.engine == "hf":
         from rl_service.rollout.hf_engine import HFEngine
 

@@ -44,54 +44,89 @@ class HFEngine:
         self._rng = random.Random(seed)
         self.version = 0
 
-    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
         return self.generate_ids(self.tokenizer(prompts)["input_ids"], n, max_new_tokens, temperature, top_p, seed)
 
     @torch.no_grad()
-    def generate_ids(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
-                     top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
         """Like `generate`, from token ids as given (left-padded here; nothing re-tokenised)."""
         greedy = temperature == 0
         prompt_ids = [tuple(ids) for ids in prompt_ids]
         width = max(len(ids) for ids in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)   # [B, P] left-padded
+        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)  # [B, P] left-padded
         attention_mask = torch.zeros_like(input_ids)
         for i, ids in enumerate(prompt_ids):
-            input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[i, width - len(ids):] = 1
+            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, width - len(ids) :] = 1
         enc = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         per_prompt = 1 if greedy else n
         gen_cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=per_prompt,
-            temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            num_return_sequences=per_prompt,
+            temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p,
             top_k=None if greedy else 0,  # 0 = no top-k; None would fall back to the default 50
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            output_logits=True, return_dict_in_generate=True,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
         call_seed = seed if seed is not None else self._rng.randrange(2**63)
-        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
-            if self.device.type == "cuda" else []
+        devices = (
+            [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+            if self.device.type == "cuda"
+            else []
+        )
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(call_seed)
             out = self.model.generate(**enc, generation_config=gen_cfg)
-        new_ids = out.sequences[:, enc["input_ids"].shape[1]:]                     # [B*k, T]
-        logits = torch.stack(out.logits, dim=1).float()                            # [B*k, T, V]
+        new_ids = out.sequences[:, enc["input_ids"].shape[1] :]  # [B*k, T]
+        logits = torch.stack(out.logits, dim=1).float()  # [B*k, T, V]
         logprobs = logits.log_softmax(-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)  # [B*k, T]
         result: list[list[Completion]] = []
         for i, pids in enumerate(prompt_ids):
             group = []
             for row in range(i * per_prompt, (i + 1) * per_prompt):
                 ids, reason = cut_at_eos(new_ids[row].tolist(), self.eos_id)
-                group.append(Completion(
-                    prompt_ids=pids, token_ids=tuple(ids), logprobs=tuple(logprobs[row, : len(ids)].tolist()),
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=reason))
+                group.append(
+                    Completion(
+                        prompt_ids=pids,
+                        token_ids=tuple(ids),
+                        logprobs=tuple(logprobs[row, : len(ids)].tolist()),
+                        text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                        finish_reason=reason,
+                    )
+                )
             result.append(group * n if greedy else group)
         return result
 
     @torch.no_grad()
-    def stream(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, seed: int | None = None) -> Iterator[TokenDelta]:
+    def stream(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[TokenDelta]:
         """A decode loop over the KV cache, one forward per token, yielding each token as it is
         made. Greedy takes the argmax of the logits `generate` computes -> the same tokens.
         Sampling draws from its own torch.Generator (the process RNG is never consumed); it is
@@ -100,33 +135,38 @@ class HFEngine:
         per_prompt = 1 if greedy else n
         rows = [ids for ids in self.tokenizer(prompts)["input_ids"] for _ in range(per_prompt)]
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)          # [R, P] left-padded
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # [R, P] left-padded
         mask = torch.zeros_like(ids)
         for r, row in enumerate(rows):
-            ids[r, width - len(row):] = torch.tensor(row)
-            mask[r, width - len(row):] = 1
+            ids[r, width - len(row) :] = torch.tensor(row)
+            mask[r, width - len(row) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)       # [R, P]: padding does not shift positions
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [R, P]: padding does not shift positions
         gen = torch.Generator(self.device).manual_seed(seed if seed is not None else self._rng.randrange(2**63))
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         live = [True] * len(rows)
         for t in range(max_new_tokens):
-            logits = out.logits[:, -1].float()                                        # [R, V]
+            logits = out.logits[:, -1].float()  # [R, V]
             tok = logits.argmax(-1) if greedy else _sample(logits, temperature, top_p, gen)  # [R]
-            lp = logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)         # [R] raw logprobs
+            lp = logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)  # [R] raw logprobs
             for r in (r for r in range(len(rows)) if live[r]):
                 token = int(tok[r])
                 reason = "stop" if token == self.eos_id else "length" if t == max_new_tokens - 1 else None
                 i, j = divmod(r, per_prompt)
-                for k in (range(n) if greedy else (j,)):  # greedy: one row stands for n copies
+                for k in range(n) if greedy else (j,):  # greedy: one row stands for n copies
                     yield TokenDelta(i * n + k, (token,), (float(lp[r]),), reason)
                 live[r] = reason is None
             if not any(live):
                 break
-            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)              # [R, P+t+1]
-            positions = positions[:, -1:] + 1                                          # [R, 1]
-            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=positions,
-                             past_key_values=out.past_key_values, use_cache=True)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # [R, P+t+1]
+            positions = positions[:, -1:] + 1  # [R, 1]
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -135,8 +175,8 @@ class HFEngine:
             return []
         ids, mask = right_pad(sequences, self.pad_id)  # [B, L]
         ids, mask = ids.to(self.device), mask.to(self.device)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()      # [B, L, V]
-        logprobs = token_logprobs(logits[:, :-1], ids[:, 1:])                      # [B, L-1]
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()  # [B, L, V]
+        logprobs = token_logprobs(logits[:, :-1], ids[:, 1:])  # [B, L-1]
         return [logprobs[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
 
     @torch.no_grad()
@@ -144,6 +184,8 @@ class HFEngine:
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
         if unexpected or set(missing) - tied:
-            raise KeyError(f"state dict does not match the model: missing {sorted(set(missing) - tied)}, "
-                           f"unexpected {sorted(unexpected)}")
+            raise KeyError(
+                f"state dict does not match the model: missing {sorted(set(missing) - tied)}, "
+                f"unexpected {sorted(unexpected)}"
+            )
         self.version = version

@@ -64,8 +64,16 @@ def _spread(seed: int, k: int) -> list[int]:
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gib: float = 1.0, seed: int = 0,
-                 enforce_eager: bool = True, cpu_threads: int | None = None, block_size: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        kv_cache_gib: float = 1.0,
+        seed: int = 0,
+        enforce_eager: bool = True,
+        cpu_threads: int | None = None,
+        block_size: int | None = None,
+    ):
         """`cpu_threads`: intra-op threads of this engine (None = leave torch's setting).
         `block_size`: KV block in tokens, a multiple of 32 on CPU (None = vLLM's default, 128).
         Prefix caching reuses whole blocks only, so with the default and prompts under 128
@@ -79,8 +87,12 @@ class VLLMEngine:
         real_set_num_threads = torch.set_num_threads
         try:
             self.llm = LLM(
-                model=str(model_path), dtype=dtype, seed=seed, enforce_eager=enforce_eager,
-                max_model_len=max_len, kv_cache_memory_bytes=int(kv_cache_gib * 2**30),
+                model=str(model_path),
+                dtype=dtype,
+                seed=seed,
+                enforce_eager=enforce_eager,
+                max_model_len=max_len,
+                kv_cache_memory_bytes=int(kv_cache_gib * 2**30),
                 logprobs_mode="raw_logprobs",
                 generation_config="vllm",  # sampling is exactly what generate() asks, no model defaults
                 disable_log_stats=True,
@@ -97,20 +109,41 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
 
-    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
         return self._generate(prompts, n, max_new_tokens, temperature, top_p, seed)
 
-    def generate_ids(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
-                     top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
         """Like `generate`, from token ids as given (TokensPrompt: no re-tokenisation, no BOS added)."""
         from vllm.inputs import TokensPrompt
 
-        return self._generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], n, max_new_tokens,
-                              temperature, top_p, seed)
+        return self._generate(
+            [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids],
+            n,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+        )
 
-    def _generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float, top_p: float,
-                  seed: int | None) -> list[list[Completion]]:
+    def _generate(
+        self, prompts: list, n: int, max_new_tokens: int, temperature: float, top_p: float, seed: int | None
+    ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         greedy = temperature == 0
@@ -119,16 +152,23 @@ class VLLMEngine:
         seeds = [None] * len(prompts) if seed is None else _spread(seed, len(prompts))
         # vLLM refuses n > 1 when greedy; the n greedy copies are identical anyway.
         params = [
-            SamplingParams(n=1 if greedy else n, max_tokens=max_new_tokens, temperature=temperature,
-                           top_p=1.0 if greedy else top_p, logprobs=0, seed=s,
-                           detokenize=False)  # decoded below, exactly as HFEngine does
+            SamplingParams(
+                n=1 if greedy else n,
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=1.0 if greedy else top_p,
+                logprobs=0,
+                seed=s,
+                detokenize=False,
+            )  # decoded below, exactly as HFEngine does
             for s in seeds
         ]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         # vLLM's incremental detokenizer holds back a trailing partial UTF-8 byte that a plain
         # decode shows as U+FFFD; decoding the ids ourselves keeps text identical across engines.
-        texts = iter(self.tokenizer.batch_decode([c.token_ids for out in outs for c in out.outputs],
-                                                 skip_special_tokens=True))
+        texts = iter(
+            self.tokenizer.batch_decode([c.token_ids for out in outs for c in out.outputs], skip_special_tokens=True)
+        )
         result = []
         for out in outs:
             group = [
@@ -145,8 +185,15 @@ class VLLMEngine:
             result.append(group * n if greedy else group)
         return result
 
-    def stream(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, seed: int | None = None) -> Iterator[TokenDelta]:
+    def stream(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[TokenDelta]:
         """`generate`, one `LLMEngine.step()` at a time: requests go in with output kind DELTA,
         so each step returns only the tokens it added. Same seeds and params as `generate`
         (greedy and seeded calls give the same tokens). Requests still running when the
@@ -163,9 +210,16 @@ class VLLMEngine:
         running: dict[str, int] = {}  # request id -> prompt index
         try:
             for i, (prompt, s) in enumerate(zip(prompts, seeds)):
-                params = SamplingParams(n=per_prompt, max_tokens=max_new_tokens, temperature=temperature,
-                                        top_p=1.0 if greedy else top_p, logprobs=0, seed=s, detokenize=False,
-                                        output_kind=RequestOutputKind.DELTA)
+                params = SamplingParams(
+                    n=per_prompt,
+                    max_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=1.0 if greedy else top_p,
+                    logprobs=0,
+                    seed=s,
+                    detokenize=False,
+                    output_kind=RequestOutputKind.DELTA,
+                )
                 # Tokenized here exactly as `generate`'s string prompts are (BOS added).
                 engine.add_request(f"{tag}-{i}", tokens_input(self.tokenizer(prompt)["input_ids"]), params)
                 running[f"{tag}-{i}"] = i
@@ -191,15 +245,17 @@ class VLLMEngine:
         """Per-token raw logprobs via prompt_logprobs; TokensPrompt so vLLM does not re-tokenize."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
         if not sequences:
             return []
 
         params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
-                                 use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False)
         # prompt_logprobs[0] is None (no context); entry t holds token t given tokens < t.
-        return [[pos[tok].logprob for tok, pos in zip(seq[1:], out.prompt_logprobs[1:])]
-                for seq, out in zip(sequences, outs)]
+        return [
+            [pos[tok].logprob for tok, pos in zip(seq[1:], out.prompt_logprobs[1:])]
+            for seq, out in zip(sequences, outs)
+        ]
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         weights = [(name, t.detach()) for name, t in state_dict.items()]

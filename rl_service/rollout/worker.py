@@ -17,8 +17,8 @@ from pathlib import Path
 from rl_service.config import RolloutConfig
 from rl_service.envs import is_env_prompt, run_episodes
 from rl_service.rollout.engine import make_engine
+from rl_service.rollout.weight_sync import WeightSyncError, max_probe_diff, state_dict_checksum
 from rl_service.types import PolicyVersion, PromptBatch, RolloutBatch, Sample
-from rl_service.weight_sync import WeightSyncError, max_probe_diff, state_dict_checksum
 
 
 class RolloutWorker:
@@ -46,47 +46,84 @@ class RolloutWorker:
             self._calls += 1
             if any(is_env_prompt(p.metadata) for p in batch.prompts):
                 samples = self._episode_samples(batch, version)
-                return RolloutBatch(batch_id=batch.batch_id, samples=samples, worker=self.name,
-                                    policy_version=version, generate_s=time.perf_counter() - start)
-            outs = self.engine.generate([p.text for p in batch.prompts], n=cfg.samples_per_prompt,
-                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_p=cfg.top_p, seed=self.seed * 1_000_003 + batch.batch_id)
+                return RolloutBatch(
+                    batch_id=batch.batch_id,
+                    samples=samples,
+                    worker=self.name,
+                    policy_version=version,
+                    generate_s=time.perf_counter() - start,
+                )
+            outs = self.engine.generate(
+                [p.text for p in batch.prompts],
+                n=cfg.samples_per_prompt,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=self.seed * 1_000_003 + batch.batch_id,
+            )
             elapsed = time.perf_counter() - start
         samples = tuple(
-            Sample(sample_id=f"{p.prompt_id}/{k}", prompt_id=p.prompt_id, prompt_text=p.text,
-                   prompt_ids=c.prompt_ids, response_ids=c.token_ids, response_logprobs=c.logprobs,
-                   response_text=c.text, policy_version=version, finish_reason=c.finish_reason,
-                   metadata=dict(p.metadata))
-            for p, group in zip(batch.prompts, outs) for k, c in enumerate(group))
-        return RolloutBatch(batch_id=batch.batch_id, samples=samples, worker=self.name,
-                            policy_version=version, generate_s=elapsed)
+            Sample(
+                sample_id=f"{p.prompt_id}/{k}",
+                prompt_id=p.prompt_id,
+                prompt_text=p.text,
+                prompt_ids=c.prompt_ids,
+                response_ids=c.token_ids,
+                response_logprobs=c.logprobs,
+                response_text=c.text,
+                policy_version=version,
+                finish_reason=c.finish_reason,
+                metadata=dict(p.metadata),
+            )
+            for p, group in zip(batch.prompts, outs)
+            for k, c in enumerate(group)
+        )
+        return RolloutBatch(
+            batch_id=batch.batch_id, samples=samples, worker=self.name, policy_version=version, generate_s=elapsed
+        )
 
     def _episode_samples(self, batch: PromptBatch, version: int) -> tuple[Sample, ...]:
         """One Sample per environment episode, n episodes per prompt (caller holds the lock)."""
         cfg = self.cfg
         if not all(is_env_prompt(p.metadata) for p in batch.prompts):
             raise ValueError(f"batch {batch.batch_id} mixes environment and plain prompts")
-        groups = run_episodes(self.engine, self.engine.tokenizer, [p.metadata for p in batch.prompts],
-                              n=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens, max_tokens=self.max_tokens,
-                              temperature=cfg.temperature, top_p=cfg.top_p, seed=self.seed * 1_000_003 + batch.batch_id)
+        groups = run_episodes(
+            self.engine,
+            self.engine.tokenizer,
+            [p.metadata for p in batch.prompts],
+            n=cfg.samples_per_prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            max_tokens=self.max_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=self.seed * 1_000_003 + batch.batch_id,
+        )
         samples = []
         for p, group in zip(batch.prompts, groups):
             for k, ep in enumerate(group):
                 if ep.prompt_text != p.text:
                     raise ValueError(f"prompt {p.prompt_id}: env reset gave {ep.prompt_text!r}, prompt is {p.text!r}")
-                samples.append(Sample(
-                    sample_id=f"{p.prompt_id}/{k}", prompt_id=p.prompt_id, prompt_text=p.text,
-                    prompt_ids=tuple(ep.prompt_ids), response_ids=tuple(ep.response_ids),
-                    response_logprobs=tuple(ep.response_logprobs),
-                    response_text=self.engine.tokenizer.decode(ep.response_ids, skip_special_tokens=True),
-                    policy_version=version, finish_reason=ep.finish_reason,
-                    metadata={**p.metadata, **ep.summary()}, response_mask=tuple(ep.response_mask)))
+                samples.append(
+                    Sample(
+                        sample_id=f"{p.prompt_id}/{k}",
+                        prompt_id=p.prompt_id,
+                        prompt_text=p.text,
+                        prompt_ids=tuple(ep.prompt_ids),
+                        response_ids=tuple(ep.response_ids),
+                        response_logprobs=tuple(ep.response_logprobs),
+                        response_text=self.engine.tokenizer.decode(ep.response_ids, skip_special_tokens=True),
+                        policy_version=version,
+                        finish_reason=ep.finish_reason,
+                        metadata={**p.metadata, **ep.summary()},
+                        response_mask=tuple(ep.response_mask),
+                    )
+                )
         return tuple(samples)
 
     def run(self, prompt_q, rollout_q, poll_s: float = 0.2) -> int:
         """Loop until `stop()`: pull a PromptBatch, generate, push the RolloutBatch (blocks when
         the rollout queue is full: backpressure). Returns the number of batches produced."""
-        from rl_service import faults
+        from rl_service.testing import faults
 
         done = 0
         while not self._stop:
@@ -111,15 +148,21 @@ class RolloutWorker:
         start = time.perf_counter()
         got = state_dict_checksum(state_dict)
         if got != meta.checksum:
-            raise WeightSyncError(f"{self.name}: checksum of version {meta.version} is {got[:12]}, "
-                                  f"published {meta.checksum[:12]}")
+            raise WeightSyncError(
+                f"{self.name}: checksum of version {meta.version} is {got[:12]}, published {meta.checksum[:12]}"
+            )
         with self._lock:
             self.engine.load_weights(state_dict, meta.version)
-            probe_diff = max_probe_diff(meta.probe_logprobs, self.engine.score([list(p) for p in meta.probe_ids])) \
-                if meta.probe_ids else 0.0
+            probe_diff = (
+                max_probe_diff(meta.probe_logprobs, self.engine.score([list(p) for p in meta.probe_ids]))
+                if meta.probe_ids
+                else 0.0
+            )
         if probe_diff > self.cfg.verify_tolerance:
-            raise WeightSyncError(f"{self.name}: version {meta.version} probe logprobs differ from the learner's "
-                                  f"by {probe_diff:.2e} > rollout.verify_tolerance={self.cfg.verify_tolerance}")
+            raise WeightSyncError(
+                f"{self.name}: version {meta.version} probe logprobs differ from the learner's "
+                f"by {probe_diff:.2e} > rollout.verify_tolerance={self.cfg.verify_tolerance}"
+            )
         return {"version": meta.version, "probe_max_diff": probe_diff, "seconds": time.perf_counter() - start}
 
     def evaluate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -131,8 +174,15 @@ class RolloutWorker:
     def evaluate_episodes(self, metadatas: list[dict], max_new_tokens: int) -> list[dict]:
         """Greedy episodes (one per env prompt) -> each episode's summary (`env_success`, `env_return`...)."""
         with self._lock:
-            groups = run_episodes(self.engine, self.engine.tokenizer, metadatas, n=1, max_new_tokens=max_new_tokens,
-                                  max_tokens=self.max_tokens, temperature=0.0)
+            groups = run_episodes(
+                self.engine,
+                self.engine.tokenizer,
+                metadatas,
+                n=1,
+                max_new_tokens=max_new_tokens,
+                max_tokens=self.max_tokens,
+                temperature=0.0,
+            )
         return [g[0].summary() for g in groups]
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:

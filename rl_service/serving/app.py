@@ -78,8 +78,12 @@ async def _schema_error(_request: Request, err: RequestValidationError) -> JSONR
 def _make_engine(cfg: ServeConfig, model_path: str):
     from rl_service.rollout.engine import make_engine
 
-    rc = RolloutConfig(engine=cfg.engine, dtype=cfg.dtype, kv_cache_gib=cfg.kv_cache_gib,
-                       resources=Resources(num_cpus=cfg.threads, num_gpus=cfg.num_gpus))
+    rc = RolloutConfig(
+        engine=cfg.engine,
+        dtype=cfg.dtype,
+        kv_cache_gib=cfg.kv_cache_gib,
+        resources=Resources(num_cpus=cfg.threads, num_gpus=cfg.num_gpus),
+    )
     if cfg.engine == "hf":
         import torch
 
@@ -104,8 +108,16 @@ class PolicyServer:
         self._limit = self.cfg.max_ongoing_requests + self.cfg.max_queued_requests
         self._admit_lock = threading.Lock()
         self._engine_pool = ThreadPoolExecutor(self._limit, thread_name_prefix="engine")
-        self._stats = {"generations": 0, "active": 0, "peak_active": 0, "admitted": 0, "peak_admitted": 0,
-                       "overloaded": 0, "swaps": 0, "swap_errors": 0}
+        self._stats = {
+            "generations": 0,
+            "active": 0,
+            "peak_active": 0,
+            "admitted": 0,
+            "peak_admitted": 0,
+            "overloaded": 0,
+            "swaps": 0,
+            "swap_errors": 0,
+        }
         self._board, self._stop = board, threading.Event()
         if board is not None:
             from rl_service.serving.follow import follow_board
@@ -131,7 +143,7 @@ class PolicyServer:
         Versions not newer than the loaded one are ignored (swaps may arrive out of order)."""
         import ray
 
-        from rl_service.weight_sync import max_probe_diff, state_dict_checksum
+        from rl_service.rollout.weight_sync import max_probe_diff, state_dict_checksum
 
         start = time.perf_counter()
         if version <= self.version:
@@ -147,8 +159,11 @@ class PolicyServer:
             if version <= self.version:
                 return {"version": self.version, "applied": False}
             self.engine.load_weights(state_dict, version)
-            diff = max_probe_diff(meta.probe_logprobs, self.engine.score([list(p) for p in meta.probe_ids])) \
-                if meta is not None and meta.probe_ids else 0.0
+            diff = (
+                max_probe_diff(meta.probe_logprobs, self.engine.score([list(p) for p in meta.probe_ids]))
+                if meta is not None and meta.probe_ids
+                else 0.0
+            )
         self._stats["swaps"] += 1
         return {"version": version, "applied": True, "probe_max_diff": diff, "seconds": time.perf_counter() - start}
 
@@ -165,8 +180,14 @@ class PolicyServer:
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         self._auth(request)
-        card = {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "rl-service",
-                "policy_version": self.version, "max_model_len": self.context}
+        card = {
+            "id": self.cfg.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "rl-service",
+            "policy_version": self.version,
+            "max_model_len": self.context,
+        }
         return JSONResponse({"object": "list", "data": [card]}, headers=self._headers(self.version))
 
     @api.post("/v1/completions")
@@ -184,10 +205,15 @@ class PolicyServer:
         fid = P.new_id("fb")
         if isinstance(fb, P.RatingFeedback):
             if not await asyncio.to_thread(self.store.has_completion, fb.completion_id, fb.choice_index):
-                raise P.APIError(404, f"no completion {fb.completion_id!r} choice {fb.choice_index}",
-                                 "not_found_error", param="completion_id")
-            await asyncio.to_thread(self.store.add_rating, fid, fb.completion_id, fb.choice_index, fb.rating,
-                                    fb.comment)
+                raise P.APIError(
+                    404,
+                    f"no completion {fb.completion_id!r} choice {fb.choice_index}",
+                    "not_found_error",
+                    param="completion_id",
+                )
+            await asyncio.to_thread(
+                self.store.add_rating, fid, fb.completion_id, fb.choice_index, fb.rating, fb.comment
+            )
         else:
             await asyncio.to_thread(self.store.add_preference, fid, fb.prompt, fb.chosen, fb.rejected, fb.comment)
         # Returned only after the commit: an acknowledged row survives a crash.
@@ -201,8 +227,12 @@ class PolicyServer:
         header = request.headers.get("authorization", "")
         token = header[7:] if header[:7].lower() == "bearer " else ""
         if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-            raise P.APIError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
-                             "authentication_error", code="invalid_api_key")
+            raise P.APIError(
+                401,
+                "missing or invalid API key (send Authorization: Bearer <key>)",
+                "authentication_error",
+                code="invalid_api_key",
+            )
 
     async def _body(self, request: Request) -> bytes:
         """The body, refused with 413 past max_body_bytes without reading the rest."""
@@ -222,9 +252,14 @@ class PolicyServer:
         # Accept the bare name and any `name@vN` echoed back from a response: the newest
         # loaded version answers either way.
         base = self.cfg.model_name
-        if name != base and not (name.startswith(base + "@v") and name[len(base) + 2:].isdigit()):
-            raise P.APIError(404, f"model {name!r} does not exist (served: {base!r})", "not_found_error",
-                             param="model", code="model_not_found")
+        if name != base and not (name.startswith(base + "@v") and name[len(base) + 2 :].isdigit()):
+            raise P.APIError(
+                404,
+                f"model {name!r} does not exist (served: {base!r})",
+                "not_found_error",
+                param="model",
+                code="model_not_found",
+            )
 
     def _fit_context(self, prompts: list[str], asked: int | None) -> tuple[int, int]:
         """-> (max_tokens, prompt tokens); 400 when the prompt plus max_tokens exceeds the context."""
@@ -232,14 +267,22 @@ class PolicyServer:
         longest = max(lengths)
         room = self.context - longest
         if room < 1:
-            raise P.APIError(400, f"prompt is {longest} tokens; the model's context is {self.context}",
-                             param="prompt", code="context_length_exceeded")
+            raise P.APIError(
+                400,
+                f"prompt is {longest} tokens; the model's context is {self.context}",
+                param="prompt",
+                code="context_length_exceeded",
+            )
         if asked is None:
             return min(self.cfg.default_max_tokens, room), sum(lengths)
         if asked > room:
-            raise P.APIError(400, f"prompt ({longest} tokens) + max_tokens ({asked}) exceeds the model's "
-                             f"context of {self.context} tokens", param="max_tokens",
-                             code="context_length_exceeded")
+            raise P.APIError(
+                400,
+                f"prompt ({longest} tokens) + max_tokens ({asked}) exceeds the model's "
+                f"context of {self.context} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         return asked, sum(lengths)
 
     def _admit(self):
@@ -293,20 +336,36 @@ class PolicyServer:
             if not prompts:
                 raise P.APIError(400, "prompt must not be empty", param="prompt")
         max_tokens, prompt_tokens = self._fit_context(prompts, P.requested_max_tokens(req))
-        sampling = dict(n=req.n, max_new_tokens=max_tokens, temperature=float(req.temperature),
-                        top_p=float(req.top_p), seed=req.seed)
+        sampling = dict(
+            n=req.n,
+            max_new_tokens=max_tokens,
+            temperature=float(req.temperature),
+            top_p=float(req.top_p),
+            seed=req.seed,
+        )
         kind, rid = ("chat", P.new_id("chatcmpl")) if chat else ("completion", P.new_id("cmpl"))
         per_choice = [p for p in prompts for _ in range(req.n)]
         if req.stream:
             include_usage = req.stream_options is not None and req.stream_options.include_usage
-            return await self._stream(chat, rid, kind, prompts, per_choice, sampling, req.stop, release,
-                                      handed_over, prompt_tokens if include_usage else None)
+            return await self._stream(
+                chat,
+                rid,
+                kind,
+                prompts,
+                per_choice,
+                sampling,
+                req.stop,
+                release,
+                handed_over,
+                prompt_tokens if include_usage else None,
+            )
 
         def generate():
             return self.engine.generate(prompts, **sampling), self.engine.version
 
         groups, version = await asyncio.get_running_loop().run_in_executor(
-            self._engine_pool, self._engine_call, generate)
+            self._engine_pool, self._engine_call, generate
+        )
         comps = [c for g in groups for c in g]
         choices = [P.apply_stop(c.text, req.stop, c.finish_reason) for c in comps]
         model = P.served_model(self.cfg.model_name, version)
@@ -315,14 +374,25 @@ class PolicyServer:
         body = (P.chat_body if chat else P.completion_body)(rid, model, choices, usage)
         return JSONResponse(body, headers=self._headers(version, rid))
 
-    async def _stream(self, chat: bool, rid: str, kind: str, prompts: list[str], per_choice: list[str],
-                      sampling: dict, stop, release, handed_over: list[bool],
-                      prompt_tokens: int | None) -> StreamingResponse:
+    async def _stream(
+        self,
+        chat: bool,
+        rid: str,
+        kind: str,
+        prompts: list[str],
+        per_choice: list[str],
+        sampling: dict,
+        stop,
+        release,
+        handed_over: list[bool],
+        prompt_tokens: int | None,
+    ) -> StreamingResponse:
         """Start the engine stream; answer once it holds the engine (its version goes in the headers).
         prompt_tokens: send a usage chunk at the end (stream_options.include_usage), else None."""
 
         def produce(put, cancel: threading.Event) -> None:
             try:
+
                 def run():
                     put(("version", self.engine.version))
                     deltas = self.engine.stream(prompts, **sampling)
@@ -353,8 +423,17 @@ class PolicyServer:
         async def record(choices: list[tuple[str, str]]) -> None:
             await asyncio.to_thread(self.store.record_completion, rid, kind, model, version, per_choice, choices)
 
-        events = sse_events(feed, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), chat, rid,
-                            model, len(per_choice), stop, record, prompt_tokens)
+        events = sse_events(
+            feed,
+            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            chat,
+            rid,
+            model,
+            len(per_choice),
+            stop,
+            record,
+            prompt_tokens,
+        )
         return StreamingResponse(events, media_type="text/event-stream", headers=self._headers(version, rid))
 
     def _headers(self, version: int, rid: str | None = None) -> dict[str, str]:
@@ -366,22 +445,43 @@ class PolicyServer:
 
 def replica_env() -> dict[str, str]:
     """Process env a replica needs from the driver (caches and sockets inside the project)."""
-    keys = ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HUB_OFFLINE", "OMP_WAIT_POLICY",
-            "TOKENIZERS_PARALLELISM", "VLLM_LOGGING_LEVEL")
+    keys = (
+        "TMPDIR",
+        "VLLM_CACHE_ROOT",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "HF_HUB_OFFLINE",
+        "OMP_WAIT_POLICY",
+        "TOKENIZERS_PARALLELISM",
+        "VLLM_LOGGING_LEVEL",
+    )
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
 def build_app(cfg: ServeConfig, model_path: str, board=None):
     """The bound Serve application for `serve.run`. Paths are made absolute here because a
     replica's working directory is not the driver's."""
-    cfg = cfg.model_copy(update={"api_key": cfg.api_key or os.environ.get("RL_SERVICE_API_KEY") or None,
-                                 "feedback_db": str(Path(cfg.feedback_db).resolve())})
-    scaling = ({"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                                       "target_ongoing_requests": cfg.target_ongoing_requests}}
-               if cfg.min_replicas is not None else {"num_replicas": cfg.num_replicas})
+    cfg = cfg.model_copy(
+        update={
+            "api_key": cfg.api_key or os.environ.get("RL_SERVICE_API_KEY") or None,
+            "feedback_db": str(Path(cfg.feedback_db).resolve()),
+        }
+    )
+    scaling = (
+        {
+            "autoscaling_config": {
+                "min_replicas": cfg.min_replicas,
+                "max_replicas": cfg.max_replicas,
+                "target_ongoing_requests": cfg.target_ongoing_requests,
+            }
+        }
+        if cfg.min_replicas is not None
+        else {"num_replicas": cfg.num_replicas}
+    )
     # The replica answers overload itself (`PolicyServer._admit`); Serve's bounds sit above it.
     deployment = PolicyServer.options(
         max_ongoing_requests=cfg.max_ongoing_requests + cfg.max_queued_requests + OVERLOAD_HEADROOM,
         max_queued_requests=cfg.max_queued_requests + OVERLOAD_HEADROOM,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}, **scaling)
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        **scaling,
+    )
     return deployment.bind(cfg.model_dump(), str(Path(model_path).resolve()), replica_env(), board)

@@ -77,8 +77,9 @@ class FeedbackStore:
         """Insert and commit; returns only once the transaction is durable."""
         sql = sql.replace("?", self._ph)
         with self._lock:
-            self._run(lambda: self._insert(sql, rows),
-                      retry=lambda: self._insert(sql + " ON CONFLICT DO NOTHING", rows))
+            self._run(
+                lambda: self._insert(sql, rows), retry=lambda: self._insert(sql + " ON CONFLICT DO NOTHING", rows)
+            )
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
         cur = self._conn.cursor()
@@ -131,41 +132,52 @@ class FeedbackStore:
     def _connection_lost(self) -> bool:
         return self._dsn is not None and (self._conn.closed or self._conn.broken)
 
-    def record_completion(self, rid: str, kind: str, model: str, version: int, prompts: list[str],
-                          choices: list[tuple[str, str]]) -> None:
+    def record_completion(
+        self, rid: str, kind: str, model: str, version: int, prompts: list[str], choices: list[tuple[str, str]]
+    ) -> None:
         """One row per choice; `prompts[i]` is the prompt of choice i."""
         now = time.time()
-        self._write("INSERT INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(rid, i, now, kind, model, version, p, text, finish)
-                     for i, (p, (text, finish)) in enumerate(zip(prompts, choices))])
+        self._write(
+            "INSERT INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (rid, i, now, kind, model, version, p, text, finish)
+                for i, (p, (text, finish)) in enumerate(zip(prompts, choices))
+            ],
+        )
 
     def has_completion(self, rid: str, choice_index: int) -> bool:
         return bool(self._read("SELECT 1 FROM completions WHERE id = ? AND choice_index = ?", (rid, choice_index)))
 
     def add_rating(self, fid: str, completion_id: str, choice_index: int, rating: float, comment: str | None) -> None:
-        self._write("INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
-                    [(fid, completion_id, choice_index, float(rating), comment, time.time())])
+        self._write(
+            "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
+            [(fid, completion_id, choice_index, float(rating), comment, time.time())],
+        )
 
     def add_preference(self, fid: str, prompt: str, chosen: str, rejected: str, comment: str | None) -> None:
-        self._write("INSERT INTO preferences VALUES (?, ?, ?, ?, ?, ?)",
-                    [(fid, prompt, chosen, rejected, comment, time.time())])
+        self._write(
+            "INSERT INTO preferences VALUES (?, ?, ?, ?, ?, ?)", [(fid, prompt, chosen, rejected, comment, time.time())]
+        )
 
     def counts(self) -> dict[str, int]:
         return {t: self._read(f"SELECT COUNT(*) FROM {t}")[0][0] for t in ("completions", "ratings", "preferences")}
 
     def preference_pairs(self) -> list[dict[str, str]]:
-        pairs = [{"prompt": p, "chosen": c, "rejected": r}
-                 for p, c, r in self._read("SELECT prompt, chosen, rejected FROM preferences ORDER BY created, id")]
+        pairs = [
+            {"prompt": p, "chosen": c, "rejected": r}
+            for p, c, r in self._read("SELECT prompt, chosen, rejected FROM preferences ORDER BY created, id")
+        ]
         rated = self._read(
             "SELECT c.prompt, c.completion, AVG(r.rating) FROM ratings r JOIN completions c "
             "ON c.id = r.completion_id AND c.choice_index = r.choice_index "
-            "GROUP BY r.completion_id, r.choice_index, c.prompt, c.completion ORDER BY MIN(r.created)")
+            "GROUP BY r.completion_id, r.choice_index, c.prompt, c.completion ORDER BY MIN(r.created)"
+        )
         by_prompt: dict[str, list[tuple[str, float]]] = defaultdict(list)
         for prompt, text, score in rated:
             by_prompt[prompt].append((text, score))
         for prompt, items in by_prompt.items():
             for i, (a, sa) in enumerate(items):
-                for b, sb in items[i + 1:]:
+                for b, sb in items[i + 1 :]:
                     if sa != sb and a != b:
                         chosen, rejected = (a, b) if sa > sb else (b, a)
                         pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})

@@ -107,7 +107,7 @@ class ServeFollower:
     published: int = 0
 
     @staticmethod
-    def start(cfg: ServeConfig, model_path: str, app_name: str = "policy") -> "ServeFollower":
+    def start(cfg: ServeConfig, model_path: str, app_name: str = "policy") -> ServeFollower:
         """Deploy the endpoint on `cfg.host:cfg.port` serving `model_path` (version 0) and
         return once a replica answers. Needs `ray.init` done (the controller's session)."""
         import ray

@@ -22,8 +22,15 @@ MAX_ERROR_MESSAGE = 512
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers
@@ -40,8 +47,13 @@ def store_unavailable(reason: str) -> APIError:
 def overloaded(limit: int) -> APIError:
     """503 for a replica that already holds `limit` requests (running + waiting for its engine).
     `Retry-After` tells clients (the openai client retries 503s) when to come back."""
-    return APIError(503, f"server overloaded: this replica already holds {limit} requests; retry shortly",
-                    "server_error", code="overloaded", headers={"retry-after": "1"})
+    return APIError(
+        503,
+        f"server overloaded: this replica already holds {limit} requests; retry shortly",
+        "server_error",
+        code="overloaded",
+        headers={"retry-after": "1"},
+    )
 
 
 def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -127,8 +139,9 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel:
         e = err.errors()[0]
         loc = ".".join(str(p) for p in e["loc"]) or "body"
         # `param` names the top-level field (the loc may end in union member tags like `str`).
-        raise APIError(422, f"{loc}: {e['msg']}", param=str(e["loc"][0]) if e["loc"] else None,
-                       code="invalid_type") from None
+        raise APIError(
+            422, f"{loc}: {e['msg']}", param=str(e["loc"][0]) if e["loc"] else None, code="invalid_type"
+        ) from None
 
 
 def parse_feedback(body: bytes) -> RatingFeedback | PreferenceFeedback:
@@ -142,8 +155,11 @@ def parse_feedback(body: bytes) -> RatingFeedback | PreferenceFeedback:
 
 def check_sampling(req: _Request, max_tokens_cap: int, max_n: int) -> None:
     """Value checks that need no tokenizer (400 each, naming the parameter)."""
-    mt = req.max_completion_tokens if isinstance(req, ChatRequest) and req.max_completion_tokens is not None \
+    mt = (
+        req.max_completion_tokens
+        if isinstance(req, ChatRequest) and req.max_completion_tokens is not None
         else req.max_tokens
+    )
     if mt is not None and mt <= 0:
         raise APIError(400, f"max_tokens must be >= 1 (got {mt})", param="max_tokens")
     if mt is not None and mt > max_tokens_cap:
@@ -176,7 +192,7 @@ def render_chat(messages: list[ChatMessage], tokenizer) -> str:
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         bos = tokenizer.bos_token
-        return text[len(bos):] if bos and text.startswith(bos) else text
+        return text[len(bos) :] if bos and text.startswith(bos) else text
     return "".join(SIMPLE_CHAT_TEMPLATE.format(**t) for t in turns) + "assistant:"
 
 
@@ -209,7 +225,7 @@ class StreamText:
             text = text[: len(text) - hold]
         if not text.startswith(self.sent):
             return ""  # a decode revised earlier text (rare); the rest is sent when it settles
-        piece, self.sent = text[len(self.sent):], text
+        piece, self.sent = text[len(self.sent) :], text
         return piece
 
 
@@ -223,21 +239,33 @@ def served_model(name: str, version: int) -> str:
 
 
 def completion_body(rid: str, model: str, texts: list[tuple[str, str]], usage: dict) -> dict:
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
-                        for i, (t, f) in enumerate(texts)],
-            "usage": usage}
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": f} for i, (t, f) in enumerate(texts)],
+        "usage": usage,
+    }
 
 
 def chat_body(rid: str, model: str, texts: list[tuple[str, str]], usage: dict) -> dict:
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                         "finish_reason": f} for i, (t, f) in enumerate(texts)],
-            "usage": usage}
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": f}
+            for i, (t, f) in enumerate(texts)
+        ],
+        "usage": usage,
+    }
 
 
-def stream_chunk(chat: bool, rid: str, model: str, index: int, text: str | None,
-                 finish_reason: str | None, first: bool = False) -> str:
+def stream_chunk(
+    chat: bool, rid: str, model: str, index: int, text: str | None, finish_reason: str | None, first: bool = False
+) -> str:
     """One server-sent event. Chat chunks carry `delta`; completion chunks carry `text`."""
     created = int(time.time())
     if chat:
@@ -254,14 +282,23 @@ def stream_chunk(chat: bool, rid: str, model: str, index: int, text: str | None,
 
 def usage_chunk(chat: bool, rid: str, model: str, usage: dict) -> str:
     """The `stream_options.include_usage` event: no choices, the request's token counts."""
-    obj = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
-           "model": model, "choices": [], "usage": usage}
+    obj = {
+        "id": rid,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
     return f"data: {json.dumps(obj)}\n\n"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 STREAM_DONE = "data: [DONE]\n\n"

@@ -52,10 +52,17 @@ class DeltaFeed:
         return await self.queue.get()
 
 
-async def sse_events(feed: DeltaFeed, decode: Callable[[list[int]], str], chat: bool, rid: str, model: str,
-                     num_choices: int, stop: str | list[str] | None,
-                     record: Callable[[list[tuple[str, str]]], Awaitable[None]],
-                     prompt_tokens: int | None = None) -> AsyncIterator[str]:
+async def sse_events(
+    feed: DeltaFeed,
+    decode: Callable[[list[int]], str],
+    chat: bool,
+    rid: str,
+    model: str,
+    num_choices: int,
+    stop: str | list[str] | None,
+    record: Callable[[list[tuple[str, str]]], Awaitable[None]],
+    prompt_tokens: int | None = None,
+) -> AsyncIterator[str]:
     """SSE chunks of `num_choices` choices, interleaved as their tokens arrive. `record` stores the
     final (text, finish_reason) of every choice before `[DONE]` is sent. With `prompt_tokens`
     (stream_options.include_usage) a usage chunk precedes `[DONE]`: the completion tokens are

@@ -5,8 +5,9 @@ answer) or `guess_number` (a multi-turn environment, rl_service/envs/).
 """
 
 from rl_service.config import TaskConfig
-from rl_service.tasks.addition import AdditionTask, Problem, PromptStream
+from rl_service.tasks.addition import AdditionTask, Problem
 from rl_service.tasks.guess_number import GuessNumberTask
+from rl_service.tasks.stream import PromptStream
 
 TASKS = {"addition": AdditionTask, "guess_number": GuessNumberTask}
 

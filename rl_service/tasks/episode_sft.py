@@ -4,7 +4,8 @@ episodes with an in-memory HF model (through the same `run_episodes` as the roll
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -41,20 +42,27 @@ class GreedyHF:
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     @torch.no_grad()
-    def generate_ids(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 0.0,
-                     top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
         assert temperature == 0, "GreedyHF is greedy only"
         width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)   # [B, P]
+        ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)  # [B, P]
         mask = torch.zeros_like(ids)
         for i, p in enumerate(prompt_ids):
-            ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+            ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
         new: list[torch.Tensor] = []
         logps: list[torch.Tensor] = []
         for _ in range(max_new_tokens):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
-            tok = logits.argmax(-1)                                                    # [B]
+            tok = logits.argmax(-1)  # [B]
             new.append(tok)
             logps.append(logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1))
             ids, mask = torch.cat([ids, tok[:, None]], 1), torch.cat([mask, torch.ones_like(tok)[:, None]], 1)
@@ -62,8 +70,13 @@ class GreedyHF:
         out = []
         for p, row, row_lp in zip(prompt_ids, gen, lp):
             toks, reason = cut_at_eos(row, self.eos_id)
-            c = Completion(prompt_ids=tuple(p), token_ids=tuple(toks), logprobs=tuple(row_lp[: len(toks)]),
-                           text=self.tokenizer.decode(toks, skip_special_tokens=True), finish_reason=reason)
+            c = Completion(
+                prompt_ids=tuple(p),
+                token_ids=tuple(toks),
+                logprobs=tuple(row_lp[: len(toks)]),
+                text=self.tokenizer.decode(toks, skip_special_tokens=True),
+                finish_reason=reason,
+            )
             out.append([c] * n)
         return out
 
@@ -72,8 +85,14 @@ def greedy_success_rate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], m
     """Share of `prompts` (env episodes) the greedy policy solves."""
     was_training = model.training
     model.eval()
-    groups = run_episodes(GreedyHF(model, tokenizer), tokenizer, [p.metadata for p in prompts], n=1,
-                          max_new_tokens=max_new_tokens, max_tokens=model.config.max_position_embeddings,
-                          temperature=0.0)
+    groups = run_episodes(
+        GreedyHF(model, tokenizer),
+        tokenizer,
+        [p.metadata for p in prompts],
+        n=1,
+        max_new_tokens=max_new_tokens,
+        max_tokens=model.config.max_position_embeddings,
+        temperature=0.0,
+    )
     model.train(was_training)
     return sum(g[0].summary()["env_success"] for g in groups) / max(len(groups), 1)

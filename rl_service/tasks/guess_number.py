@@ -15,7 +15,8 @@ hit it. With a range this small every secret appears in both sets: held-out here
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rl_service.config import TaskConfig
 from rl_service.envs import ENV_KEY, ENV_KWARGS_KEY, ENV_SEED_KEY, GuessNumberEnv
@@ -34,8 +35,12 @@ class GuessNumberTask:
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
-        self.env_kwargs: dict[str, Any] = {"low": cfg.guess_low, "high": cfg.guess_high,
-                                           "max_turns": cfg.max_turns, "turn_penalty": cfg.turn_penalty}
+        self.env_kwargs: dict[str, Any] = {
+            "low": cfg.guess_low,
+            "high": cfg.guess_high,
+            "max_turns": cfg.max_turns,
+            "turn_penalty": cfg.turn_penalty,
+        }
         eval_seeds = random.Random(f"guess_number/eval/{cfg.seed}").sample(range(_SEED_SPACE), cfg.num_eval)
         self._eval_seeds = frozenset(eval_seeds)
         self.eval_prompts: list[Prompt] = [self.make_prompt(s, -1 - i) for i, s in enumerate(eval_seeds)]
@@ -55,8 +60,11 @@ class GuessNumberTask:
 
     def make_prompt(self, env_seed: int, prompt_id: int) -> Prompt:
         text = self.new_env().reset(env_seed)
-        return Prompt(prompt_id=prompt_id, text=text,
-                      metadata={ENV_KEY: ENV_NAME, ENV_SEED_KEY: int(env_seed), ENV_KWARGS_KEY: dict(self.env_kwargs)})
+        return Prompt(
+            prompt_id=prompt_id,
+            text=text,
+            metadata={ENV_KEY: ENV_NAME, ENV_SEED_KEY: int(env_seed), ENV_KWARGS_KEY: dict(self.env_kwargs)},
+        )
 
     def naive_episode(self, env_seed: int, rng: random.Random) -> list[tuple[str, str]]:
         """The warm start's play: [(guess, observation), ...] with uniform guesses in range,
@@ -79,8 +87,9 @@ class GuessNumberTask:
             texts.append(self.new_env().reset(seed) + "".join(g + o for g, o in self.naive_episode(seed, rng)))
         return texts
 
-    def transcript_ids(self, tokenizer: Any, env_seed: int,
-                       turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    def transcript_ids(
+        self, tokenizer: Any, env_seed: int, turns: list[tuple[str, str]]
+    ) -> tuple[list[int], list[int]]:
         """Token ids of a played episode, built the way the rollout builds them (prompt with BOS,
         each guess + EOS, each non-terminal observation tokenised alone) and a 0/1 mask of the
         policy's tokens. -> (ids, policy_mask), same length."""
@@ -98,9 +107,12 @@ class GuessNumberTask:
     def probe_sequences(self, tokenizer: Any, count: int) -> list[list[int]]:
         """Fixed multi-turn token sequences (held-out episodes, naive play) for weight-sync checks."""
         rng = random.Random(f"guess_number/probe/{self.cfg.seed}")
-        return [self.transcript_ids(tokenizer, p.metadata[ENV_SEED_KEY],
-                                    self.naive_episode(p.metadata[ENV_SEED_KEY], rng))[0]
-                for p in self.eval_prompts[:count]]
+        return [
+            self.transcript_ids(tokenizer, p.metadata[ENV_SEED_KEY], self.naive_episode(p.metadata[ENV_SEED_KEY], rng))[
+                0
+            ]
+            for p in self.eval_prompts[:count]
+        ]
 
     # SFT warm start hooks (models/sft.py), torch imported only here.
     def sft_batch(self, tokenizer: Any, rng: random.Random, batch_size: int):

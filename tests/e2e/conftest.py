@@ -32,8 +32,14 @@ def serve_port():
     from ray import serve
 
     tmp = tempfile.mkdtemp(prefix="rls-e2e-", dir="/tmp")
-    ray.init(num_cpus=4, _temp_dir=tmp, _node_ip_address="127.0.0.1", include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1")
+    ray.init(
+        num_cpus=4,
+        _temp_dir=tmp,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
+    )
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

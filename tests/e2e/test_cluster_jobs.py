@@ -18,15 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from rl_service import jobs, local_cluster
+from rl_service.infra import jobs, local_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rl_service.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "rl_service.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def wandb_history(path: Path) -> list[dict]:
@@ -40,8 +46,8 @@ def wandb_history(path: Path) -> list[dict]:
         if 32768 - pos % 32768 < 7:
             pos += 32768 - pos % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4) and buf:
             rec = pb.Record()
@@ -83,8 +89,10 @@ def cluster():
 
 def test_errors_are_one_line_exit_2(cluster):
     st, _ = cluster
-    for env, words in (({"RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": "/nonexistent"}, "none was found"),
-                       ({"RAY_AUTH_TOKEN": "not-the-token"}, "rejected the auth token")):
+    for env, words in (
+        ({"RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": "/nonexistent"}, "none was found"),
+        ({"RAY_AUTH_TOKEN": "not-the-token"}, "rejected the auth token"),
+    ):
         r = cli("list", "--address", st["dashboard_url"], env=env)
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = cli("status", "raysubmit_nope", "--address", st["dashboard_url"])
@@ -97,9 +105,18 @@ def test_submit_tiny_run_to_succeeded(cluster, tmp_path):
     st, env = cluster
     out = REPO / ".tmp" / "cluster" / "jobs-out" / uuid.uuid4().hex[:6]
     wandb_dir = out / "wandb-dir"
-    r = cli("submit", "configs/ci/tiny.yaml", "train.steps=2", "tracking.wandb=true", f"run_root={out}",
-            f"model.cache_dir={REPO / '.cache' / 'test-models'}", "--no-wait",
-            "--env", f"WANDB_DIR={wandb_dir}", env=env)  # address from the cluster state file
+    r = cli(
+        "submit",
+        "configs/ci/tiny.yaml",
+        "train.steps=2",
+        "tracking.wandb=true",
+        f"run_root={out}",
+        f"model.cache_dir={REPO / '.cache' / 'test-models'}",
+        "--no-wait",
+        "--env",
+        f"WANDB_DIR={wandb_dir}",
+        env=env,
+    )  # address from the cluster state file
     assert r.returncode == 0, r.stderr
     sid = r.stdout.strip().splitlines()[-1]
     assert sid.startswith("raysubmit_")
@@ -122,9 +139,13 @@ def test_submit_tiny_run_to_succeeded(cluster, tmp_path):
     # Prometheus: the project's gauges during the run, counters with the final totals.
     for node in st["nodes"]:
         seen.update(scrape(node["metrics_url"]))
-    for name in ("ray_rl_service_reward_mean", "ray_rl_service_perf_tokens_per_s",
-                 "ray_rl_service_queue_prompts_depth", "ray_rl_service_policy_lag_mean",
-                 "ray_rl_service_samples_dropped_invalid"):
+    for name in (
+        "ray_rl_service_reward_mean",
+        "ray_rl_service_perf_tokens_per_s",
+        "ray_rl_service_queue_prompts_depth",
+        "ray_rl_service_policy_lag_mean",
+        "ray_rl_service_samples_dropped_invalid",
+    ):
         assert name in seen, f"{name} never appeared; saw {sorted(seen)}"
     assert seen["ray_rl_service_steps_total"] == 2
     assert seen["ray_rl_service_samples_trained"] in (16 * 4, 2 * 16 * 4)  # prompts x samples per step
@@ -132,7 +153,7 @@ def test_submit_tiny_run_to_succeeded(cluster, tmp_path):
 
     # W&B offline run: one history row per step with the step's metrics, id kept in the run dir.
     run_dir = out / "ci-tiny"
-    metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     (log,) = list(wandb_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
     rows = {r["_step"]: r for r in wandb_history(log)}
@@ -147,8 +168,16 @@ def test_submit_tiny_run_to_succeeded(cluster, tmp_path):
 
 def test_stop_a_running_job(cluster):
     st, env = cluster
-    r = cli("submit", "configs/ci/tiny.yaml", "train.steps=50", f"run_root={REPO / '.tmp' / 'cluster' / 'jobs-out'}",
-            "name=stop-me", "--no-wait", "--address", st["dashboard_url"])
+    r = cli(
+        "submit",
+        "configs/ci/tiny.yaml",
+        "train.steps=50",
+        f"run_root={REPO / '.tmp' / 'cluster' / 'jobs-out'}",
+        "name=stop-me",
+        "--no-wait",
+        "--address",
+        st["dashboard_url"],
+    )
     assert r.returncode == 0, r.stderr
     sid = r.stdout.strip().splitlines()[-1]
     client = jobs.connect(st["dashboard_url"])

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl_service import local_cluster
-from rl_service.local_cluster import NodeSpec, parse_node
+from rl_service.infra import local_cluster
+from rl_service.infra.local_cluster import NodeSpec, parse_node
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_parse_node():
 
 def test_wandb_run_id_is_kept_so_a_resumed_run_continues(tmp_path, monkeypatch):
     from rl_service.config import load_config
-    from rl_service.tracking import RunTracker
+    from rl_service.tracking.run import RunTracker
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_DIR", raising=False)

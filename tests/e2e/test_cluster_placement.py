@@ -1,6 +1,6 @@
 """Placement on a multi-node loopback cluster: head labelled `reward`, one node labelled
 `rollout`, one `learner` (custom resources). Rollout workers, scorers and learners are made
-by rl_service/placement.py from config alone (resources.custom) and must land on the nodes
+by rl_service/infra/placement.py from config alone (resources.custom) and must land on the nodes
 labelled for them; rollout.num_workers 1 -> 2 adds a worker with no code change. Learners
 are gang scheduled in one placement group."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rl_service import local_cluster
-from rl_service.local_cluster import NodeSpec
+from rl_service.infra import local_cluster
+from rl_service.infra.local_cluster import NodeSpec
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 PROBE = r"""
 import json, sys, ray
 from ray.util.state import list_actors
-from rl_service import placement
+from rl_service.infra import placement
 from rl_service.config import load_config
 from rl_service.models.build import ensure_model
 
@@ -36,10 +36,12 @@ ray.init(address=sys.argv[1], logging_level="ERROR")
 learners, pg = placement.make_learners(cfg, model)
 workers, scorers = placement.make_rollout_workers(cfg, model), placement.make_scorers(cfg)
 ray.get([a.__ray_ready__.remote() for a in workers + scorers + learners], timeout=240)
-nodes = {n["NodeID"]: sorted(k for k in n["Resources"] if k in ("rollout", "reward", "learner")) for n in ray.nodes() if n["Alive"]}
+roles = ("rollout", "reward", "learner")
+nodes = {n["NodeID"]: sorted(k for k in n["Resources"] if k in roles) for n in ray.nodes() if n["Alive"]}
 actors = {a.name: a.node_id for a in list_actors(address=sys.argv[2], filters=[("state", "=", "ALIVE")]) if a.name}
 pg_table = ray.util.placement_group_table(pg)
-print("RESULT " + json.dumps({"nodes": nodes, "actors": actors, "pg_state": pg_table["state"], "pg_strategy": pg_table["strategy"]}))
+result = {"nodes": nodes, "actors": actors, "pg_state": pg_table["state"], "pg_strategy": pg_table["strategy"]}
+print("RESULT " + json.dumps(result))
 for a in workers + scorers + learners:
     ray.kill(a)
 placement.release(pg)
@@ -55,16 +57,27 @@ def labelled_cluster():
 
 
 def probe(st: dict, overrides: list[str]) -> dict:
-    overrides = ["rollout.engine=hf", f"model.cache_dir={REPO / '.cache' / 'test-models'}",
-                 "rollout.resources.custom={rollout: 1}", "reward.resources.custom={reward: 1}",
-                 "learner.resources.custom={learner: 1}", *overrides]
+    overrides = [
+        "rollout.engine=hf",
+        f"model.cache_dir={REPO / '.cache' / 'test-models'}",
+        "rollout.resources.custom={rollout: 1}",
+        "reward.resources.custom={reward: 1}",
+        "learner.resources.custom={learner: 1}",
+        *overrides,
+    ]
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    r = subprocess.run([sys.executable, "-c", PROBE, st["gcs_address"], st["dashboard_url"], *overrides], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
-    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, st["gcs_address"], st["dashboard_url"], *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert r.returncode == 0 and line, r.stdout[-2000:] + r.stderr[-4000:]
-    return json.loads(line[0][len("RESULT "):])
+    return json.loads(line[0][len("RESULT ") :])
 
 
 @pytest.mark.parametrize("num_workers", [1, 2])

@@ -30,8 +30,17 @@ def app(serve_port, tiny_model_dir, tmp_path_factory):
     from rl_service.serving.app import build_app
 
     db = tmp_path_factory.mktemp("api") / "feedback.sqlite"
-    cfg = ServeConfig(port=serve_port, engine="vllm", api_key=KEY, max_tokens=CAP, default_max_tokens=8,
-                      max_body_bytes=16384, max_ongoing_requests=1, max_queued_requests=2, feedback_db=str(db))
+    cfg = ServeConfig(
+        port=serve_port,
+        engine="vllm",
+        api_key=KEY,
+        max_tokens=CAP,
+        default_max_tokens=8,
+        max_body_bytes=16384,
+        max_ongoing_requests=1,
+        max_queued_requests=2,
+        feedback_db=str(db),
+    )
     handle = serve.run(build_app(cfg, str(tiny_model_dir)), name="api", route_prefix="/")
     yield handle, f"http://127.0.0.1:{serve_port}"
     serve.delete("api")
@@ -78,8 +87,7 @@ def test_completion_greedy_matches_engine_and_reports_version(client, hf):
 
 def test_completion_stream_equals_non_stream(client):
     full = client.completions.create(model="policy", prompt="7+8=", max_tokens=10, temperature=0)
-    chunks = list(client.completions.create(model="policy", prompt="7+8=", max_tokens=10, temperature=0,
-                                            stream=True))
+    chunks = list(client.completions.create(model="policy", prompt="7+8=", max_tokens=10, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == full.choices[0].text
     assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
     assert {c.model for c in chunks} == {"policy@v0"} and len({c.id for c in chunks}) == 1
@@ -114,8 +122,9 @@ def test_chat_and_chat_stream(client, hf):
     resp = client.chat.completions.create(model="policy", messages=messages, max_tokens=6, temperature=0)
     assert resp.choices[0].message.role == "assistant" and resp.choices[0].message.content == expected
     assert resp.model == "policy@v0"
-    chunks = list(client.chat.completions.create(model="policy", messages=messages, max_tokens=6, temperature=0,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model="policy", messages=messages, max_tokens=6, temperature=0, stream=True)
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
@@ -134,8 +143,16 @@ def test_stream_include_usage_sends_the_non_stream_usage_last(client):
     assert all(c.choices and c.usage is None for c in plain)
     messages = [{"role": "user", "content": "5+5="}]
     chat_full = client.chat.completions.create(model="policy", messages=messages, max_tokens=6, temperature=0)
-    chat = list(client.chat.completions.create(model="policy", messages=messages, max_tokens=6, temperature=0,
-                                               stream=True, stream_options={"include_usage": True}))
+    chat = list(
+        client.chat.completions.create(
+            model="policy",
+            messages=messages,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chat[-1].choices == [] and chat[-1].usage.model_dump() == chat_full.usage.model_dump()
 
 
@@ -160,8 +177,11 @@ BAD_INPUTS = [
     ({"model": "policy", "prompt": "1+1=", "stream": "yes"}, 422, "stream"),
     ({"model": "policy", "prompt": "1+1=", "temperature": "hot"}, 422, "temperature"),
     ({"model": "policy", "prompt": "1+1=", "stream_options": {"include_usage": True}}, 400, "stream_options"),
-    ({"model": "policy", "prompt": "1+1=", "stream": True, "stream_options": {"include_usage": 1}}, 422,
-     "stream_options"),
+    (
+        {"model": "policy", "prompt": "1+1=", "stream": True, "stream_options": {"include_usage": 1}},
+        422,
+        "stream_options",
+    ),
     ({"prompt": "1+1="}, 422, "model"),
     ([1, 2, 3], 422, None),
 ]
@@ -186,14 +206,19 @@ def test_bad_chat_and_raw_bodies(app):
         (json.dumps({"model": "policy", "messages": "hi"}).encode(), 422),
         (json.dumps({"model": "policy", "messages": []}).encode(), 422),
         (json.dumps({"model": "policy", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 422),
-        (json.dumps({"model": "policy", "messages": [{"role": "user", "content": "x"}],
-                     "max_completion_tokens": 0}).encode(), 400),
+        (
+            json.dumps(
+                {"model": "policy", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}
+            ).encode(),
+            400,
+        ),
         (b'{"model": "policy", "prompt": "' + b"9" * (10 * 2**20) + b'"}', 413),  # 10 MB body
     ]
     for body, status in cases:
         path = "/v1/completions" if b'"prompt"' in body[:40] else "/v1/chat/completions"
-        r = httpx.post(f"{app[1]}{path}", content=body, headers={**auth, "content-type": "application/json"},
-                       timeout=60)
+        r = httpx.post(
+            f"{app[1]}{path}", content=body, headers={**auth, "content-type": "application/json"}, timeout=60
+        )
         assert r.status_code == status, (body[:80], r.text)
         assert set(r.json()["error"]) == {"message", "type", "param", "code"} and len(r.content) < 1024
     assert generations(app) == before
@@ -242,8 +267,11 @@ def test_overload_is_rejected_not_queued_without_bound(app):
     assert stats["peak_admitted"] == 3 and stats["peak_active"] == 1, stats
     assert stats["overloaded"] - before["overloaded"] == len(errors)
     assert stats["admitted"] == 0  # every admission, streamed or not, was released
-    ok = httpx.post(f"{app[1]}/v1/completions", json={"model": "policy", "prompt": "1+1="},
-                    headers={"Authorization": f"Bearer {KEY}"})
+    ok = httpx.post(
+        f"{app[1]}/v1/completions",
+        json={"model": "policy", "prompt": "1+1="},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert ok.status_code == 200  # recovers once the burst is over
 
 

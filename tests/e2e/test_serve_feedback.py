@@ -1,4 +1,4 @@
-"""Feedback durability through the real CLI: `python -m rl_service.serving.cli serve` as a
+"""Feedback durability through the real CLI: `python -m rl_service.cli serve` as a
 subprocess, acknowledged feedback writes, kill -9 of the server and every process under it
 (driver, raylet, GCS, proxy, replica), restart on the same database, all rows present;
 then `feedback export` writes {prompt, chosen, rejected} lines.
@@ -43,9 +43,26 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if k != "RL_SERVICE_API_KEY"}
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rl_service.serving.cli", "serve", "--checkpoint", str(model_dir),
-             "--port", str(self.port), "--api-key", KEY, "--config", str(cfg_path)],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "rl_service.cli",
+                "serve",
+                "--checkpoint",
+                str(model_dir),
+                "--port",
+                str(self.port),
+                "--api-key",
+                KEY,
+                "--config",
+                str(cfg_path),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout_s: float = 240) -> None:
         deadline = time.monotonic() + timeout_s
@@ -124,6 +141,7 @@ class PostgresProcess:
         # `make install` installs the postgres extra: a missing package fails here, never skips.
         import pgserver
         import psycopg  # noqa: F401
+
         bin_dir = Path(pgserver.__file__).parent / "pginstall" / "bin"
         # Under the repo's .tmp (pytest's own temp dirs are 0700: `nobody` could not enter them).
         self.root = Path(tempfile.mkdtemp(prefix="pg-", dir=REPO / ".tmp"))
@@ -134,8 +152,13 @@ class PostgresProcess:
         if os.geteuid() == 0:
             os.chown(self.data, 65534, 65534)
             run_as = {"user": "nobody", "group": 65534, "extra_groups": []}
-        subprocess.run([bin_dir / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                        "--no-sync"], check=True, capture_output=True, timeout=120, **run_as)
+        subprocess.run(
+            [bin_dir / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            **run_as,
+        )
         self.port = free_port()
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/feedback"
         self.log = open(self.root / "postgres.log", "ab")
@@ -146,9 +169,13 @@ class PostgresProcess:
     def start(self) -> None:
         """(Re)start the server on the same data directory and port."""
         # fsync stays on (the default): a commit is acknowledged once it is durable.
-        self.proc = subprocess.Popen([self.bin_dir / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p",
-                                      str(self.port), "-k", self.data], stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, **self.run_as)
+        self.proc = subprocess.Popen(
+            [self.bin_dir / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p", str(self.port), "-k", self.data],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **self.run_as,
+        )
         self._admin("SELECT 1")
 
     def shutdown(self) -> None:
@@ -181,8 +208,12 @@ class PostgresProcess:
         import psycopg
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return len(conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                    "WHERE datname = 'feedback' AND pid <> pg_backend_pid()").fetchall())
+            return len(
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = 'feedback' AND pid <> pg_backend_pid()"
+                ).fetchall()
+            )
 
     def rows(self, sql: str, args: tuple = ()) -> list[tuple]:
         import psycopg
@@ -236,8 +267,9 @@ def test_feedback_survives_kill9_and_exports(backend, servers, tiny_model_dir, t
     ratings = [1.0, 0.0, 0.5]
     acked = {"ratings": [], "preferences": []}
     for i, rating in enumerate(ratings):
-        r = httpx.post(f"{s1.url}/v1/feedback", headers=auth,
-                       json={"completion_id": resp.id, "choice_index": i, "rating": rating})
+        r = httpx.post(
+            f"{s1.url}/v1/feedback", headers=auth, json={"completion_id": resp.id, "choice_index": i, "rating": rating}
+        )
         assert r.status_code == 200 and r.json()["stored"] is True
         acked["ratings"].append(r.json()["id"])
     prefs = [{"prompt": f"{a}+{a}=", "chosen": str(2 * a), "rejected": str(2 * a + 1)} for a in range(5)]
@@ -269,8 +301,10 @@ def test_feedback_survives_kill9_and_exports(backend, servers, tiny_model_dir, t
 
     stored_ratings = {row[0] for row in rows("SELECT id FROM ratings")}
     stored_prefs = {row[0] for row in rows("SELECT id FROM preferences")}
-    completions = rows("SELECT choice_index, completion, policy_version FROM completions "
-                       "WHERE id = ? ORDER BY choice_index", (resp.id,))
+    completions = rows(
+        "SELECT choice_index, completion, policy_version FROM completions WHERE id = ? ORDER BY choice_index",
+        (resp.id,),
+    )
     assert set(acked["ratings"]) <= stored_ratings and len(stored_ratings) == 4 + (pg is not None)
     assert stored_prefs == set(acked["preferences"])
     assert [(i, t, 0) for i, t in enumerate(texts)] == completions
@@ -278,8 +312,13 @@ def test_feedback_survives_kill9_and_exports(backend, servers, tiny_model_dir, t
 
     out = tmp_path / "prefs.jsonl"
     source = ["--config", str(cfg)] if pg else ["--db", str(db)]  # export reads serve.feedback_dsn
-    done = subprocess.run([sys.executable, "-m", "rl_service.serving.cli", "feedback", "export", "--out", str(out),
-                           *source], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "rl_service.cli", "feedback", "export", "--out", str(out), *source],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(set(line) == {"prompt", "chosen", "rejected"} for line in lines)
@@ -287,9 +326,13 @@ def test_feedback_survives_kill9_and_exports(backend, servers, tiny_model_dir, t
     # Rated choices of one prompt become pairs (choice 0 averages 1.0 and 0.25 -> 0.625;
     # with PostgreSQL also 0.75 -> 0.667).
     means = [0.625 if pg is None else 2.0 / 3.0, 0.0, 0.5]
-    expected = {(texts[i] if means[i] > means[j] else texts[j], texts[j] if means[i] > means[j] else texts[i])
-                for i in range(3) for j in range(i + 1, 3) if texts[i] != texts[j]}
-    assert {(line["chosen"], line["rejected"]) for line in lines[len(prefs):]} == expected
+    expected = {
+        (texts[i] if means[i] > means[j] else texts[j], texts[j] if means[i] > means[j] else texts[i])
+        for i in range(3)
+        for j in range(i + 1, 3)
+        if texts[i] != texts[j]
+    }
+    assert {(line["chosen"], line["rejected"]) for line in lines[len(prefs) :]} == expected
 
 
 def test_postgres_store_reconnects_after_a_dropped_connection(postgres) -> None:
@@ -307,6 +350,7 @@ def test_postgres_store_reconnects_after_a_dropped_connection(postgres) -> None:
         assert store.counts()["preferences"] == 2
         # p3 committed by someone else's connection: the store's retry after a cut must not fail on it.
         import psycopg
+
         with psycopg.connect(postgres.dsn) as conn:
             conn.execute("INSERT INTO preferences VALUES ('p3', '3+3=', '6', '7', NULL, 0)")
         postgres.cut_connections()

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 
 from rl_service.config import RolloutConfig, ServeConfig
 from rl_service.rollout.engine import make_engine
+from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
 from rl_service.serving.follow import ServeFollower, VersionBoard
 from rl_service.types import PolicyVersion
-from rl_service.weight_sync import state_dict_bytes, state_dict_checksum
 
 PROMPT = "12+34="
 
@@ -37,16 +37,21 @@ def follower(serve_port, tiny_model_dir):
 def perturbed(tiny_model_dir) -> dict[str, torch.Tensor]:
     sd = load_file(str(tiny_model_dir / "model.safetensors"))
     gen = torch.Generator().manual_seed(0)
-    return {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=gen) if v.ndim == 2 else v.clone()
-            for k, v in sd.items()}
+    return {
+        k: v + 0.5 * v.std() * torch.randn(v.shape, generator=gen) if v.ndim == 2 else v.clone() for k, v in sd.items()
+    }
 
 
 def publish_meta(version: int, sd, engine) -> PolicyVersion:
     probes = [engine.tokenizer(t)["input_ids"] for t in ("12+34=46", "7+8=15")]
     engine.load_weights(sd, version)
-    return PolicyVersion(version=version, checksum=state_dict_checksum(sd), num_bytes=state_dict_bytes(sd),
-                         probe_ids=tuple(tuple(p) for p in probes),
-                         probe_logprobs=tuple(tuple(x) for x in engine.score(probes)))
+    return PolicyVersion(
+        version=version,
+        checksum=state_dict_checksum(sd),
+        num_bytes=state_dict_bytes(sd),
+        probe_ids=tuple(tuple(p) for p in probes),
+        probe_logprobs=tuple(tuple(x) for x in engine.score(probes)),
+    )
 
 
 def test_hot_swap_in_place_keeps_streams(follower, serve_port, tiny_model_dir):
@@ -65,8 +70,9 @@ def test_hot_swap_in_place_keeps_streams(follower, serve_port, tiny_model_dir):
     stats_before = follower.handle.stats.remote().result()
 
     # A stream opened (and partly read) before the swap ...
-    stream = client.completions.create(model="policy", prompt=[PROMPT, "7+8="], n=4, max_tokens=16,
-                                       temperature=1.0, seed=1, stream=True)
+    stream = client.completions.create(
+        model="policy", prompt=[PROMPT, "7+8="], n=4, max_tokens=16, temperature=1.0, seed=1, stream=True
+    )
     first = next(iter(stream))
     assert follower.on_version(1, ray.put(new_sd), meta) is True
     t0 = time.perf_counter()

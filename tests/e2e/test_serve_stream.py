@@ -72,8 +72,9 @@ def gated(serve_port, tiny_model_dir, tmp_path_factory):
 
     cfg = ServeConfig(port=serve_port, engine="vllm", feedback_db=str(tmp / "feedback.sqlite"))
     deployment = serve.deployment(GatedServer, name="GatedPolicyServer", ray_actor_options={"num_cpus": 0})
-    handle = serve.run(deployment.bind(cfg.model_dump(), str(tiny_model_dir), replica_env(), None),
-                       name="stream", route_prefix="/")
+    handle = serve.run(
+        deployment.bind(cfg.model_dump(), str(tiny_model_dir), replica_env(), None), name="stream", route_prefix="/"
+    )
     yield handle, f"http://127.0.0.1:{serve_port}", gate
     serve.delete("stream")
 

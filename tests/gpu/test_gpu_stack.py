@@ -11,8 +11,7 @@ import socket
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def _free_port() -> int:
@@ -26,8 +25,8 @@ def test_nccl_learner_step_and_verified_sync_into_cuda_hf_engine(tiny_model_dir)
     from rl_service.learner.learner import Learner
     from rl_service.reward.functions import addition_exact
     from rl_service.rollout.engine import HFEngine
-    from rl_service.types import ScoredBatch, Sample
-    from rl_service.weight_sync import max_probe_diff, state_dict_checksum
+    from rl_service.rollout.weight_sync import max_probe_diff, state_dict_checksum
+    from rl_service.types import Sample, ScoredBatch
 
     engine = HFEngine(str(tiny_model_dir), device="cuda", seed=0)
     prompts = [f"{a}+{b}=" for a, b in [(12, 30), (7, 8), (45, 45), (99, 1)]]
@@ -36,13 +35,32 @@ def test_nccl_learner_step_and_verified_sync_into_cuda_hf_engine(tiny_model_dir)
     for pid, (p, group) in enumerate(zip(prompts, outs)):
         a, b = p[:-1].split("+")
         for k, c in enumerate(group):
-            samples.append(Sample(f"{pid}/{k}", pid, p, c.prompt_ids, c.token_ids, c.logprobs, c.text, 0,
-                                  c.finish_reason, {"answer": str(int(a) + int(b))}))
+            samples.append(
+                Sample(
+                    f"{pid}/{k}",
+                    pid,
+                    p,
+                    c.prompt_ids,
+                    c.token_ids,
+                    c.logprobs,
+                    c.text,
+                    0,
+                    c.finish_reason,
+                    {"answer": str(int(a) + int(b))},
+                )
+            )
             rewards.append(addition_exact(p, c.text, answer=str(int(a) + int(b))) + 0.1 * len(c.text))
     batch = ScoredBatch(0, tuple(samples), tuple(rewards), (), 0, 0.0, 0.0)
 
-    learner = Learner(LearnerConfig(num_workers=1, backend="nccl", resources={"num_gpus": 1}, lr=1e-3),
-                      str(tiny_model_dir), 0, 1, "127.0.0.1", _free_port(), seed=0)
+    learner = Learner(
+        LearnerConfig(num_workers=1, backend="nccl", resources={"num_gpus": 1}, lr=1e-3),
+        str(tiny_model_dir),
+        0,
+        1,
+        "127.0.0.1",
+        _free_port(),
+        seed=0,
+    )
     info = learner.setup()
     assert info["backend"] == "nccl" and info["device"].startswith("cuda")
     try:

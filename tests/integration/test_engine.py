@@ -72,12 +72,14 @@ def _rescored(engine, groups: list[list[Completion]]) -> tuple[list[list[float]]
     """(reported logprobs, `engine.score` of the same tokens after the same prompt)."""
     comps = [c for g in groups for c in g]
     scored = engine.score([list(c.prompt_ids + c.token_ids) for c in comps])
-    return [list(c.logprobs) for c in comps], [s[len(c.prompt_ids) - 1:] for s, c in zip(scored, comps)]
+    return [list(c.logprobs) for c in comps], [s[len(c.prompt_ids) - 1 :] for s, c in zip(scored, comps)]
 
 
 def test_engine_module_imports_neither_vllm_nor_transformers():
-    code = ("import sys, rl_service.rollout.engine; "
-            "bad = [m for m in ('vllm', 'transformers') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, rl_service.rollout.engine; "
+        "bad = [m for m in ('vllm', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -118,8 +120,9 @@ def test_vllm_and_hf_agree_fp32(vllm_engine, hf_engine, probe_seqs):
     assert _max_diff(reported, hf_scored) < TOL
     assert _max_diff(vllm_engine.score(probe_seqs), hf_engine.score(probe_seqs)) < TOL
     # Same weights, same greedy completions.
-    assert [g[0].token_ids for g in vllm_engine.generate(PROMPTS, 1, 8, temperature=0)] == \
-        [g[0].token_ids for g in hf_engine.generate(PROMPTS, 1, 8, temperature=0)]
+    assert [g[0].token_ids for g in vllm_engine.generate(PROMPTS, 1, 8, temperature=0)] == [
+        g[0].token_ids for g in hf_engine.generate(PROMPTS, 1, 8, temperature=0)
+    ]
 
 
 @pytest.mark.parametrize("temperature,top_p", [(0.5, 1.0), (1.7, 0.8)])
@@ -134,7 +137,7 @@ def test_logprobs_are_raw_at_any_temperature(vllm_engine, hf_engine, temperature
             processed = []
             for c in comps:
                 ids = torch.tensor([c.prompt_ids + c.token_ids])
-                logits = hf_engine.model(input_ids=ids).logits[0, len(c.prompt_ids) - 1:-1]
+                logits = hf_engine.model(input_ids=ids).logits[0, len(c.prompt_ids) - 1 : -1]
                 lp = (logits / temperature).log_softmax(-1)
                 processed.append(lp.gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0].tolist())
         assert _max_diff(reported, processed) > 1e-2, type(engine).__name__
@@ -222,7 +225,7 @@ def test_hf_stream_sampled_is_reproducible_and_raw_logprobs(hf_engine):
     assert a == b and len({tuple(s["ids"]) for s in a}) > 1
     prompt_ids = [hf_engine.tokenizer(p)["input_ids"] for p in PROMPTS for _ in range(3)]
     scored = hf_engine.score([ids + s["ids"] for ids, s in zip(prompt_ids, a)])  # raw, temperature-1
-    assert _max_diff([s["logprobs"] for s in a], [sc[len(ids) - 1:] for sc, ids in zip(scored, prompt_ids)]) < TOL
+    assert _max_diff([s["logprobs"] for s in a], [sc[len(ids) - 1 :] for sc, ids in zip(scored, prompt_ids)]) < TOL
 
 
 @pytest.mark.parametrize("which", ["vllm_engine", "hf_engine"])

@@ -3,7 +3,7 @@
 Three runs of configs/ci/tiny.yaml (lag 0, so a run is deterministic and comparable):
 
     U   uninterrupted, 5 steps
-    F   the same run with four faults ($RL_SERVICE_FAULT, rl_service/faults.py), one per step:
+    F   the same run with four faults ($RL_SERVICE_FAULT, rl_service/testing/faults.py), one per step:
           step 2  kill_rollout:3   the only rollout worker SIGKILLs itself generating batch 3
                                    (at policy version 1: its replacement must load version 1)
           step 3  kill_scorer:4    the only reward scorer SIGKILLs itself holding batch 4
@@ -29,20 +29,40 @@ from pathlib import Path
 
 import pytest
 
-from rl_service import checkpoint
+from rl_service.controller import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = f"{Path(__file__).parent / 'partial_credit.py'}:leading_digits"
 STEPS = 5
 
 
-def _train(run_root: Path, name: str, model_dir: Path, *extra: str, fault: str = "",
-           ) -> tuple[subprocess.CompletedProcess, float]:
+def _train(
+    run_root: Path,
+    name: str,
+    model_dir: Path,
+    *extra: str,
+    fault: str = "",
+) -> tuple[subprocess.CompletedProcess, float]:
     # 1-digit task with 52 eval problems: 48 training prompts, one data epoch = 3 steps of 16.
-    args = [sys.executable, "-m", "rl_service.cli", "train", str(ROOT / "configs/ci/tiny.yaml"),
-            f"name={name}", f"run_root={run_root}", f"model.path={model_dir}", f"train.steps={STEPS}",
-            "train.max_policy_lag=0", "train.checkpoint_every=2", "task.digits=1", "task.num_eval=52",
-            "rollout.num_workers=1", "tracking.ray_metrics=false", f"reward.fn={PLUGIN}", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "rl_service.cli",
+        "train",
+        str(ROOT / "configs/ci/tiny.yaml"),
+        f"name={name}",
+        f"run_root={run_root}",
+        f"model.path={model_dir}",
+        f"train.steps={STEPS}",
+        "train.max_policy_lag=0",
+        "train.checkpoint_every=2",
+        "task.digits=1",
+        "task.num_eval=52",
+        "rollout.num_workers=1",
+        "tracking.ray_metrics=false",
+        f"reward.fn={PLUGIN}",
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RL_SERVICE_FAULT"}
     if fault:
         env["RL_SERVICE_FAULT"] = fault
@@ -60,17 +80,24 @@ def test_run_survives_rollout_scorer_queue_and_learner_crashes(tmp_path, tiny_mo
     runs = tmp_path / "runs"
     u_proc, u_s = _train(runs, "U", tiny_model_dir)
     assert u_proc.returncode == 0, u_proc.stderr[-3000:]
-    f_proc, f_s = _train(runs, "F", tiny_model_dir,
-                         fault="kill_rollout:3,kill_scorer:4,kill_queue:7,kill_learner:4")
+    f_proc, f_s = _train(runs, "F", tiny_model_dir, fault="kill_rollout:3,kill_scorer:4,kill_queue:7,kill_learner:4")
     assert f_proc.returncode == 0, f_proc.stderr[-3000:]
     u_dir, f_dir = runs / "U", runs / "F"
 
     # Every fault fired exactly once (a replaced actor does not kill itself again).
     assert sorted(p.name for p in (f_dir / "faults").iterdir()) == [
-        "kill_learner:4#0", "kill_queue:7#0", "kill_rollout:3#0", "kill_scorer:4#0"]
+        "kill_learner:4#0",
+        "kill_queue:7#0",
+        "kill_rollout:3#0",
+        "kill_scorer:4#0",
+    ]
     summary = json.loads((f_dir / "summary.json").read_text())
-    assert {k: summary[f"faults/restarts_{k}"] for k in ("rollout", "reward", "queue", "learner")} == \
-        {"rollout": 1, "reward": 1, "queue": 1, "learner": 1}
+    assert {k: summary[f"faults/restarts_{k}"] for k in ("rollout", "reward", "queue", "learner")} == {
+        "rollout": 1,
+        "reward": 1,
+        "queue": 1,
+        "learner": 1,
+    }
     assert summary["faults/restarted_from_steps"] == [2] and summary["resumed_from_step"] == 2
     assert "learner failed at step 4" in f_proc.stderr and "step-000002" in f_proc.stderr
     events = summary["faults/events"]
@@ -108,19 +135,27 @@ def test_run_survives_rollout_scorer_queue_and_learner_crashes(tmp_path, tiny_mo
     base = sorted(r["timing_s/step"] for r in u_rows)[STEPS // 2]
     print(f"\n[faults] U {u_s:.1f}s, F {f_s:.1f}s (+{f_s - u_s:.1f}s); median step {base:.2f}s")
     for e in events:
-        print(f"[faults]   {e['kind']} at step {e['step']}: recover {e['recover_s']:.1f}s, "
-              f"step took {step_s.get(e['step'], float('nan')):.1f}s, "
-              + (f"batches regenerated {e['batches_regenerated']}" if e["kind"] == "component"
-                 else f"resumed from step {e['resumed_from_step']}, completed steps redone {e['steps_redone']}"))
+        print(
+            f"[faults]   {e['kind']} at step {e['step']}: recover {e['recover_s']:.1f}s, "
+            f"step took {step_s.get(e['step'], float('nan')):.1f}s, "
+            + (
+                f"batches regenerated {e['batches_regenerated']}"
+                if e["kind"] == "component"
+                else f"resumed from step {e['resumed_from_step']}, completed steps redone {e['steps_redone']}"
+            )
+        )
 
 
 @pytest.mark.slow
 def test_scorer_out_of_restarts_names_the_batch(tmp_path, tiny_model_dir):
     proc, secs = _train(tmp_path / "runs", "E", tiny_model_dir, "train.max_restarts=1", fault="kill_scorer:1x2")
     assert proc.returncode == 1, proc.stderr[-3000:]
-    line = next(l for l in proc.stderr.splitlines() if l.startswith("error: "))
-    m = re.search(r"reward-0 died 2 times, more than train\.max_restarts=1; batches in flight at every "
-                  r"one of its deaths: \[([\d, ]*)\]", line)
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error: "))
+    m = re.search(
+        r"reward-0 died 2 times, more than train\.max_restarts=1; batches in flight at every "
+        r"one of its deaths: \[([\d, ]*)\]",
+        line,
+    )
     assert m, proc.stderr[-6000:]
     assert 1 in [int(b) for b in m[1].split(",")], line
     print(f"\n[faults] scorer out of restarts: failed after {secs:.1f}s: {line}")

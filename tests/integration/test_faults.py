@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_service import checkpoint
+from rl_service.controller import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,9 +29,19 @@ def huge_reward(prompt: str, completion: str, **_) -> float:
 
 
 def _train(run_root: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
-    args = [sys.executable, "-m", "rl_service.cli", "train", str(ROOT / "configs/ci/tiny.yaml"),
-            f"run_root={run_root}", "train.steps=5", "train.max_policy_lag=0", "rollout.num_workers=1",
-            "tracking.ray_metrics=false", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "rl_service.cli",
+        "train",
+        str(ROOT / "configs/ci/tiny.yaml"),
+        f"run_root={run_root}",
+        "train.steps=5",
+        "train.max_policy_lag=0",
+        "rollout.num_workers=1",
+        "tracking.ray_metrics=false",
+        *extra,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     return proc, time.perf_counter() - t0
@@ -43,8 +53,13 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_nan_steps_are_skipped_then_the_run_halts_with_a_checkpoint(tmp_path, tiny_model_dir):
-    proc, secs = _train(tmp_path, f"model.path={tiny_model_dir}", f"reward.fn={Path(__file__)}:huge_reward",
-                        "train.max_nan_steps=3", "learner.num_minibatches=2")
+    proc, secs = _train(
+        tmp_path,
+        f"model.path={tiny_model_dir}",
+        f"reward.fn={Path(__file__)}:huge_reward",
+        "train.max_nan_steps=3",
+        "learner.num_minibatches=2",
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "TrainingHalted" in proc.stderr and "train.max_nan_steps=3" in proc.stderr
     run = tmp_path / "ci-tiny"
@@ -69,9 +84,14 @@ def test_nan_steps_are_skipped_then_the_run_halts_with_a_checkpoint(tmp_path, ti
 
 @pytest.mark.slow
 def test_kl_blowup_halts_with_a_checkpoint(tmp_path, tiny_model_dir):
-    proc, secs = _train(tmp_path, f"model.path={tiny_model_dir}", "learner.lr=100", "learner.kl_hard_limit=1.0",
-                        "learner.num_minibatches=2",
-                        f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits")
+    proc, secs = _train(
+        tmp_path,
+        f"model.path={tiny_model_dir}",
+        "learner.lr=100",
+        "learner.kl_hard_limit=1.0",
+        "learner.num_minibatches=2",
+        f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits",
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "TrainingHalted" in proc.stderr and "learner.kl_hard_limit=1.0" in proc.stderr
     run = tmp_path / "ci-tiny"

@@ -19,8 +19,8 @@ import torch.multiprocessing as mp
 
 from rl_service.config import LearnerConfig, ModelConfig, SFTConfig, TaskConfig, TinyModelConfig
 from rl_service.learner.learner import Learner
+from rl_service.rollout.weight_sync import state_dict_checksum
 from rl_service.types import Sample, ScoredBatch
-from rl_service.weight_sync import state_dict_checksum
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP = 4
@@ -35,9 +35,11 @@ def model_dir(request) -> Path:
     except pytest.FixtureLookupError:
         from rl_service.models.build import ensure_model
 
-        cfg = ModelConfig(cache_dir=str(REPO / ".cache/test-models"),
-                          build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
-                          sft=SFTConfig(max_steps=50))
+        cfg = ModelConfig(
+            cache_dir=str(REPO / ".cache/test-models"),
+            build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+            sft=SFTConfig(max_steps=50),
+        )
         return ensure_model(cfg, TaskConfig(), seed=0)
 
 
@@ -64,14 +66,31 @@ def _batches(model_dir: Path) -> list[ScoredBatch]:
                 if (pid, k) == (5, 2):
                     continue  # dropped by the scorer
                 resp = tuple(rng.randrange(3, len(tok)) for _ in range(rng.randint(1, 5))) + (tok.eos_token_id,)
-                samples.append(Sample(sample_id=f"{pid}/{k}", prompt_id=pid, prompt_text=text,
-                                      prompt_ids=prompt_ids, response_ids=resp,
-                                      response_logprobs=tuple(-1.0 for _ in resp), response_text="x",
-                                      policy_version=0, finish_reason="stop"))
+                samples.append(
+                    Sample(
+                        sample_id=f"{pid}/{k}",
+                        prompt_id=pid,
+                        prompt_text=text,
+                        prompt_ids=prompt_ids,
+                        response_ids=resp,
+                        response_logprobs=tuple(-1.0 for _ in resp),
+                        response_text="x",
+                        policy_version=0,
+                        finish_reason="stop",
+                    )
+                )
                 rewards.append(float(rng.random() < 0.5))
-        batches.append(ScoredBatch(batch_id=b, samples=tuple(samples), rewards=tuple(rewards),
-                                   dropped=(("5/2", "raised"),) if b == 1 else (), policy_version=0,
-                                   generate_s=0.0, reward_s=0.0))
+        batches.append(
+            ScoredBatch(
+                batch_id=b,
+                samples=tuple(samples),
+                rewards=tuple(rewards),
+                dropped=(("5/2", "raised"),) if b == 1 else (),
+                policy_version=0,
+                generate_s=0.0,
+                reward_s=0.0,
+            )
+        )
     return batches
 
 
@@ -87,17 +106,29 @@ def _config(advantage: str) -> LearnerConfig:
     # learner's recomputation: both paths must give 1-process == 2-process. (The NaN check below
     # needs grpo's trust region to see KL 0 when no step was taken, hence "learner" there.)
     behavior = "rollout" if advantage == "gae" else "learner"
-    return LearnerConfig(num_workers=1, backend="gloo", advantage=advantage, lr=5e-4, critic_lr=5e-4,
-                         ppo_epochs=2, num_minibatches=2, micro_batch_size=7, entropy_coef=0.01, kl=kl,
-                         target_kl=target_kl, behavior_logprobs=behavior)
+    return LearnerConfig(
+        num_workers=1,
+        backend="gloo",
+        advantage=advantage,
+        lr=5e-4,
+        critic_lr=5e-4,
+        ppo_epochs=2,
+        num_minibatches=2,
+        micro_batch_size=7,
+        entropy_coef=0.01,
+        kl=kl,
+        target_kl=target_kl,
+        behavior_logprobs=behavior,
+    )
 
 
 def _with_nan_rewards(batches: list[ScoredBatch]) -> list[ScoredBatch]:
     return [ScoredBatch(**{**b.__dict__, "rewards": tuple(float("nan") for _ in b.rewards)}) for b in batches]
 
 
-def _worker(rank: int, world_size: int, port: int, model_dir: str, cfg: LearnerConfig,
-            batches: list[ScoredBatch], out: str) -> None:
+def _worker(
+    rank: int, world_size: int, port: int, model_dir: str, cfg: LearnerConfig, batches: list[ScoredBatch], out: str
+) -> None:
     learner = Learner(cfg, model_dir, rank, world_size, "127.0.0.1", port, seed=0)
     try:
         learner.setup()
@@ -109,8 +140,16 @@ def _worker(rank: int, world_size: int, port: int, model_dir: str, cfg: LearnerC
         nan_metrics = learner.train_step(_with_nan_rewards(batches), GROUP)
         _, after_nan = learner.publish(2, PROBES)
         learner.train_step(batches, GROUP)  # moves the weights: published dicts must not follow
-        torch.save({"metrics": metrics, "version": version, "state_dict": state_dict,
-                    "nan_metrics": nan_metrics, "after_nan": after_nan}, os.path.join(out, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "metrics": metrics,
+                "version": version,
+                "state_dict": state_dict,
+                "nan_metrics": nan_metrics,
+                "after_nan": after_nan,
+            },
+            os.path.join(out, f"rank{rank}.pt"),
+        )
     finally:
         learner.shutdown()
 
@@ -120,8 +159,12 @@ def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path) -> dict[int, l
     contexts = {}
     for world_size in (1, 2):
         (out / f"w{world_size}").mkdir(parents=True, exist_ok=True)
-        contexts[world_size] = mp.spawn(_worker, nprocs=world_size, join=False, args=(
-            world_size, _free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}")))
+        contexts[world_size] = mp.spawn(
+            _worker,
+            nprocs=world_size,
+            join=False,
+            args=(world_size, _free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}")),
+        )
     for ctx in contexts.values():
         while not ctx.join():  # raises with the child's traceback if a rank failed
             pass
@@ -208,14 +251,15 @@ def _with_true_logprobs(model_dir: Path, batches: list[ScoredBatch]) -> list[Sco
             ids = torch.tensor([s.prompt_ids + s.response_ids])
             with torch.no_grad():
                 logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-            lp = logp.gather(-1, ids[0, 1:, None])[:, 0][len(s.prompt_ids) - 1:]
+            lp = logp.gather(-1, ids[0, 1:, None])[:, 0][len(s.prompt_ids) - 1 :]
             samples.append(Sample(**{**s.__dict__, "response_logprobs": tuple(lp.tolist())}))
         out.append(ScoredBatch(**{**b.__dict__, "samples": tuple(samples)}))
     return out
 
 
-def _check_every_worker(rank: int, port: int, model_dir: str, cfg: LearnerConfig,
-                        batches: list[ScoredBatch], out: str) -> None:
+def _check_every_worker(
+    rank: int, port: int, model_dir: str, cfg: LearnerConfig, batches: list[ScoredBatch], out: str
+) -> None:
     learner = Learner(cfg, model_dir, rank, 1, "127.0.0.1", port, seed=0)
     try:
         info = learner.setup()
@@ -233,8 +277,12 @@ def test_skipping_the_old_policy_pass_gives_the_same_update(model_dir: Path, tmp
     engine instead of recomputing them moves the weights identically; the check's metrics appear
     exactly on the updates that recompute (every 2nd here: update 0, not update 1)."""
     batches = _with_true_logprobs(model_dir, _batches(model_dir))
-    runs = _two_updates(model_dir, batches, tmp_path,
-                        {every: _config("gae").model_copy(update={"logprob_check_every": every}) for every in (1, 0, 2)})
+    runs = _two_updates(
+        model_dir,
+        batches,
+        tmp_path,
+        {every: _config("gae").model_copy(update={"logprob_check_every": every}) for every in (1, 0, 2)},
+    )
     checked, skipped, alternate = runs[1], runs[0], runs[2]
     sd1, sd0 = checked["state_dict"], skipped["state_dict"]
     assert max(float((sd1[k] - sd0[k]).abs().max()) for k in sd1) < 1e-5
@@ -249,13 +297,18 @@ def test_skipping_the_old_policy_pass_gives_the_same_update(model_dir: Path, tmp
         assert abs(a[k] - b[k]) < 1e-4, (k, a[k], b[k])
 
 
-def _two_updates(model_dir: Path, batches: list[ScoredBatch], tmp_path: Path,
-                 configs: dict[int, LearnerConfig]) -> dict[int, dict]:
+def _two_updates(
+    model_dir: Path, batches: list[ScoredBatch], tmp_path: Path, configs: dict[int, LearnerConfig]
+) -> dict[int, dict]:
     """Two train steps per config in a 1-process learner (one after the other)."""
     runs = {}
     for key, cfg in configs.items():
-        ctx = mp.spawn(_check_every_worker, nprocs=1, join=False,
-                       args=(_free_port(), str(model_dir), cfg, batches, str(tmp_path / f"run{key}.pt")))
+        ctx = mp.spawn(
+            _check_every_worker,
+            nprocs=1,
+            join=False,
+            args=(_free_port(), str(model_dir), cfg, batches, str(tmp_path / f"run{key}.pt")),
+        )
         while not ctx.join():
             pass
         runs[key] = torch.load(tmp_path / f"run{key}.pt", weights_only=False)

@@ -44,17 +44,29 @@ def _rollout_main(model_dir: str, out: str) -> None:
     from rl_service.tasks import make_task
     from rl_service.types import PromptBatch
 
-    cfg = RolloutConfig(engine="vllm", samples_per_prompt=3, max_new_tokens=3, kv_cache_gib=0.0625,
-                        temperature=1.0, resources={"num_cpus": 1})
+    cfg = RolloutConfig(
+        engine="vllm",
+        samples_per_prompt=3,
+        max_new_tokens=3,
+        kv_cache_gib=0.0625,
+        temperature=1.0,
+        resources={"num_cpus": 1},
+    )
     worker = RolloutWorker(cfg, model_dir, seed=3)
     calls = []
     real = worker.engine.generate_ids
 
     def recording(prompt_ids, n, max_new_tokens, **kw):
         outs = real(prompt_ids, n, max_new_tokens, **kw)
-        calls.append({"inputs": [list(p) for p in prompt_ids],
-                      "outputs": [[{"ids": list(c.token_ids), "text": c.text, "prompt_ids": list(c.prompt_ids)}
-                                   for c in g] for g in outs]})
+        calls.append(
+            {
+                "inputs": [list(p) for p in prompt_ids],
+                "outputs": [
+                    [{"ids": list(c.token_ids), "text": c.text, "prompt_ids": list(c.prompt_ids)} for c in g]
+                    for g in outs
+                ],
+            }
+        )
         return outs
 
     worker.engine.generate_ids = recording
@@ -66,11 +78,19 @@ def _rollout_main(model_dir: str, out: str) -> None:
     seqs = [list(s.prompt_ids + s.response_ids) for s in batch.samples]
     dump = {
         "calls": calls,
-        "samples": [{"prompt_id": s.prompt_id, "prompt_ids": list(s.prompt_ids), "response_ids": list(s.response_ids),
-                     "mask": list(s.response_mask), "logprobs": list(s.response_logprobs),
-                     "metadata": s.metadata, "finish_reason": s.finish_reason} for s in batch.samples],
-        "obs_ids": {o: tok(o, add_special_tokens=False)["input_ids"]
-                    for o in (" higher: ", " lower: ", " invalid: ")},
+        "samples": [
+            {
+                "prompt_id": s.prompt_id,
+                "prompt_ids": list(s.prompt_ids),
+                "response_ids": list(s.response_ids),
+                "mask": list(s.response_mask),
+                "logprobs": list(s.response_logprobs),
+                "metadata": s.metadata,
+                "finish_reason": s.finish_reason,
+            }
+            for s in batch.samples
+        ],
+        "obs_ids": {o: tok(o, add_special_tokens=False)["input_ids"] for o in (" higher: ", " lower: ", " invalid: ")},
         "prompt_ids": tok(prompts[0].text)["input_ids"],
         "eos": tok.eos_token_id,
         "scores": worker.engine.score(seqs),
@@ -82,14 +102,17 @@ def _rollout_main(model_dir: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def rollout(guess_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("multiturn") / "rollout.json"
-    code = f"from tests.integration.test_multiturn import _rollout_main; _rollout_main({str(guess_model_dir)!r}, {str(out)!r})"
+    code = (
+        "from tests.integration.test_multiturn import _rollout_main; "
+        f"_rollout_main({str(guess_model_dir)!r}, {str(out)!r})"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
 
 def test_turn_inputs_are_exact_concatenations(rollout):
-    calls, obs_ids, eos = rollout["calls"], rollout["obs_ids"], rollout["eos"]
+    calls, obs_ids = rollout["calls"], rollout["obs_ids"]
     first = calls[0]
     assert len(first["inputs"]) == 6 and all(len(g) == 3 for g in first["outputs"])
     assert all(inp == rollout["prompt_ids"] for inp in first["inputs"])
@@ -101,7 +124,7 @@ def test_turn_inputs_are_exact_concatenations(rollout):
             assert c["prompt_ids"] == inp  # vLLM saw these ids, not a re-tokenisation
             prev = [p for p in produced if inp[: len(p)] == p and len(inp) > len(p)]
             assert prev, "turn input does not extend any earlier turn's ids"
-            appended = inp[len(max(prev, key=len)):]  # the episode's latest turn
+            appended = inp[len(max(prev, key=len)) :]  # the episode's latest turn
             assert appended in obs_ids.values(), f"appended {appended} is not an observation's ids"
             produced.append(inp + c["ids"])
             checked += 1
@@ -142,18 +165,34 @@ def test_sample_mask_and_logprobs_mark_policy_tokens(rollout):
 def test_train_two_steps_on_the_environment(tmp_path, guess_model_dir):
     steps = 2
     proc = subprocess.run(
-        [sys.executable, "-m", "rl_service.cli", "train", str(REPO / "configs/guess_number.yaml"),
-         f"run_root={tmp_path}", f"train.steps={steps}", f"model.path={guess_model_dir}", "task.num_eval=40",
-         "train.prompts_per_step=16", "rollout.prompts_per_batch=8", "rollout.samples_per_prompt=4",
-         "train.eval_every=0", "train.queue_size=4"],
-        capture_output=True, text=True, cwd=REPO, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "rl_service.cli",
+            "train",
+            str(REPO / "configs/guess_number.yaml"),
+            f"run_root={tmp_path}",
+            f"train.steps={steps}",
+            f"model.path={guess_model_dir}",
+            "task.num_eval=40",
+            "train.prompts_per_step=16",
+            "rollout.prompts_per_batch=8",
+            "rollout.samples_per_prompt=4",
+            "train.eval_every=0",
+            "train.queue_size=4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "guess_number"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     for r in rows:
         assert r["weight_sync/probe_max_diff"] < TOL  # probes are multi-turn transcripts
-        assert r["rollout/logprob_diff_max"] < TOL    # learner recompute on policy tokens only
+        assert r["rollout/logprob_diff_max"] < TOL  # learner recompute on policy tokens only
         assert 0.0 <= r["reward/mean"] <= 1.0 and r["samples/trained"] > 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["samples/lost"] == 0 and summary["samples/issued"] == steps * 16 * 4

@@ -14,16 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from rl_service.cli.preference import load_pairs
 from rl_service.config import PreferenceConfig, PreferenceRunConfig, TaskConfig
-from rl_service.preference_cli import load_pairs
-from rl_service.preference_train import train_preferences
+from rl_service.preference.train import train_preferences
 from tests.integration.conftest import tiny_model_config
 
 
 def _cfg(**pref) -> PreferenceRunConfig:
-    return PreferenceRunConfig(task=TaskConfig(num_eval=200), model=tiny_model_config(),
-                               preference=PreferenceConfig(num_train_pairs=800, batch_size=32, warmup_steps=2,
-                                                           **pref))
+    return PreferenceRunConfig(
+        task=TaskConfig(num_eval=200),
+        model=tiny_model_config(),
+        preference=PreferenceConfig(num_train_pairs=800, batch_size=32, warmup_steps=2, **pref),
+    )
 
 
 def _losses(out: Path) -> list[float]:
@@ -38,8 +40,10 @@ def test_train_rm_two_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert len(train) == 800 and len(held_out) == 200
     s = train_preferences("rm", cfg, str(tiny_model_dir), train, held_out, tmp_path)
     losses = _losses(tmp_path)
-    print(f"\n[rm] loss {sum(losses[:10]) / 10:.3f} -> {sum(losses[-10:]) / 10:.3f}; held-out accuracy "
-          f"{s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}; {s['train_s']:.1f} s")
+    print(
+        f"\n[rm] loss {sum(losses[:10]) / 10:.3f} -> {sum(losses[-10:]) / 10:.3f}; held-out accuracy "
+        f"{s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}; {s['train_s']:.1f} s"
+    )
     assert s["num_workers"] == 2 and s["steps"] == 300
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.05
     assert s["eval/accuracy_end"] > 0.58 and s["eval/loss_end"] < s["eval/loss_start"]  # chance 0.5, sd 0.035
@@ -51,7 +55,7 @@ def test_train_rm_two_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
     texts = [p["prompt"] + p["chosen"] for p in held_out] + [p["prompt"] + p["rejected"] for p in held_out]
     with torch.no_grad():
         r = model(**tok(texts, padding=True, padding_side="right", return_tensors="pt")).logits[:, 0]
-    acc = float((r[: len(held_out)] > r[len(held_out):]).float().mean())
+    acc = float((r[: len(held_out)] > r[len(held_out) :]).float().mean())
     assert abs(acc - s["eval/accuracy_end"]) < 1e-6
 
 
@@ -64,8 +68,10 @@ def test_train_rm_with_lm_loss_saves_plain_reward_model(tiny_model_dir: Path, tm
     cfg = _cfg(steps=60, lr=1e-3, eval_every=60, num_workers=2, rm_lm_coef=1.0)
     train, held_out = load_pairs(cfg)
     s = train_preferences("rm", cfg, str(tiny_model_dir), train, held_out, tmp_path)
-    print(f"\n[rm+lm] chosen NLL {s['eval/lm_loss_start']:.3f} -> {s['eval/lm_loss_end']:.3f}; held-out "
-          f"accuracy {s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}; {s['train_s']:.1f} s")
+    print(
+        f"\n[rm+lm] chosen NLL {s['eval/lm_loss_start']:.3f} -> {s['eval/lm_loss_end']:.3f}; held-out "
+        f"accuracy {s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}; {s['train_s']:.1f} s"
+    )
     assert s["eval/lm_loss_end"] < s["eval/lm_loss_start"] - 0.1  # the LM head really trains the backbone
     assert s["eval/loss_end"] < s["eval/loss_start"]
     assert not any(k.startswith(("lm_head", "rm.")) for k in load_file(tmp_path / "model" / "model.safetensors"))
@@ -74,7 +80,7 @@ def test_train_rm_with_lm_loss_saves_plain_reward_model(tiny_model_dir: Path, tm
     texts = [p["prompt"] + p["chosen"] for p in held_out] + [p["prompt"] + p["rejected"] for p in held_out]
     with torch.no_grad():
         r = model(**tok(texts, padding=True, padding_side="right", return_tensors="pt")).logits[:, 0]
-    acc = float((r[: len(held_out)] > r[len(held_out):]).float().mean())
+    acc = float((r[: len(held_out)] > r[len(held_out) :]).float().mean())
     assert abs(acc - s["eval/accuracy_end"]) < 1e-6  # the wrapper pools the same token as HF
 
 
@@ -85,9 +91,11 @@ def test_train_dpo_moves_policy_toward_chosen(tiny_model_dir: Path, tmp_path: Pa
     train, held_out = load_pairs(cfg)
     s = train_preferences("dpo", cfg, str(tiny_model_dir), train, held_out, tmp_path)
     losses = _losses(tmp_path)
-    print(f"\n[dpo] loss {sum(losses[:5]) / 5:.3f} -> {sum(losses[-5:]) / 5:.3f}; implicit-reward accuracy "
-          f"{s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}; logp accuracy "
-          f"{s['eval/logp_accuracy_start']:.3f} -> {s['eval/logp_accuracy_end']:.3f}; {s['train_s']:.1f} s")
+    print(
+        f"\n[dpo] loss {sum(losses[:5]) / 5:.3f} -> {sum(losses[-5:]) / 5:.3f}; implicit-reward accuracy "
+        f"{s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}; logp accuracy "
+        f"{s['eval/logp_accuracy_start']:.3f} -> {s['eval/logp_accuracy_end']:.3f}; {s['train_s']:.1f} s"
+    )
     # Step 0: policy == reference, so every implicit reward is exactly 0 and the loss is log 2.
     assert s["eval/accuracy_start"] == 0.0 and abs(s["eval/loss_start"] - 0.6931) < 1e-3
     assert s["eval/accuracy_end"] > 0.58 and s["eval/loss_end"] < s["eval/loss_start"]  # chance 0.5, sd 0.035
@@ -101,8 +109,8 @@ def test_train_dpo_moves_policy_toward_chosen(tiny_model_dir: Path, tmp_path: Pa
 
 def test_pairs_from_jsonl_and_feedback_db(tmp_path: Path) -> None:
     from rl_service.config import ConfigError
+    from rl_service.preference.data import write_jsonl
     from rl_service.serving.feedback import FeedbackStore, export_preferences
-    from rl_service.tasks.preferences import write_jsonl
 
     store = FeedbackStore(str(tmp_path / "fb.sqlite"))
     for i in range(60):
@@ -119,6 +127,8 @@ def test_pairs_from_jsonl_and_feedback_db(tmp_path: Path) -> None:
     store.close()
     assert load_pairs(cfg, data=str(tmp_path / "prefs.jsonl")) == (train, held_out)
     write_jsonl(held_out[:3], tmp_path / "held.jsonl")
-    assert load_pairs(cfg, data=str(tmp_path / "prefs.jsonl"), eval_data=str(tmp_path / "held.jsonl"))[1] == held_out[:3]
+    assert (
+        load_pairs(cfg, data=str(tmp_path / "prefs.jsonl"), eval_data=str(tmp_path / "held.jsonl"))[1] == held_out[:3]
+    )
     with pytest.raises(ConfigError):
         load_pairs(cfg, data=str(tmp_path / "prefs.jsonl"), feedback_db=str(tmp_path / "fb.sqlite"))

@@ -26,27 +26,44 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rl_service import checkpoint
+from rl_service.controller import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = f"{Path(__file__).parent / 'partial_credit.py'}:leading_digits"
 STEPS = 4
 
 
-def _train(run_root: Path, name: str, model_dir: Path, *extra: str, resume: str | None = None,
-           env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+def _train(
+    run_root: Path, name: str, model_dir: Path, *extra: str, resume: str | None = None, env: dict | None = None
+) -> tuple[subprocess.CompletedProcess, float]:
     # task.num_eval=52 of the 100 one-digit pairs leaves 48 training prompts: one data epoch
     # is exactly 3 steps of 16 prompts, so step 2's checkpoint sits on the epoch boundary.
-    args = [sys.executable, "-m", "rl_service.cli", "train", str(ROOT / "configs/ci/tiny.yaml"),
-            f"name={name}", f"run_root={run_root}", f"model.path={model_dir}", f"train.steps={STEPS}",
-            "train.max_policy_lag=0", "train.checkpoint_every=1", "train.keep_last=3",
-            "task.digits=1", "task.num_eval=52", "rollout.num_workers=1", "tracking.ray_metrics=false",
-            f"reward.fn={PLUGIN}", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "rl_service.cli",
+        "train",
+        str(ROOT / "configs/ci/tiny.yaml"),
+        f"name={name}",
+        f"run_root={run_root}",
+        f"model.path={model_dir}",
+        f"train.steps={STEPS}",
+        "train.max_policy_lag=0",
+        "train.checkpoint_every=1",
+        "train.keep_last=3",
+        "task.digits=1",
+        "task.num_eval=52",
+        "rollout.num_workers=1",
+        "tracking.ray_metrics=false",
+        f"reward.fn={PLUGIN}",
+        *extra,
+    ]
     if resume:
         args += ["--resume", resume]
     t0 = time.perf_counter()
-    popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                             env={**os.environ, **(env or {})})
+    popen = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
     seen = _watch_descendants(popen)
     out, err = popen.communicate(timeout=600)
     _reap(seen)
@@ -109,8 +126,9 @@ def test_resume_is_exact_after_kill_mid_checkpoint(tmp_path, tiny_model_dir):
     assert boundary == {"epoch": 0, "index": 48, "next_id": 48}, "step 2 should sit on the epoch boundary"
 
     # B: resume from A's step 2; the driver SIGKILLs itself while writing the step-4 checkpoint.
-    b_proc, b_s = _train(runs, "B", tiny_model_dir, resume=str(a_ckpts / "step-000002"),
-                         env={"RL_SERVICE_FAULT": "kill_in_checkpoint:4"})
+    b_proc, b_s = _train(
+        runs, "B", tiny_model_dir, resume=str(a_ckpts / "step-000002"), env={"RL_SERVICE_FAULT": "kill_in_checkpoint:4"}
+    )
     assert b_proc.returncode == -9, (b_proc.returncode, b_proc.stderr[-3000:])
     b_ckpts = b_dir / "checkpoints"
     assert (b_ckpts / ".tmp-step-000004" / "learner").is_dir(), "the step-4 write was cut off mid-way"
@@ -137,5 +155,4 @@ def test_resume_is_exact_after_kill_mid_checkpoint(tmp_path, tiny_model_dir):
     assert b_sum["samples/lost"] == 0 and b_sum["samples/trained"] == STEPS * 16 * 4
     assert b_sum["policy_version"] == a_sum["policy_version"] == STEPS
     assert b_sum["resumed_from_step"] == 3
-    print(f"\n[resume] A {a_s:.1f}s; B (killed in step-4 checkpoint) {b_s:.1f}s; "
-          f"B2 resume {b2_s:.1f}s, steps redone 1")
+    print(f"\n[resume] A {a_s:.1f}s; B (killed in step-4 checkpoint) {b_s:.1f}s; B2 resume {b2_s:.1f}s, steps redone 1")

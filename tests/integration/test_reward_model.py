@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rl_service.cli.preference import load_pairs
 from rl_service.config import PreferenceConfig, PreferenceRunConfig, RewardConfig, RolloutConfig, TaskConfig
-from rl_service.preference_cli import load_pairs
-from rl_service.preference_train import train_preferences
+from rl_service.preference.train import train_preferences
 from rl_service.reward.scorer import RewardScorer
 from rl_service.rollout.worker import RolloutWorker
 from rl_service.types import Prompt, PromptBatch
@@ -29,9 +29,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def rm_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    cfg = PreferenceRunConfig(task=TaskConfig(num_eval=50), model=tiny_model_config(),
-                              preference=PreferenceConfig(num_train_pairs=200, batch_size=16, steps=20, lr=1e-3,
-                                                          warmup_steps=2, eval_every=20))
+    cfg = PreferenceRunConfig(
+        task=TaskConfig(num_eval=50),
+        model=tiny_model_config(),
+        preference=PreferenceConfig(
+            num_train_pairs=200, batch_size=16, steps=20, lr=1e-3, warmup_steps=2, eval_every=20
+        ),
+    )
     train, held_out = load_pairs(cfg)
     out = tmp_path_factory.mktemp("rm")
     train_preferences("rm", cfg, str(tiny_model_dir), train, held_out, out)
@@ -41,9 +45,15 @@ def rm_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
 def test_scorer_rewards_are_the_reward_models_scores(tiny_model_dir: Path, rm_dir: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    worker = RolloutWorker(RolloutConfig(engine="hf", samples_per_prompt=4, max_new_tokens=4, num_workers=1),
-                           str(tiny_model_dir), seed=0, name="rollout-0")
-    prompts = tuple(Prompt(i, f"{a}+{b}=", {"answer": str(a + b)}) for i, (a, b) in enumerate([(3, 4), (27, 58), (9, 91)]))
+    worker = RolloutWorker(
+        RolloutConfig(engine="hf", samples_per_prompt=4, max_new_tokens=4, num_workers=1),
+        str(tiny_model_dir),
+        seed=0,
+        name="rollout-0",
+    )
+    prompts = tuple(
+        Prompt(i, f"{a}+{b}=", {"answer": str(a + b)}) for i, (a, b) in enumerate([(3, 4), (27, 58), (9, 91)])
+    )
     batch = worker.generate(PromptBatch(0, prompts))
     assert len({s.response_text for s in batch.samples}) > 1, "need different completions to compare"
     scored = RewardScorer(RewardConfig(model=str(rm_dir))).score(batch)
@@ -52,8 +62,9 @@ def test_scorer_rewards_are_the_reward_models_scores(tiny_model_dir: Path, rm_di
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(rm_dir)
     with torch.no_grad():  # one text at a time: no padding at all
-        direct = [float(rm(**tok(s.prompt_text + s.response_text, return_tensors="pt")).logits[0, 0])
-                  for s in batch.samples]
+        direct = [
+            float(rm(**tok(s.prompt_text + s.response_text, return_tensors="pt")).logits[0, 0]) for s in batch.samples
+        ]
     assert max(abs(a - b) for a, b in zip(scored.rewards, direct)) < 1e-5
     assert len(set(round(r, 6) for r in scored.rewards)) > 1  # real-valued scores, not a 0/1 verifier
 
@@ -61,10 +72,24 @@ def test_scorer_rewards_are_the_reward_models_scores(tiny_model_dir: Path, rm_di
 @pytest.mark.slow
 def test_ppo_two_steps_with_reward_model(tiny_model_dir: Path, rm_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "rl_service.cli", "train", str(ROOT / "configs/ci/tiny.yaml"), f"run_root={tmp_path}",
-         "train.steps=2", f"model.path={tiny_model_dir}", f"reward.model={rm_dir}", "rollout.engine=hf",
-         "rollout.num_workers=1"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "rl_service.cli",
+            "train",
+            str(ROOT / "configs/ci/tiny.yaml"),
+            f"run_root={tmp_path}",
+            "train.steps=2",
+            f"model.path={tiny_model_dir}",
+            f"reward.model={rm_dir}",
+            "rollout.engine=hf",
+            "rollout.num_workers=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "ci-tiny"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -79,9 +104,22 @@ def test_ppo_two_steps_with_reward_model(tiny_model_dir: Path, rm_dir: Path, tmp
     assert (run / "config.yaml").read_text().count(str(rm_dir)) == 1
 
     with pytest.raises(subprocess.CalledProcessError) as err:  # exclusive with a custom function: one line, exit 2
-        subprocess.run([sys.executable, "-m", "rl_service.cli", "train", str(ROOT / "configs/ci/tiny.yaml"),
-                        f"reward.model={rm_dir}", "reward.fn=zero"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rl_service.cli",
+                "train",
+                str(ROOT / "configs/ci/tiny.yaml"),
+                f"reward.model={rm_dir}",
+                "reward.fn=zero",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            check=True,
+        )
     assert err.value.returncode == 2 and "mutually exclusive" in err.value.stderr
 
 
@@ -91,11 +129,17 @@ def test_teacher_token_rewards(tiny_model_dir: Path) -> None:
     unpadded per-sample forward."""
     from transformers import AutoModelForCausalLM
 
-    from rl_service.reward.models import TeacherLM
+    from rl_service.reward.learned import TeacherLM
 
-    worker = RolloutWorker(RolloutConfig(engine="hf", samples_per_prompt=3, max_new_tokens=4, num_workers=1),
-                           str(tiny_model_dir), seed=0, name="rollout-0")
-    batch = worker.generate(PromptBatch(0, (Prompt(0, "5+17=", {"answer": "22"}), Prompt(1, "60+6=", {"answer": "66"}))))
+    worker = RolloutWorker(
+        RolloutConfig(engine="hf", samples_per_prompt=3, max_new_tokens=4, num_workers=1),
+        str(tiny_model_dir),
+        seed=0,
+        name="rollout-0",
+    )
+    batch = worker.generate(
+        PromptBatch(0, (Prompt(0, "5+17=", {"answer": "22"}), Prompt(1, "60+6=", {"answer": "66"})))
+    )
     scored = RewardScorer(RewardConfig(fn="zero", teacher=str(tiny_model_dir), teacher_coef=2.0)).score(batch)
     assert scored.rewards == (0.0,) * len(batch.samples)
     assert [len(r) for r in scored.token_rewards] == [len(s.response_ids) for s in batch.samples]

@@ -10,20 +10,48 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-REQUIRED = ["step", "policy_version", "reward/mean", "reward/std", "kl/mean", "entropy/mean", "policy/clipfrac",
-            "loss/policy", "loss/value", "response_length/mean", "timing_s/generate", "timing_s/reward",
-            "timing_s/train", "timing_s/weight_sync", "timing_s/step", "perf/tokens_per_s", "samples/trained",
-            "samples/dropped_stale"]
+REQUIRED = [
+    "step",
+    "policy_version",
+    "reward/mean",
+    "reward/std",
+    "kl/mean",
+    "entropy/mean",
+    "policy/clipfrac",
+    "loss/policy",
+    "loss/value",
+    "response_length/mean",
+    "timing_s/generate",
+    "timing_s/reward",
+    "timing_s/train",
+    "timing_s/weight_sync",
+    "timing_s/step",
+    "perf/tokens_per_s",
+    "samples/trained",
+    "samples/dropped_stale",
+]
 
 
 @pytest.mark.slow
 def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
     steps = 3
     proc = subprocess.run(
-        [sys.executable, "-m", "rl_service.cli", "train", str(ROOT / "configs/ci/tiny.yaml"),
-         f"run_root={tmp_path}", f"train.steps={steps}", f"model.path={tiny_model_dir}",
-         f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "rl_service.cli",
+            "train",
+            str(ROOT / "configs/ci/tiny.yaml"),
+            f"run_root={tmp_path}",
+            f"train.steps={steps}",
+            f"model.path={tiny_model_dir}",
+            f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "ci-tiny"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -39,7 +67,10 @@ def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
     n, pps = 4, 16  # samples_per_prompt, prompts_per_step in configs/ci/tiny.yaml
     assert summary["samples/lost"] == 0 and summary["samples/in_flight"] == 0
     assert summary["samples/issued"] == steps * pps * n
-    assert summary["samples/trained"] + summary["samples/dropped_invalid"] + summary["samples/dropped_stale"] == steps * pps * n
+    assert (
+        summary["samples/trained"] + summary["samples/dropped_invalid"] + summary["samples/dropped_stale"]
+        == steps * pps * n
+    )
     assert rows[-1]["samples/trained"] == summary["samples/trained"]
     assert 0.0 <= summary["eval/accuracy_start"] <= 1.0 and 0.0 <= summary["eval/accuracy_end"] <= 1.0
     assert (run / "config.yaml").is_file()
@@ -53,9 +84,12 @@ def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
     assert max(diffs) > 0, "final weights equal the starting weights: nothing was trained"
 
     # ... and by vLLM (own process: one in-process engine per process).
-    check = ("import sys; from rl_service.rollout.engine import VLLMEngine; "
-             "e = VLLMEngine(sys.argv[1]); out = e.generate(['12+34='], n=1, max_new_tokens=4, temperature=0); "
-             "print('TOKENS', len(out[0][0].token_ids))")
-    proc = subprocess.run([sys.executable, "-c", check, str(run / "final")], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    check = (
+        "import sys; from rl_service.rollout.engine import VLLMEngine; "
+        "e = VLLMEngine(sys.argv[1]); out = e.generate(['12+34='], n=1, max_new_tokens=4, temperature=0); "
+        "print('TOKENS', len(out[0][0].token_ids))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", check, str(run / "final")], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0 and "TOKENS" in proc.stdout, proc.stderr[-2000:]

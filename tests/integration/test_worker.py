@@ -9,11 +9,11 @@ from transformers import AutoModelForCausalLM
 
 from rl_service.algo import token_logprobs
 from rl_service.config import RewardConfig, RolloutConfig
-from rl_service.queues import LocalQueue
+from rl_service.infra.queues import LocalQueue
 from rl_service.reward.scorer import RewardScorer
+from rl_service.rollout.weight_sync import WeightSyncError, state_dict_checksum
 from rl_service.rollout.worker import RolloutWorker
 from rl_service.types import PolicyVersion, Prompt, PromptBatch
-from rl_service.weight_sync import WeightSyncError, state_dict_checksum
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,10 @@ def test_pull_push_loop_through_bounded_queues(worker):
     scorer = RewardScorer(RewardConfig(fn="addition_exact"))
     for b in range(3):
         prompt_q.put(prompt_batch(b, start=100 + 2 * b))
-    threads = [threading.Thread(target=worker.run, args=(prompt_q, rollout_q)),
-               threading.Thread(target=scorer.run, args=(rollout_q, scored_q))]
+    threads = [
+        threading.Thread(target=worker.run, args=(prompt_q, rollout_q)),
+        threading.Thread(target=scorer.run, args=(rollout_q, scored_q)),
+    ]
     for t in threads:
         t.start()
     got = [scored_q.get_ref(timeout=60) for _ in range(3)]
@@ -52,7 +54,8 @@ def test_pull_push_loop_through_bounded_queues(worker):
     summaries = sorted((s for _, s in got), key=lambda s: s.batch_id)
     assert [s.batch_id for s in summaries] == [0, 1, 2]
     assert sorted(sid for s in summaries for sid in s.sample_ids) == sorted(
-        f"{p}/{k}" for p in range(100, 106) for k in range(3))
+        f"{p}/{k}" for p in range(100, 106) for k in range(3)
+    )
     assert all(r in (0.0, 1.0) for batch, _ in got for r in batch.rewards)
 
 
@@ -65,8 +68,9 @@ def test_verified_weight_load(worker, tiny_model_dir):
     with torch.no_grad():
         logits = model(torch.tensor([probe])).logits[:, :-1]
     lp = tuple(token_logprobs(logits, torch.tensor([probe[1:]]))[0].tolist())
-    meta = PolicyVersion(version=7, checksum=state_dict_checksum(new), num_bytes=0,
-                         probe_ids=(tuple(probe),), probe_logprobs=(lp,))
+    meta = PolicyVersion(
+        version=7, checksum=state_dict_checksum(new), num_bytes=0, probe_ids=(tuple(probe),), probe_logprobs=(lp,)
+    )
     with pytest.raises(WeightSyncError, match="checksum"):
         worker.load_weights(new, PolicyVersion(7, "0" * 64, 0))
     bad_probe = PolicyVersion(7, meta.checksum, 0, meta.probe_ids, (tuple(x + 0.01 for x in lp),))

@@ -64,10 +64,10 @@ def loop_group(scores, n, estimator, eps):
     out = []
     centred_all = []
     for g in range(0, len(scores), n):
-        grp = scores[g:g + n]
+        grp = scores[g : g + n]
         mean = sum(grp) / n
         std = statistics.stdev(grp) if n > 1 else 0.0
-        for i, r in enumerate(grp):
+        for r in grp:
             if max(grp) == min(grp):
                 out.append(0.0)
             elif estimator == "grpo":
@@ -88,7 +88,7 @@ def test_group_advantages_match_loop(estimator):
     gen = torch.Generator().manual_seed(1)
     n, G = 4, 5
     scores = torch.randn(G * n, generator=gen)
-    scores[4:8] = 0.7                                  # one zero-variance group
+    scores[4:8] = 0.7  # one zero-variance group
     scores[8:12] = torch.tensor([1.0, 0.0, 1.0, 1.0])  # binary rewards, as in exact-match tasks
     adv, metrics = group_advantages(scores, n, estimator)
     want = loop_group(scores.tolist(), n, estimator, 1e-6)

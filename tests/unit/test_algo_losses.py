@@ -150,8 +150,13 @@ def test_value_loss_hand_computed():
     #   v=1.5, old=1.0, R=2.0: clip(v) = 1.2; (v-R)^2 = 0.25, (1.2-R)^2 = 0.64 -> 0.5*0.64 = 0.32 (clipped)
     #   v=1.1, old=1.0, R=2.0: inside the range -> 0.5 * 0.81 = 0.405 (not clipped)
     # token_mean = (0.32 + 0.405) / 2 = 0.3625; clipfrac = 1/2
-    loss, metrics = value_loss(torch.tensor([[1.5, 1.1]]), torch.tensor([[1.0, 1.0]]),
-                               torch.tensor([[2.0, 2.0]]), torch.ones(1, 2), clip_eps=0.2)
+    loss, metrics = value_loss(
+        torch.tensor([[1.5, 1.1]]),
+        torch.tensor([[1.0, 1.0]]),
+        torch.tensor([[2.0, 2.0]]),
+        torch.ones(1, 2),
+        clip_eps=0.2,
+    )
     assert loss.item() == pytest.approx(0.3625, abs=1e-6)
     assert metrics["value/clipfrac"] == 0.5
 

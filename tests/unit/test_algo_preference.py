@@ -97,8 +97,9 @@ def test_dpo_hand_computed_and_reference_start():
     assert float(loss) == pytest.approx(math.log(2), rel=1e-6)
     assert metrics["accuracy"] == 0.0
     # chosen up by 2 nats, rejected down by 3 vs reference, beta 0.2 -> z = 0.2 * 5 = 1.
-    loss, metrics = dpo_loss(torch.tensor([-1.0]), torch.tensor([-8.0]), torch.tensor([-3.0]), torch.tensor([-5.0]),
-                             beta=0.2)
+    loss, metrics = dpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-8.0]), torch.tensor([-3.0]), torch.tensor([-5.0]), beta=0.2
+    )
     assert float(loss) == pytest.approx(math.log(1 + math.exp(-1.0)), rel=1e-6)
     assert metrics["reward/chosen"] == pytest.approx(0.4) and metrics["reward/rejected"] == pytest.approx(-0.6)
     assert metrics["accuracy"] == 1.0
@@ -118,10 +119,11 @@ def test_dpo_gradient_only_through_policy():
 
 # ---------------------------------------------------------------- the synthetic preference data
 
+
 def test_synthetic_pairs_are_checkable_and_split():
     from rl_service.config import TaskConfig
+    from rl_service.preference.data import synthetic_preferences
     from rl_service.tasks.addition import AdditionTask
-    from rl_service.tasks.preferences import synthetic_preferences
 
     cfg = TaskConfig(num_eval=50)
     train, held_out = synthetic_preferences(cfg, 500, seed=3)
@@ -139,7 +141,7 @@ def test_synthetic_pairs_are_checkable_and_split():
 def test_wrong_answers_cover_the_mistake_kinds():
     import random
 
-    from rl_service.tasks.preferences import _no_carry_sum, wrong_answer
+    from rl_service.preference.data import _no_carry_sum, wrong_answer
 
     assert _no_carry_sum(37, 48) == 75 and _no_carry_sum(99, 1) == 90
     seen = {int(wrong_answer(37, 48, random.Random(i))) for i in range(200)}
@@ -147,7 +149,7 @@ def test_wrong_answers_cover_the_mistake_kinds():
 
 
 def test_split_by_prompt_and_jsonl_roundtrip(tmp_path):
-    from rl_service.tasks.preferences import read_jsonl, split_by_prompt, write_jsonl
+    from rl_service.preference.data import read_jsonl, split_by_prompt, write_jsonl
 
     pairs = [{"prompt": f"q{i % 40}", "chosen": "a", "rejected": "b"} for i in range(200)]
     train, held_out = split_by_prompt(pairs, 0.25, seed=0)

@@ -47,14 +47,30 @@ def test_token_rewards_hand_computed_and_gae():
 
 
 def _sample(i, prompt, resp):
-    return Sample(sample_id=f"{i}/0", prompt_id=i, prompt_text="p", prompt_ids=tuple(prompt),
-                  response_ids=tuple(resp), response_logprobs=tuple(-0.1 * (k + 1) for k in range(len(resp))),
-                  response_text="r", policy_version=0, finish_reason="stop")
+    return Sample(
+        sample_id=f"{i}/0",
+        prompt_id=i,
+        prompt_text="p",
+        prompt_ids=tuple(prompt),
+        response_ids=tuple(resp),
+        response_logprobs=tuple(-0.1 * (k + 1) for k in range(len(resp))),
+        response_text="r",
+        policy_version=0,
+        finish_reason="stop",
+    )
 
 
 def _batch(bid, samples, token_rewards):
-    return ScoredBatch(batch_id=bid, samples=tuple(samples), rewards=(0.0,) * len(samples), dropped=(),
-                       policy_version=0, generate_s=0.0, reward_s=0.0, token_rewards=token_rewards)
+    return ScoredBatch(
+        batch_id=bid,
+        samples=tuple(samples),
+        rewards=(0.0,) * len(samples),
+        dropped=(),
+        policy_version=0,
+        generate_s=0.0,
+        reward_s=0.0,
+        token_rewards=token_rewards,
+    )
 
 
 def test_batch_token_rewards_align_with_response_mask():

@@ -5,18 +5,36 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_service.learner.batching import (content_length, engine_logprobs, epoch_order, group_runs, micro_batches,
-                                         minibatches, num_micro_batches, pad_samples, rank_micro_batches,
-                                         rank_slice, split_even)
+from rl_service.learner.batching import (
+    content_length,
+    engine_logprobs,
+    epoch_order,
+    group_runs,
+    micro_batches,
+    minibatches,
+    num_micro_batches,
+    pad_samples,
+    rank_micro_batches,
+    rank_slice,
+    split_even,
+)
 from rl_service.types import Sample
 
 PAD = 0
 
 
 def _sample(prompt: tuple[int, ...], response: tuple[int, ...], pid: int = 0) -> Sample:
-    return Sample(sample_id=f"{pid}/0", prompt_id=pid, prompt_text="p", prompt_ids=prompt, response_ids=response,
-                  response_logprobs=tuple(-0.5 - i for i in range(len(response))), response_text="r",
-                  policy_version=0, finish_reason="stop")
+    return Sample(
+        sample_id=f"{pid}/0",
+        prompt_id=pid,
+        prompt_text="p",
+        prompt_ids=prompt,
+        response_ids=response,
+        response_logprobs=tuple(-0.5 - i for i in range(len(response))),
+        response_text="r",
+        policy_version=0,
+        finish_reason="stop",
+    )
 
 
 def test_pad_samples_right_pads_and_marks_response_targets() -> None:

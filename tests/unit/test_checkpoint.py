@@ -1,4 +1,4 @@
-"""Checkpoint atomicity and rotation (rl_service/checkpoint.py), the ledger in checkpoints,
+"""Checkpoint atomicity and rotation (rl_service/controller/checkpoint.py), the ledger in checkpoints,
 and the PPO update's health guards (NaN skip, KL early stop, KL hard limit) on a tiny
 single-process Llama. No Ray, no vLLM."""
 
@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from rl_service import checkpoint
 from rl_service.config import LearnerConfig
-from rl_service.ledger import LedgerError, SampleLedger
+from rl_service.controller import checkpoint
+from rl_service.controller.ledger import LedgerError, SampleLedger
 
 
 def _write(root, step, keep_last=2, payload=b"shards"):
@@ -88,6 +88,7 @@ def test_ledger_round_trip_keeps_books_balanced():
 
 # ---------------------------------------------------------------- PPO guards
 
+
 def _tiny_setup(seed=0, N=8, T=10):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -95,8 +96,15 @@ def _tiny_setup(seed=0, N=8, T=10):
     from rl_service.learner.ppo_step import RolloutTensors
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     policy = LlamaForCausalLM(cfg).eval()
     models = Models(policy, None, None, torch.device("cpu"), 0, 1)
     ids = torch.randint(0, 32, (N, T))

@@ -22,24 +22,30 @@ def test_quickstart_loads_and_overrides_apply():
 
 
 def test_override_parsing_types():
-    assert parse_overrides(["a.b=1e-5", "a.c=true", "d=[1, 2]", "e=hello"]) == \
-        {"a": {"b": 1e-5, "c": True}, "d": [1, 2], "e": "hello"}
+    assert parse_overrides(["a.b=1e-5", "a.c=true", "d=[1, 2]", "e=hello"]) == {
+        "a": {"b": 1e-5, "c": True},
+        "d": [1, 2],
+        "e": "hello",
+    }
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    (["learner.lrr=1"], "learner.lrr: unknown key"),
-    (["bogus=1"], "bogus: unknown key"),
-    (["learner.lr=fast"], "learner.lr"),
-    (["rollout.num_workers=0"], "rollout.num_workers"),
-    (["rollout.engine=tensorrt"], "rollout.engine"),
-    (["train.prompts_per_step=60"], "divisible by rollout.prompts_per_batch"),
-    (["learner.advantage=grpo", "rollout.samples_per_prompt=1"], "samples_per_prompt >= 2"),
-    (["model.path=/nonexistent/model"], "model.path"),
-    (["reward.fn=no_such_builtin"], "reward.fn: unknown built-in"),
-    (["reward.fn=no.such.module:fn"], "reward.fn: cannot load"),
-    (["reward.fn=/nonexistent/file.py:fn"], "reward.fn: cannot load"),
-    (["learner.lr"], "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["learner.lrr=1"], "learner.lrr: unknown key"),
+        (["bogus=1"], "bogus: unknown key"),
+        (["learner.lr=fast"], "learner.lr"),
+        (["rollout.num_workers=0"], "rollout.num_workers"),
+        (["rollout.engine=tensorrt"], "rollout.engine"),
+        (["train.prompts_per_step=60"], "divisible by rollout.prompts_per_batch"),
+        (["learner.advantage=grpo", "rollout.samples_per_prompt=1"], "samples_per_prompt >= 2"),
+        (["model.path=/nonexistent/model"], "model.path"),
+        (["reward.fn=no_such_builtin"], "reward.fn: unknown built-in"),
+        (["reward.fn=no.such.module:fn"], "reward.fn: cannot load"),
+        (["reward.fn=/nonexistent/file.py:fn"], "reward.fn: cannot load"),
+        (["learner.lr"], "expected key=value"),
+    ],
+)
 def test_bad_config_names_the_key(overrides, needle):
     with pytest.raises(ConfigError) as info:
         load_config(QUICKSTART, overrides)
@@ -64,11 +70,16 @@ def test_user_reward_fn_from_file_resolves(tmp_path):
 
 def test_cli_exits_2_with_one_line_before_ray(tmp_path):
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rl_service.cli", "train", str(QUICKSTART), "learner.lrr=1",
-                           f"run_root={tmp_path}"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rl_service.cli", "train", str(QUICKSTART), "learner.lrr=1", f"run_root={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == ["error: learner.lrr: unknown key (check the spelling; see rl_service/config.py)"]
+    assert lines == ["error: learner.lrr: unknown key (check the spelling; see rl_service/config/)"]
     assert not any(tmp_path.iterdir())  # no run dir, nothing started
     assert "ray" not in proc.stdout.lower()
     assert time.perf_counter() - start < 60

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from rl_service.config import ConfigError, TaskConfig, load_config
-from rl_service.envs import (ENV_KEY, GuessNumberEnv, env_from_metadata, env_return, make_env, run_episodes)
+from rl_service.envs import ENV_KEY, GuessNumberEnv, env_from_metadata, make_env, run_episodes
 from rl_service.envs.guess_number import CORRECT, HIGHER, INVALID, LOWER, OUT_OF_TURNS
+from rl_service.reward.functions import env_return
 from rl_service.rollout.engine import Completion
 from rl_service.tasks import GuessNumberTask, PromptStream, make_task
 
@@ -49,8 +50,13 @@ class BisectEngine:
         for p in prompt_ids:
             ids = [ord(c) + 3 for c in self._guess(p)] + ([EOS] if self.emit_eos else [])
             ids = ids[:max_new_tokens]
-            c = Completion(prompt_ids=tuple(p), token_ids=tuple(ids), logprobs=tuple(-0.5 - i for i in range(len(ids))),
-                           text=self.tok.decode(ids), finish_reason="stop" if EOS in ids else "length")
+            c = Completion(
+                prompt_ids=tuple(p),
+                token_ids=tuple(ids),
+                logprobs=tuple(-0.5 - i for i in range(len(ids))),
+                text=self.tok.decode(ids),
+                finish_reason="stop" if EOS in ids else "length",
+            )
             out.append([c] * n)
         return out
 
@@ -66,6 +72,7 @@ def secret_of(seed, **kw):
 
 
 # ------------------------------------------------------------------ the env
+
 
 def test_env_feedback_and_terminal_reward():
     env = GuessNumberEnv(low=0, high=9, max_turns=4)
@@ -106,6 +113,7 @@ def test_env_reset_is_a_function_of_the_seed_and_penalty_applies():
 
 # ------------------------------------------------------------------ episodes
 
+
 def test_episode_token_ids_are_exact_concatenations():
     tok, eng = CharTokenizer(), BisectEngine(CharTokenizer())
     metas = [meta(s) for s in range(12)]
@@ -124,12 +132,16 @@ def test_episode_token_ids_are_exact_concatenations():
             while True:
                 g = (lo + hi) // 2
                 gen = [ord(c) + 3 for c in str(g)] + [EOS]
-                expect_ids += gen; expect_mask += [1] * len(gen); expect_lp += [-0.5 - i for i in range(len(gen))]
+                expect_ids += gen
+                expect_mask += [1] * len(gen)
+                expect_lp += [-0.5 - i for i in range(len(gen))]
                 obs, _, term, trunc, _ = env.step(str(g))
                 if term or trunc:
                     break
                 o = tok(obs, add_special_tokens=False)["input_ids"]
-                expect_ids += o; expect_mask += [0] * len(o); expect_lp += [0.0] * len(o)
+                expect_ids += o
+                expect_mask += [0] * len(o)
+                expect_lp += [0.0] * len(o)
                 lo, hi = (g + 1, hi) if obs == HIGHER else (lo, g - 1)
             assert ep.response_ids == expect_ids and ep.response_mask == expect_mask
             assert ep.response_logprobs == expect_lp
@@ -145,7 +157,7 @@ def test_episode_budget_truncates_with_length_and_return_zero():
     tok, eng = CharTokenizer(), BisectEngine(CharTokenizer())
     budget = 12 + 2 + 9 + 2  # BOS+prompt, one guess+EOS, " higher: ", room for one more guess
     s = next(s for s in range(100) if secret_of(s) in (5, 6, 8, 9))  # bisect: 4, then 7: misses both
-    (ep,), = run_episodes(eng, tok, [meta(s)], n=1, max_new_tokens=2, max_tokens=budget)
+    ((ep,),) = run_episodes(eng, tok, [meta(s)], n=1, max_new_tokens=2, max_tokens=budget)
     assert ep.turns == 2 and ep.finish_reason == "length" and ep.truncated and not ep.terminated
     assert ep.episode_return == 0.0 and len(ep.context) <= budget
     assert ep.response_mask[-1] == 1  # nothing after the last generated token
@@ -168,6 +180,7 @@ def test_env_return_is_a_builtin_reward_name():
 
 
 # ------------------------------------------------------------------ the task
+
 
 def test_task_config_and_factory():
     cfg = TaskConfig(name="guess_number", guess_low=0, guess_high=9, num_eval=20)

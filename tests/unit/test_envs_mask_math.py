@@ -16,15 +16,25 @@ from rl_service.types import Sample
 
 
 def sample(sid, prompt, response, mask=None, logprobs=None):
-    return Sample(sample_id=sid, prompt_id=int(sid.split("/")[0]), prompt_text="p", prompt_ids=tuple(prompt),
-                  response_ids=tuple(response), response_logprobs=tuple(logprobs or [-0.1] * len(response)),
-                  response_text="r", policy_version=0, finish_reason="stop", metadata={},
-                  response_mask=None if mask is None else tuple(mask))
+    return Sample(
+        sample_id=sid,
+        prompt_id=int(sid.split("/")[0]),
+        prompt_text="p",
+        prompt_ids=tuple(prompt),
+        response_ids=tuple(response),
+        response_logprobs=tuple(logprobs or [-0.1] * len(response)),
+        response_text="r",
+        policy_version=0,
+        finish_reason="stop",
+        metadata={},
+        response_mask=None if mask is None else tuple(mask),
+    )
 
 
 def test_pad_samples_applies_the_sample_mask():
-    multi = sample("0/0", [1, 5], [7, 2, 9, 9, 8, 2], mask=[1, 1, 0, 0, 1, 1],
-                   logprobs=[-0.3, -0.2, 0.0, 0.0, -0.4, -0.1])
+    multi = sample(
+        "0/0", [1, 5], [7, 2, 9, 9, 8, 2], mask=[1, 1, 0, 0, 1, 1], logprobs=[-0.3, -0.2, 0.0, 0.0, -0.4, -0.1]
+    )
     plain = sample("1/0", [1, 5, 6], [7, 2])
     out = pad_samples([multi, plain], pad_id=0)
     # targets t+1: row 0 = prompt 2 tokens -> response targets at t = 1..6
@@ -54,8 +64,7 @@ def gae_reference(rewards, values, mask, gamma, lam):
 def test_gae_with_env_holes_matches_policy_only_loop(gamma, lam):
     torch.manual_seed(0)
     # Two turns with env text between, then right padding; a second row with no holes.
-    mask = torch.tensor([[0, 1, 1, 0, 0, 0, 1, 1, 0, 0],
-                         [0, 0, 1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.float32)
+    mask = torch.tensor([[0, 1, 1, 0, 0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.float32)
     values = torch.randn(2, 10)
     kl = torch.rand(2, 10)
     scores = torch.tensor([1.0, -0.5])

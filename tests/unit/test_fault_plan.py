@@ -2,7 +2,7 @@
 
 import pytest
 
-from rl_service import faults
+from rl_service.testing import faults
 
 
 def test_fires_once_then_never_again_even_for_a_fresh_process(tmp_path, monkeypatch):
@@ -10,7 +10,7 @@ def test_fires_once_then_never_again_even_for_a_fresh_process(tmp_path, monkeypa
     monkeypatch.setenv(faults.MARKER_ENV, str(tmp_path))
     assert not faults.fire("kill_rollout", 2)
     assert faults.fire("kill_rollout", 3)
-    assert not faults.fire("kill_rollout", 3)      # the marker file survives a restarted actor
+    assert not faults.fire("kill_rollout", 3)  # the marker file survives a restarted actor
     assert faults.fire("kill_queue", 7)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kill_queue:7#0", "kill_rollout:3#0"]
 

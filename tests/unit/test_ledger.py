@@ -2,7 +2,7 @@
 
 import pytest
 
-from rl_service.ledger import LedgerError, SampleLedger
+from rl_service.controller.ledger import LedgerError, SampleLedger
 
 
 def test_balances_with_drops_and_in_flight():
@@ -11,8 +11,14 @@ def test_balances_with_drops_and_in_flight():
     led.mark_trained(["0/0", "0/1", "1/1"])
     led.mark_dropped([("1/0", "invalid_reward: returned nan")])
     c = led.check()
-    assert c == {"samples/issued": 6, "samples/trained": 3, "samples/dropped_stale": 0,
-                 "samples/dropped_invalid": 1, "samples/in_flight": 2, "samples/lost": 0}
+    assert c == {
+        "samples/issued": 6,
+        "samples/trained": 3,
+        "samples/dropped_stale": 0,
+        "samples/dropped_invalid": 1,
+        "samples/in_flight": 2,
+        "samples/lost": 0,
+    }
     led.mark_dropped([("2/0", "stale"), ("2/1", "stale")])
     assert led.check()["samples/in_flight"] == 0
     assert led.counts()["samples/dropped_stale"] == 2

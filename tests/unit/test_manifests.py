@@ -32,7 +32,7 @@ def test_ray_up_yaml_matches_autoscaler_schema(ray_up_schema):
     rollout, learner = types["rollout_gpu"]["resources"], types["learner_gpu"]["resources"]
     assert rollout["GPU"] >= 1 and rollout["rollout"] == rollout["GPU"]  # one engine per GPU
     assert learner["GPU"] >= 1 and learner["learner"] == learner["GPU"]
-    assert "learner" not in rollout and "rollout" not in learner       # pools stay separate
+    assert "learner" not in rollout and "rollout" not in learner  # pools stay separate
     assert RAY_VERSION in cfg["docker"]["image"]
 
 

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_cfg(cache_dir, **sft) -> ModelConfig:
     return ModelConfig(
         cache_dir=str(cache_dir),
-        build=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, max_position_embeddings=32),
+        build=TinyModelConfig(
+            hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, max_position_embeddings=32
+        ),
         sft=SFTConfig(max_steps=20, batch_size=32, eval_every=10, target_accuracy=1.0, **sft),
     )
 

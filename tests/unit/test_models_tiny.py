@@ -34,8 +34,8 @@ def test_shapes_and_param_count(tok):
     assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     assert c.num_key_value_heads == c.num_attention_heads == 1 and not c.tie_word_embeddings
     assert c.max_position_embeddings == 32
-    H, I, V, L = 32, 64, c.vocab_size, 2
-    per_layer = 4 * H * H + 3 * H * I + 2 * H  # q,k,v,o + gate,up,down + two RMSNorms
+    H, F, V, L = 32, 64, c.vocab_size, 2
+    per_layer = 4 * H * H + 3 * H * F + 2 * H  # q,k,v,o + gate,up,down + two RMSNorms
     assert num_params(model) == 2 * V * H + L * per_layer + H
     assert all(p.dtype == torch.float32 for p in model.parameters())
     logits = model(torch.tensor([tok("3+4=").input_ids])).logits
@@ -48,7 +48,7 @@ def test_greedy_loop_matches_hf_generate(tok, task):
     prompts = [p.prompt for p in task.eval_problems[:6]]  # mixed lengths -> left padding
     mine = greedy_generate(model, tok, prompts, max_new_tokens=5)
     enc = tok(prompts, padding=True, padding_side="left", return_tensors="pt")
-    ref = model.generate(**enc, max_new_tokens=5, do_sample=False)[:, enc.input_ids.shape[1]:].tolist()
+    ref = model.generate(**enc, max_new_tokens=5, do_sample=False)[:, enc.input_ids.shape[1] :].tolist()
     for m, r in zip(mine, ref):
         assert m == r[: len(m)]
 
@@ -78,8 +78,14 @@ def test_short_sft_lowers_the_loss(tok, task):
     model = build_tiny_model(CFG, tok)
     ids, mask, labels = make_sft_batch(tok, [task.sample_train(__import__("random").Random(9)) for _ in range(64)])
     before, _ = sft_loss(model, ids, mask, labels)
-    out = sft_warm_start(model, tok, task, SFTConfig(max_steps=40, batch_size=32, lr=3e-3, target_accuracy=1.0,
-                                                     eval_every=20), seed=0, progress=False)
+    out = sft_warm_start(
+        model,
+        tok,
+        task,
+        SFTConfig(max_steps=40, batch_size=32, lr=3e-3, target_accuracy=1.0, eval_every=20),
+        seed=0,
+        progress=False,
+    )
     after, _ = sft_loss(model, ids, mask, labels)
     assert out["steps"] == 40 and 0.0 <= out["accuracy"] <= 1.0
     assert after.item() < before.item() - 1.0

@@ -35,6 +35,9 @@ def test_save_and_reload_with_auto_tokenizer(tok, tmp_path):
     for text in ["37+48=", "1+2=3", "hello world"]:
         assert loaded(text).input_ids == tok(text).input_ids
     assert (loaded.bos_token_id, loaded.eos_token_id, loaded.pad_token_id) == (
-        tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     batch = loaded(["1+2=", "37+48="], padding=True, padding_side="left")
     assert batch.input_ids[0][:2] == [loaded.pad_token_id] * 2 and batch.attention_mask[0][:2] == [0, 0]

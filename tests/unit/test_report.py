@@ -3,8 +3,8 @@
 import json
 import struct
 
-from rl_service.cli import main
-from rl_service.report import STAGES, make_report, step_breakdown
+from rl_service.cli.main import main
+from rl_service.tracking.report import STAGES, make_report, step_breakdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -13,10 +13,21 @@ def _write_run(run_dir, steps=4, with_idle=False):
     run_dir.mkdir()
     rows = []
     for s in range(1, steps + 1):
-        r = {"step": s, "reward/mean": 0.1 * s, "reward/std": 0.05, "kl/mean": 0.01 * s, "kl/coef": 0.1,
-             "entropy/mean": 2.0 - 0.1 * s, "response_length/mean": 4 + s, "response_length/clip_ratio": 0.0,
-             "timing_s/generate": 1.0, "timing_s/reward": 0.1, "timing_s/train": 2.0,
-             "timing_s/weight_sync": 0.2, "timing_s/step": 4.0}
+        r = {
+            "step": s,
+            "reward/mean": 0.1 * s,
+            "reward/std": 0.05,
+            "kl/mean": 0.01 * s,
+            "kl/coef": 0.1,
+            "entropy/mean": 2.0 - 0.1 * s,
+            "response_length/mean": 4 + s,
+            "response_length/clip_ratio": 0.0,
+            "timing_s/generate": 1.0,
+            "timing_s/reward": 0.1,
+            "timing_s/train": 2.0,
+            "timing_s/weight_sync": 0.2,
+            "timing_s/step": 4.0,
+        }
         if s == 2:
             r["eval/accuracy"] = 0.4
         if with_idle:
@@ -37,8 +48,13 @@ def test_report_writes_five_pngs(tmp_path):
     run = tmp_path / "run"
     _write_run(run)
     paths = make_report(run)
-    assert [p.name for p in paths] == ["reward_accuracy.png", "kl.png", "entropy.png",
-                                       "response_length.png", "step_time.png"]
+    assert [p.name for p in paths] == [
+        "reward_accuracy.png",
+        "kl.png",
+        "entropy.png",
+        "response_length.png",
+        "step_time.png",
+    ]
     for p in paths:
         assert p.parent == run / "plots"
         w, h = _png_size(p)
@@ -47,10 +63,17 @@ def test_report_writes_five_pngs(tmp_path):
 
 
 def test_step_breakdown_idle_is_the_unaccounted_rest():
-    rows = [{"timing_s/generate": 1.0, "timing_s/reward": 0.5, "timing_s/train": 2.0,
-             "timing_s/weight_sync": 0.5, "timing_s/step": 5.0},
-            {"timing_s/generate": 3.0, "timing_s/train": 3.0, "timing_s/step": 5.0},   # overlap: idle 0
-            {"timing_s/train": 1.0, "timing_s/step": 2.0, "timing_s/idle": 0.25}]      # logged idle wins
+    rows = [
+        {
+            "timing_s/generate": 1.0,
+            "timing_s/reward": 0.5,
+            "timing_s/train": 2.0,
+            "timing_s/weight_sync": 0.5,
+            "timing_s/step": 5.0,
+        },
+        {"timing_s/generate": 3.0, "timing_s/train": 3.0, "timing_s/step": 5.0},  # overlap: idle 0
+        {"timing_s/train": 1.0, "timing_s/step": 2.0, "timing_s/idle": 0.25},
+    ]  # logged idle wins
     parts = step_breakdown(rows)
     assert list(parts) == list(STAGES)
     assert parts["idle"] == [1.0, 0.0, 0.25]

@@ -9,7 +9,7 @@ from rl_service.reward.functions import InvalidReward, checked_reward, resolve_r
 from rl_service.reward.scorer import RewardFunctionError, RewardScorer
 from rl_service.types import RolloutBatch, Sample
 
-PLUGIN = '''
+PLUGIN = """
 import math
 def raises(prompt, completion, **meta):
     if completion == "boom":
@@ -23,15 +23,25 @@ def text(prompt, completion, **meta):
     return "high"
 def length(prompt, completion, answer="", **meta):
     return float(len(completion)) + (1.0 if completion == answer else 0.0)
-'''
+"""
 
 
 def make_batch(texts, group=2):
     samples = tuple(
-        Sample(sample_id=f"{i // group}/{i % group}", prompt_id=i // group, prompt_text="6+7=",
-               prompt_ids=(1, 2), response_ids=(3,), response_logprobs=(-0.5,), response_text=t,
-               policy_version=3, finish_reason="stop", metadata={"answer": "13"})
-        for i, t in enumerate(texts))
+        Sample(
+            sample_id=f"{i // group}/{i % group}",
+            prompt_id=i // group,
+            prompt_text="6+7=",
+            prompt_ids=(1, 2),
+            response_ids=(3,),
+            response_logprobs=(-0.5,),
+            response_text=t,
+            policy_version=3,
+            finish_reason="stop",
+            metadata={"answer": "13"},
+        )
+        for i, t in enumerate(texts)
+    )
     return RolloutBatch(batch_id=7, samples=samples, worker="rollout-0", policy_version=3, generate_s=0.1)
 
 
@@ -54,12 +64,15 @@ def test_module_and_file_specs(plugin, monkeypatch):
     assert resolve_reward_fn("plugin_rewards:length")("p", "1", answer="13") == 1.0
 
 
-@pytest.mark.parametrize("name, completion, reason", [
-    ("raises", "boom", "raised RuntimeError: kaboom"),
-    ("nan_for_13", "13", "returned nan"),
-    ("inf", "x", "returned inf"),
-    ("text", "x", "not a number"),
-])
+@pytest.mark.parametrize(
+    "name, completion, reason",
+    [
+        ("raises", "boom", "raised RuntimeError: kaboom"),
+        ("nan_for_13", "13", "returned nan"),
+        ("inf", "x", "returned inf"),
+        ("text", "x", "not a number"),
+    ],
+)
 def test_checked_reward_rejects_junk(plugin, name, completion, reason):
     with pytest.raises(InvalidReward, match=reason):
         checked_reward(resolve_reward_fn(f"{plugin}:{name}"), "p", completion, {})

@@ -21,8 +21,8 @@ def test_stop_string_split_across_tokens_is_held_back_then_cut():
     # "ab" arrives as "...a" then "...ab": the "a" must not be sent before we know.
     st = StreamText(["ab"])
     assert st.update("xy", False) == "xy"
-    assert st.update("xya", False) == ""          # could still become the stop string
-    assert st.update("xyab", False) == ""         # it did: cut, nothing more to send
+    assert st.update("xya", False) == ""  # could still become the stop string
+    assert st.update("xyab", False) == ""  # it did: cut, nothing more to send
     assert st.stopped and st.sent == "xy"
 
 
@@ -35,7 +35,7 @@ def test_held_back_prefix_released_when_it_does_not_become_a_stop():
 
 def test_partial_utf8_character_is_held_until_complete():
     st = StreamText(None)
-    assert st.update("h\ufffd", False) == "h"     # half of a multi-byte char decodes as U+FFFD
+    assert st.update("h\ufffd", False) == "h"  # half of a multi-byte char decodes as U+FFFD
     assert st.update("hé", True) == "é"
 
 

@@ -1,7 +1,8 @@
 """Addition task: held-out split, verifier, resumable prompt stream."""
 
 from rl_service.config import TaskConfig
-from rl_service.tasks.addition import AdditionTask, Problem, PromptStream
+from rl_service.tasks.addition import AdditionTask, Problem
+from rl_service.tasks.stream import PromptStream
 
 
 def test_split_is_disjoint_complete_and_deterministic():

@@ -17,16 +17,18 @@ import asyncio
 import os
 import shlex
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV_FILE = "deploy/runtime_env.yaml"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-TOKEN_HELP = ("set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or put the cluster's token in ~/.ray/auth_token "
-              "(`ray get-auth-token` on the head node prints it)")
+TOKEN_HELP = (
+    "set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or put the cluster's token in ~/.ray/auth_token "
+    "(`ray get-auth-token` on the head node prints it)"
+)
 
 
 class JobsError(RuntimeError):
@@ -52,7 +54,7 @@ def resolve_address(address: str | None) -> str:
     for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
         if os.environ.get(var, "").startswith("http"):
             return os.environ[var]
-    from rl_service.local_cluster import read_state
+    from rl_service.infra.local_cluster import read_state
 
     st = read_state(os.environ.get("RLS_CLUSTER_DIR", ".tmp/rls-cluster"))
     return st["dashboard_url"] if st else DEFAULT_ADDRESS
@@ -73,8 +75,10 @@ def connect(address: str | None = None):
     except AuthenticationError as err:
         raise JobsError(_auth_message(url, token is not None, err)) from None
     except (ConnectionError, RuntimeError) as err:
-        raise JobsError(f"no Ray cluster answers at {url} ({type(err).__name__}); start one with "
-                        "`rl-service cluster up` or pass --address http://HEAD:8265") from None
+        raise JobsError(
+            f"no Ray cluster answers at {url} ({type(err).__name__}); start one with "
+            "`rl-service cluster up` or pass --address http://HEAD:8265"
+        ) from None
     client._rls_has_token = token is not None  # for the error message on a 401
     return client
 
@@ -116,8 +120,15 @@ def train_entrypoint(config: str, overrides: list[str]) -> str:
     return shlex.join(["python", "-m", "rl_service.cli", "train", config, *overrides])
 
 
-def submit(client, config: str, overrides: list[str], *, working_dir: str | Path = ".",
-           env_vars: dict[str, str] | None = None, submission_id: str | None = None) -> str:
+def submit(
+    client,
+    config: str,
+    overrides: list[str],
+    *,
+    working_dir: str | Path = ".",
+    env_vars: dict[str, str] | None = None,
+    submission_id: str | None = None,
+) -> str:
     """Validate the config here (bad config = JobsError before anything is uploaded), then submit.
     `config` must lie inside `working_dir` (that is what the job's driver will see)."""
     from rl_service.config import load_config
@@ -128,9 +139,14 @@ def submit(client, config: str, overrides: list[str], *, working_dir: str | Path
         rel = Path(config).resolve().relative_to(wd)
     except ValueError:
         raise JobsError(f"config {config!r} is outside the working dir {wd}; the job could not read it") from None
-    return _call(client, client.submit_job, entrypoint=train_entrypoint(str(rel), overrides),
-                 runtime_env=runtime_env(wd, env_vars), submission_id=submission_id,
-                 metadata={"rl_service_config": str(rel)})
+    return _call(
+        client,
+        client.submit_job,
+        entrypoint=train_entrypoint(str(rel), overrides),
+        runtime_env=runtime_env(wd, env_vars),
+        submission_id=submission_id,
+        metadata={"rl_service_config": str(rel)},
+    )
 
 
 def status(client, sid: str) -> str:
@@ -139,8 +155,14 @@ def status(client, sid: str) -> str:
 
 def info(client, sid: str) -> dict:
     d = _call(client, client.get_job_info, sid)
-    return {"submission_id": d.submission_id, "status": str(d.status.value), "entrypoint": d.entrypoint,
-            "message": d.message, "start_time": d.start_time, "end_time": d.end_time}
+    return {
+        "submission_id": d.submission_id,
+        "status": str(d.status.value),
+        "entrypoint": d.entrypoint,
+        "message": d.message,
+        "start_time": d.start_time,
+        "end_time": d.end_time,
+    }
 
 
 def logs(client, sid: str) -> str:
@@ -168,8 +190,16 @@ def stop(client, sid: str) -> bool:
 
 def list_jobs(client) -> list[dict]:
     jobs = _call(client, client.list_jobs)
-    rows = [{"submission_id": j.submission_id, "status": str(j.status.value), "entrypoint": j.entrypoint,
-             "start_time": j.start_time} for j in jobs if j.submission_id]
+    rows = [
+        {
+            "submission_id": j.submission_id,
+            "status": str(j.status.value),
+            "entrypoint": j.entrypoint,
+            "start_time": j.start_time,
+        }
+        for j in jobs
+        if j.submission_id
+    ]
     return sorted(rows, key=lambda r: r["start_time"] or 0)
 
 

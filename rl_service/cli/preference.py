@@ -8,7 +8,7 @@ export`); `--feedback-db` reads the serving feedback database directly. Without
 `--eval-data`, preference.eval_fraction of the prompts is held out by prompt hash. With
 neither flag, the synthetic addition preference task (rl_service/tasks/preferences.py).
 Outputs in <run_root>/<name>/: model/ (HF dir), metrics.jsonl, summary.json, config.yaml.
-Also runnable as `python -m rl_service.preference_cli train-rm configs/rm.yaml`.
+Also runnable as `rl-service train-rm configs/rm.yaml`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ def load_preference_config(path: str | Path | None, overrides: list[str] | None 
     return validate(PreferenceRunConfig, read_config_data(path, overrides))
 
 
-def load_pairs(cfg: PreferenceRunConfig, data: str | None = None, eval_data: str | None = None,
-               feedback_db: str | None = None) -> tuple[list[dict], list[dict]]:
+def load_pairs(
+    cfg: PreferenceRunConfig, data: str | None = None, eval_data: str | None = None, feedback_db: str | None = None
+) -> tuple[list[dict], list[dict]]:
     """(train pairs, held-out pairs) from the flags, or the synthetic task."""
-    from rl_service.tasks.preferences import read_jsonl, split_by_prompt, synthetic_preferences
+    from rl_service.preference.data import read_jsonl, split_by_prompt, synthetic_preferences
 
     pc = cfg.preference
     if data and feedback_db:
@@ -54,8 +55,10 @@ def load_pairs(cfg: PreferenceRunConfig, data: str | None = None, eval_data: str
         return pairs, read_jsonl(eval_data)
     train, held_out = split_by_prompt(pairs, pc.eval_fraction, cfg.seed)
     if not train or not held_out:
-        raise ConfigError(f"{len(pairs)} pairs split into {len(train)} train / {len(held_out)} held-out: "
-                          "need both (more data, another preference.eval_fraction, or --eval-data)")
+        raise ConfigError(
+            f"{len(pairs)} pairs split into {len(train)} train / {len(held_out)} held-out: "
+            "need both (more data, another preference.eval_fraction, or --eval-data)"
+        )
     return train, held_out
 
 
@@ -64,7 +67,7 @@ def _run(kind: str, args) -> int:
     train_pairs, eval_pairs = load_pairs(cfg, args.data, args.eval_data, args.feedback_db)
     from rl_service.config import dump_config
     from rl_service.models.build import ensure_model
-    from rl_service.preference_train import train_preferences
+    from rl_service.preference.train import train_preferences
 
     model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
     out = Path(cfg.run_root) / cfg.name
@@ -74,14 +77,19 @@ def _run(kind: str, args) -> int:
         out.rename(out.with_name(f"{cfg.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}"))
     out.mkdir(parents=True)
     dump_config(cfg, out / "config.yaml")
-    print(f"[{kind}] {len(train_pairs)} train / {len(eval_pairs)} held-out pairs; start from {model_path}; "
-          f"{cfg.preference.num_workers} process(es)", flush=True)
+    print(
+        f"[{kind}] {len(train_pairs)} train / {len(eval_pairs)} held-out pairs; start from {model_path}; "
+        f"{cfg.preference.num_workers} process(es)",
+        flush=True,
+    )
     s = train_preferences(kind, cfg, str(model_path), train_pairs, eval_pairs, out)
-    line = (f"held-out pairwise accuracy {s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}")
+    line = f"held-out pairwise accuracy {s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}"
     if kind == "dpo":
-        line += f"; policy logp(chosen) > logp(rejected): {s['eval/logp_accuracy_start']:.3f} -> " \
-                f"{s['eval/logp_accuracy_end']:.3f}; greedy exact match {s['task/exact_match_start']:.3f} -> " \
-                f"{s['task/exact_match_end']:.3f}"
+        line += (
+            f"; policy logp(chosen) > logp(rejected): {s['eval/logp_accuracy_start']:.3f} -> "
+            f"{s['eval/logp_accuracy_end']:.3f}; greedy exact match {s['task/exact_match_start']:.3f} -> "
+            f"{s['task/exact_match_end']:.3f}"
+        )
     print(f"{line} in {s['steps']} steps, {s['train_s']:.0f} s\nmodel: {s['model_dir']}")
     return 0
 
@@ -96,8 +104,9 @@ def cmd_train_dpo(args) -> int:
 
 def register(subparsers) -> None:
     for name, fn, helptext in (
-            ("train-rm", cmd_train_rm, "train a reward model (Bradley-Terry) from preference pairs"),
-            ("train-dpo", cmd_train_dpo, "train the policy with DPO from preference pairs")):
+        ("train-rm", cmd_train_rm, "train a reward model (Bradley-Terry) from preference pairs"),
+        ("train-dpo", cmd_train_dpo, "train the policy with DPO from preference pairs"),
+    ):
         sp = subparsers.add_parser(name, help=helptext)
         sp.add_argument("config", help="YAML, e.g. configs/rm.yaml")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. preference.lr=1e-4")
@@ -109,9 +118,10 @@ def register(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m` entry: the main `rl-service` CLI, which registers these commands too."""
-    from rl_service.cli import main as cli_main
+    from rl_service.cli.main import main as cli_main
 
     return cli_main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@ a progress bar showing step, reward and accuracy, and, when the config asks for 
   set; the run id is fixed (config, or kept in `<run_dir>/wandb_run_id`) with resume="allow",
   so a resumed run continues the same W&B run. The resolved config goes to W&B too.
 - Ray metrics (`tracking.ray_metrics`, only inside a connected Ray): gauges and counters on
-  the cluster's Prometheus endpoint (rl_service/metrics_export.py).
+  the cluster's Prometheus endpoint (rl_service/tracking/ray_metrics.py).
 
 This module imports neither ray nor wandb at import time.
 """
@@ -55,11 +55,17 @@ def start_wandb(run_dir: Path, cfg) -> Any:
     tc = cfg.tracking
     wdir = Path(tc.wandb_dir or os.environ.get("WANDB_DIR") or run_dir).resolve()
     wdir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=tc.wandb_project, entity=tc.wandb_entity, name=cfg.name,
-                      id=wandb_run_id(run_dir, cfg.name, tc.wandb_run_id), resume="allow",
-                      mode=wandb_mode(tc.wandb_mode), dir=str(wdir),
-                      config=cfg.model_dump(mode="json"), settings=wandb.Settings(console="off",
-                                                                                   x_disable_stats=True))
+    return wandb.init(
+        project=tc.wandb_project,
+        entity=tc.wandb_entity,
+        name=cfg.name,
+        id=wandb_run_id(run_dir, cfg.name, tc.wandb_run_id),
+        resume="allow",
+        mode=wandb_mode(tc.wandb_mode),
+        dir=str(wdir),
+        config=cfg.model_dump(mode="json"),
+        settings=wandb.Settings(console="off", x_disable_stats=True),
+    )
 
 
 def start_ray_metrics(cfg) -> Any:
@@ -70,20 +76,20 @@ def start_ray_metrics(cfg) -> Any:
 
     if not ray.is_initialized():
         return None
-    from rl_service.metrics_export import RayMetricsExporter
+    from rl_service.tracking.ray_metrics import RayMetricsExporter
 
     return RayMetricsExporter(run=cfg.name)
 
 
 class RunTracker:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, accuracy: float | None = None,
-                 cfg=None):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, accuracy: float | None = None, cfg=None):
         """`cfg`: the full Config; its `tracking` section turns on W&B and Ray metrics."""
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
         self._fh = self.metrics_path.open("a")
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                        file=sys.stdout, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stdout, dynamic_ncols=True
+        )
         self.last: dict[str, Any] = {}
         self.accuracy = accuracy
         """Latest held-out accuracy, kept on the bar between evaluations."""
@@ -100,8 +106,10 @@ class RunTracker:
         self.accuracy = metrics.get("eval/accuracy", self.accuracy)
         if self.wandb is not None:
             step = metrics.get("step")
-            self.wandb.log({k: v for k, v in clean.items() if v is not None and k != "step"},
-                           step=int(step) if isinstance(step, (int, float)) else None)
+            self.wandb.log(
+                {k: v for k, v in clean.items() if v is not None and k != "step"},
+                step=int(step) if isinstance(step, (int, float)) else None,
+            )
         if self.ray_metrics is not None:
             self.ray_metrics.update(metrics)
         shown = {"reward": metrics.get("reward/mean"), "kl": metrics.get("kl/mean"), "acc": self.accuracy}

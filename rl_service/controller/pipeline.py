@@ -13,14 +13,15 @@ can arrive twice: the copy is dropped by batch id (`faults/duplicates_dropped`).
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-from rl_service import faults
 from rl_service.config import Config
-from rl_service.faults import FaultLog
-from rl_service.ledger import SampleLedger
-from rl_service.runtime import ComponentFailure, Components
+from rl_service.controller.ledger import SampleLedger
+from rl_service.infra.components import ComponentFailure, Components
 from rl_service.tasks import PromptStream
+from rl_service.testing import faults
+from rl_service.testing.faults import FaultLog
 from rl_service.types import Prompt, PromptBatch
 
 T = TypeVar("T")
@@ -37,8 +38,15 @@ def batch_from_json(d: dict) -> PromptBatch:
 class BatchPipeline:
     """Prompt batches from issue to training, across component crashes."""
 
-    def __init__(self, cfg: Config, comps: Components, stream: PromptStream, ledger: SampleLedger,
-                 flog: FaultLog, next_batch_id: int = 0):
+    def __init__(
+        self,
+        cfg: Config,
+        comps: Components,
+        stream: PromptStream,
+        ledger: SampleLedger,
+        flog: FaultLog,
+        next_batch_id: int = 0,
+    ):
         self.cfg, self.comps, self.stream, self.ledger, self.flog = cfg, comps, stream, ledger, flog
         self.next_batch_id = next_batch_id
         self.batches_per_step = cfg.train.prompts_per_step // cfg.rollout.prompts_per_batch
@@ -64,8 +72,13 @@ class BatchPipeline:
             for kind, count in replaced.items():
                 self.flog.add(f"faults/restarts_{kind}", count)
             self.flog.add("faults/batches_regenerated", len(redo))
-            self.flog.event(kind="component", step=self.flog.step, replaced=replaced, batches_regenerated=redo,
-                            recover_s=time.perf_counter() - t)
+            self.flog.event(
+                kind="component",
+                step=self.flog.step,
+                replaced=replaced,
+                batches_regenerated=redo,
+                recover_s=time.perf_counter() - t,
+            )
 
     def retrying(self, fn: Callable[[], T]) -> T:
         """fn(), recovering from component crashes until it succeeds."""

@@ -131,8 +131,10 @@ def resolve_resume(spec: str, run_dir: Path) -> Path | None:
         found = latest_checkpoint(root)
         if found is not None:
             return found
-    raise CheckpointError(f"--resume {spec}: no complete checkpoint there (expected a step-N dir with "
-                          f"{CONTROLLER_FILE}, or a run dir with checkpoints/)")
+    raise CheckpointError(
+        f"--resume {spec}: no complete checkpoint there (expected a step-N dir with "
+        f"{CONTROLLER_FILE}, or a run dir with checkpoints/)"
+    )
 
 
 def load_controller_state(ckpt: Path) -> dict:

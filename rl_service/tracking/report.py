@@ -109,10 +109,11 @@ def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
         _missing(ax, "reward/mean or eval/accuracy")
     paths.append(_save(fig, ax, out / "reward_accuracy.png", f"{name}: reward and accuracy"))
 
-    for fname, keys, title in (("kl.png", ("kl/mean", "kl/coef"), "KL to reference"),
-                               ("entropy.png", ("entropy/mean",), "policy entropy"),
-                               ("response_length.png", ("response_length/mean", "response_length/clip_ratio"),
-                                "response length (tokens)")):
+    for fname, keys, title in (
+        ("kl.png", ("kl/mean", "kl/coef"), "KL to reference"),
+        ("entropy.png", ("entropy/mean",), "policy entropy"),
+        ("response_length.png", ("response_length/mean", "response_length/clip_ratio"), "response length (tokens)"),
+    ):
         fig, ax = plt.subplots(figsize=(7, 4))
         drawn = [_line(ax, rows, k) for k in keys]
         if not any(drawn):

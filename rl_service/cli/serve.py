@@ -7,7 +7,7 @@
 the OpenAI-compatible app for the saved policy, prints its URL and stays up until SIGINT
 or SIGTERM, then shuts Serve and Ray down. `--config` is an experiment YAML: its `serve:`
 and `ray:` sections are used. Flags override the file. Also runnable without the main CLI:
-`python -m rl_service.serving.cli serve ...`.
+`python -m rl_service.cli serve ...`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,15 @@ from rl_service.config import ConfigError, ServeConfig, load_config
 
 def _config(args):
     cfg = load_config(args.config)
-    updates = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
-                                 ("api_key", getattr(args, "api_key", None))) if v is not None}
+    updates = {
+        k: v
+        for k, v in (
+            ("host", getattr(args, "host", None)),
+            ("port", getattr(args, "port", None)),
+            ("api_key", getattr(args, "api_key", None)),
+        )
+        if v is not None
+    }
     if updates:
         try:
             cfg.serve = ServeConfig.model_validate({**cfg.serve.model_dump(), **updates})
@@ -39,11 +46,13 @@ def cmd_serve(args) -> int:
     cfg = _config(args)
     ckpt = Path(args.checkpoint)
     if not (ckpt / "config.json").is_file():
-        raise ConfigError(f"--checkpoint: {str(ckpt)!r} is not an HF model directory (no config.json); "
-                          "pass a run's final/ directory or a saved policy")
+        raise ConfigError(
+            f"--checkpoint: {str(ckpt)!r} is not an HF model directory (no config.json); "
+            "pass a run's final/ directory or a saved policy"
+        )
     from ray import serve
 
-    from rl_service.runtime import ray_session
+    from rl_service.infra.components import ray_session
     from rl_service.serving.app import build_app
 
     stop = threading.Event()
@@ -56,8 +65,10 @@ def cmd_serve(args) -> int:
         try:
             serve.run(build_app(sc, str(ckpt)), name="policy", route_prefix="/")
             auth = "bearer key required" if (sc.api_key or _env_key()) else "no auth"
-            print(f"serving {ckpt} as {sc.model_name!r} at http://{sc.host}:{sc.port}/v1 ({auth}); "
-                  "Ctrl-C to stop", flush=True)
+            print(
+                f"serving {ckpt} as {sc.model_name!r} at http://{sc.host}:{sc.port}/v1 ({auth}); Ctrl-C to stop",
+                flush=True,
+            )
             while not stop.wait(0.5):
                 pass
             print("stopping", flush=True)
@@ -108,9 +119,10 @@ def register(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m` entry: the main `rl-service` CLI, which registers these commands too."""
-    from rl_service.cli import main as cli_main
+    from rl_service.cli.main import main as cli_main
 
     return cli_main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

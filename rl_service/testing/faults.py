@@ -27,9 +27,15 @@ from pathlib import Path
 FAULT_ENV = "RL_SERVICE_FAULT"
 MARKER_ENV = "RL_SERVICE_FAULT_DIR"
 
-COUNTERS = ("faults/restarts_rollout", "faults/restarts_reward", "faults/restarts_queue",
-            "faults/restarts_learner", "faults/batches_regenerated", "faults/duplicates_dropped",
-            "faults/recover_s")
+COUNTERS = (
+    "faults/restarts_rollout",
+    "faults/restarts_reward",
+    "faults/restarts_queue",
+    "faults/restarts_learner",
+    "faults/batches_regenerated",
+    "faults/duplicates_dropped",
+    "faults/recover_s",
+)
 
 
 _ENTRY = re.compile(r"^(\w+):(\d+)(?:x(\d+))?$")

@@ -67,8 +67,12 @@ class SampleLedger:
 
     def state_dict(self) -> dict:
         """JSON-ready books, for checkpoints: a resumed run's books keep balancing."""
-        return {"n": self.n, "issued": sorted(self.issued), "trained": sorted(self.trained),
-                "dropped": dict(sorted(self.dropped.items()))}
+        return {
+            "n": self.n,
+            "issued": sorted(self.issued),
+            "trained": sorted(self.trained),
+            "dropped": dict(sorted(self.dropped.items())),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["n"]) != self.n:

@@ -33,12 +33,13 @@ from rl_service.algo.logprobs import token_logprobs
 from rl_service.algo.preference import bradley_terry_loss, dpo_loss, sequence_logprobs
 from rl_service.config import PreferenceRunConfig
 from rl_service.learner import fsdp
-from rl_service.reward.models import rm_inputs
+from rl_service.reward.learned import rm_inputs
 
 _SKIP_FILES = ("model.safetensors", "config.json", "build_info.json")
 
 
 # ---------------------------------------------------------------- data -> tensors
+
 
 def encode_texts(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
     """Whole sequences for the reward model: BOS + prompt + completion, right-padded. -> ids, mask: [N, L].
@@ -91,6 +92,7 @@ def _rows(data: dict[str, torch.Tensor], idx: torch.Tensor, n_pairs: int, device
 
 
 # ---------------------------------------------------------------- per-pair scores
+
 
 def rm_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Reward of each row: [2k, L] -> [2k] (HF pools the last non-pad token)."""
@@ -152,8 +154,7 @@ def pair_loss(kind: str, models: dict, batch, cfg, denom: float) -> tuple[torch.
     with torch.no_grad():
         ref = completion_logprobs(models["reference"], batch)
     k = lp.shape[0] // 2
-    loss, m = dpo_loss(lp[:k], lp[k:], ref[:k], ref[k:], beta=pc.beta, label_smoothing=pc.label_smoothing,
-                       denom=denom)
+    loss, m = dpo_loss(lp[:k], lp[k:], ref[:k], ref[k:], beta=pc.beta, label_smoothing=pc.label_smoothing, denom=denom)
     m["logp_accuracy"] = float((lp[:k] > lp[k:]).float().mean())  # the policy itself prefers chosen
     return loss, m
 
@@ -171,6 +172,7 @@ def evaluate(kind: str, models: dict, data, n_pairs: int, cfg, device, chunk: in
 
 
 # ---------------------------------------------------------------- one rank
+
 
 def rm_config(model_path: str, extra_layers: int):
     """The policy's config as a 1-output sequence classifier with `extra_layers` more blocks."""
@@ -191,7 +193,7 @@ def _load_models(kind: str, model_path: str, device, mesh, extra_layers: int = 0
         # score head reads exactly the policy's final hidden state (an experiment: a block on
         # top could compare each token with the policy's prediction for it; no gain measured yet).
         with torch.no_grad():
-            for layer in rm.base_model.layers[config.num_hidden_layers - extra_layers:]:
+            for layer in rm.base_model.layers[config.num_hidden_layers - extra_layers :]:
                 layer.self_attn.o_proj.weight.zero_()
                 layer.mlp.down_proj.weight.zero_()
         if lm_coef > 0:  # the policy's own LM head, trained alongside and then dropped
@@ -220,8 +222,9 @@ def _save(kind: str, model, tokenizer, model_path: str, out: Path, rank: int, ex
             if f.is_file() and f.name not in _SKIP_FILES:
                 shutil.copy2(f, out / f.name)
         if kind == "rm":
-            plain = AutoModelForSequenceClassification.from_config(rm_config(model_path, extra_layers),
-                                                                   dtype=torch.float32)
+            plain = AutoModelForSequenceClassification.from_config(
+                rm_config(model_path, extra_layers), dtype=torch.float32
+            )
         else:
             plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
         plain.load_state_dict(state_dict, strict=True)
@@ -229,8 +232,17 @@ def _save(kind: str, model, tokenizer, model_path: str, out: Path, rank: int, ex
     fsdp.barrier()
 
 
-def run_rank(rank: int, world_size: int, port: int, kind: str, cfg: PreferenceRunConfig, model_path: str,
-             train_pairs: list[dict], eval_pairs: list[dict], out_dir: str) -> None:
+def run_rank(
+    rank: int,
+    world_size: int,
+    port: int,
+    kind: str,
+    cfg: PreferenceRunConfig,
+    model_path: str,
+    train_pairs: list[dict],
+    eval_pairs: list[dict],
+    out_dir: str,
+) -> None:
     """Body of one process (rank 0 writes metrics.jsonl, summary.json and model/)."""
     from transformers import AutoTokenizer
 
@@ -273,8 +285,11 @@ def run_rank(rank: int, world_size: int, port: int, kind: str, cfg: PreferenceRu
                 row.update(evaluate(kind, models, eval_data, n_eval, cfg, device))
                 history.append({k: v for k, v in row.items() if k == "step" or k.startswith("eval/")})
                 if rank == 0:
-                    print(f"[{kind}] step {step}: train loss {row['train/loss']:.4f}, held-out accuracy "
-                          f"{row['eval/accuracy']:.3f} ({row['time_s']:.0f} s)", flush=True)
+                    print(
+                        f"[{kind}] step {step}: train loss {row['train/loss']:.4f}, held-out accuracy "
+                        f"{row['eval/accuracy']:.3f} ({row['time_s']:.0f} s)",
+                        flush=True,
+                    )
             if log is not None:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -284,11 +299,18 @@ def run_rank(rank: int, world_size: int, port: int, kind: str, cfg: PreferenceRu
             end = history[-1]
             if kind == "dpo":  # what DPO is for: does the policy now answer more prompts right?
                 last_train.update(_greedy_accuracy(cfg, model_path, out / "model"))
-            summary = {"kind": kind, "steps": pc.steps, "num_workers": world_size, "train_pairs": n_train,
-                       "eval_pairs": n_eval, "train_s": round(train_s, 2), "model_dir": str(out / "model"),
-                       **{f"{k}_start": v for k, v in start.items()}, **{f"{k}_end": v for k, v in end.items()
-                                                                          if k != "step"},
-                       **last_train}
+            summary = {
+                "kind": kind,
+                "steps": pc.steps,
+                "num_workers": world_size,
+                "train_pairs": n_train,
+                "eval_pairs": n_eval,
+                "train_s": round(train_s, 2),
+                "model_dir": str(out / "model"),
+                **{f"{k}_start": v for k, v in start.items()},
+                **{f"{k}_end": v for k, v in end.items() if k != "step"},
+                **last_train,
+            }
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             log.close()
     finally:
@@ -317,8 +339,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_preferences(kind: str, cfg: PreferenceRunConfig, model_path: str, train_pairs: list[dict],
-                      eval_pairs: list[dict], out_dir: str | Path) -> dict:
+def train_preferences(
+    kind: str,
+    cfg: PreferenceRunConfig,
+    model_path: str,
+    train_pairs: list[dict],
+    eval_pairs: list[dict],
+    out_dir: str | Path,
+) -> dict:
     """Train a reward model (`rm`) or a DPO policy (`dpo`); returns summary.json's content."""
     if kind not in ("rm", "dpo"):
         raise ValueError(f"kind must be 'rm' or 'dpo', got {kind!r}")

@@ -22,18 +22,20 @@ from dataclasses import dataclass, field
 
 import ray
 
-from rl_service import placement
 from rl_service.config import Config
-from rl_service.queues import RayBatchQueue
+from rl_service.infra import placement
+from rl_service.infra.queues import RayBatchQueue
 from rl_service.types import BatchSummary
 
 log = logging.getLogger(__name__)
 
 
 def _requested_cpus(cfg: Config) -> float:
-    return (cfg.rollout.num_workers * cfg.rollout.resources.num_cpus
-            + cfg.reward.num_scorers * cfg.reward.resources.num_cpus
-            + cfg.learner.num_workers * cfg.learner.resources.num_cpus)
+    return (
+        cfg.rollout.num_workers * cfg.rollout.resources.num_cpus
+        + cfg.reward.num_scorers * cfg.reward.resources.num_cpus
+        + cfg.learner.num_workers * cfg.learner.resources.num_cpus
+    )
 
 
 @contextmanager
@@ -53,8 +55,14 @@ def ray_session(cfg: Config):
         # Bind every Ray listener to loopback (not just advertise 127.0.0.1); embedded only.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(_requested_cpus(cfg)))
-        ray.init(num_cpus=num_cpus, _temp_dir=tmp, _node_ip_address="127.0.0.1", include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1")
+        ray.init(
+            num_cpus=num_cpus,
+            _temp_dir=tmp,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
+        )
     try:
         yield
     finally:
@@ -113,10 +121,10 @@ class Components:
     """name -> batch ids in flight at every one of its deaths (named when restarts run out)."""
 
     @staticmethod
-    def start(cfg: Config, model_path: str) -> "Components":
+    def start(cfg: Config, model_path: str) -> Components:
         """Create every actor; engines and learners initialise in parallel."""
         learners, pg = placement.make_learners(cfg, model_path)
-        setup = [l.setup.remote() for l in learners]
+        setup = [learner.setup.remote() for learner in learners]
         workers = placement.make_rollout_workers(cfg, model_path)
         scorers = placement.make_scorers(cfg)
         ray.get(setup + [w.__ray_ready__.remote() for w in workers + scorers])
@@ -161,8 +169,7 @@ class Components:
                     raise ComponentFailure(f"{name} stopped: {_first_line(err)}") from err
                 raise RuntimeError("a rollout/reward loop exited unexpectedly")
             if time.perf_counter() > deadline:
-                raise TimeoutError("no scored batch within train.timeout_s; queue depths: "
-                                   f"{self.queue_depths()}")
+                raise TimeoutError(f"no scored batch within train.timeout_s; queue depths: {self.queue_depths()}")
 
     def queue_depths(self) -> dict[str, int]:
         """`queue/<x>_depth` metrics; -1 for a queue that died (recovered at the next collect)."""
@@ -195,7 +202,8 @@ class Components:
                 raise RuntimeError(
                     f"{name} died {self.restarts[name]} times, more than train.max_restarts="
                     f"{self.cfg.train.max_restarts}; batches in flight at every one of its deaths: "
-                    f"{sorted(self.suspects[name])} (at the last one: {in_flight})")
+                    f"{sorted(self.suspects[name])} (at the last one: {in_flight})"
+                )
         for q in (self.prompt_q, self.rollout_q, self.scored_q):
             q.shutdown()
         was_running, old_loops, self.loops = bool(self.loops), self.loops, []
@@ -227,7 +235,7 @@ class Components:
                 ray.get(done)
             return ray.get(refs)
         except Exception as err:
-            pings = [l.__ray_ready__.remote() for l in self.learners]
+            pings = [learner.__ray_ready__.remote() for learner in self.learners]
             ray.wait(pings, num_returns=len(pings), timeout=5)
             dead = [rank for rank, p in enumerate(pings) if _died(p)]
             if isinstance(err, _CRASHED) or dead:
@@ -236,12 +244,14 @@ class Components:
 
     def train_step(self, refs: list, group_size: int) -> dict:
         # Every learner rank gets the same list of refs; Ray resolves them in each process.
-        results = self._learner_get([l.train_step.remote(refs, group_size) for l in self.learners], "train_step")
+        results = self._learner_get(
+            [learner.train_step.remote(refs, group_size) for learner in self.learners], "train_step"
+        )
         return dict(results[0])
 
     def publish(self, version: int, probes: list[list[int]]) -> dict:
         """Publish `version` from the learners (state dict in the object store, owned by this driver)."""
-        calls = [l.publish.options(num_returns=2).remote(version, probes) for l in self.learners]
+        calls = [learner.publish.options(num_returns=2).remote(version, probes) for learner in self.learners]
         self._learner_get([c[0] for c in calls], "publish")
         meta_ref, state_ref = calls[0]
         self.published = (state_ref, meta_ref)
@@ -253,8 +263,10 @@ class Components:
             results = ray.get([w.load_weights.remote(*self.published) for w in self.workers])
         except ray.exceptions.RayActorError as err:
             raise ComponentFailure(f"a rollout worker died loading weights: {_first_line(err)}") from err
-        return {"probe_max_diff": max(r["probe_max_diff"] for r in results),
-                "load_s": max(r["seconds"] for r in results)}  # slowest worker: checksum + load + probe
+        return {
+            "probe_max_diff": max(r["probe_max_diff"] for r in results),
+            "load_s": max(r["seconds"] for r in results),
+        }  # slowest worker: checksum + load + probe
 
     def sync_weights(self, version: int, probes: list[list[int]]) -> dict:
         """Publish `version` from the learners and load it, verified, into every worker."""
@@ -262,17 +274,20 @@ class Components:
 
     def save_checkpoint(self, ckpt_dir) -> dict:
         """Every learner rank writes its shards (+ small per-rank state) into `ckpt_dir`."""
-        return self._learner_get([l.save_checkpoint.remote(str(ckpt_dir)) for l in self.learners], "checkpoint")[0]
+        return self._learner_get(
+            [learner.save_checkpoint.remote(str(ckpt_dir)) for learner in self.learners], "checkpoint"
+        )[0]
 
     def load_checkpoint(self, ckpt_dir) -> dict:
         """Every learner rank restores from `ckpt_dir` (DCP reshards to this world size)."""
-        return self._learner_get([l.load_checkpoint.remote(str(ckpt_dir)) for l in self.learners], "load")[0]
+        return self._learner_get([learner.load_checkpoint.remote(str(ckpt_dir)) for learner in self.learners], "load")[
+            0
+        ]
 
     def kill_learner_soon(self, delay_s: float) -> None:
         """Fault injection: kill the last learner process `delay_s` from now (mid-step)."""
         victim = self.learners[-1]
-        threading.Thread(target=lambda: (time.sleep(delay_s), ray.kill(victim, no_restart=True)),
-                         daemon=True).start()
+        threading.Thread(target=lambda: (time.sleep(delay_s), ray.kill(victim, no_restart=True)), daemon=True).start()
 
     def stop_loops(self) -> None:
         ray.get([a.stop.remote() for a in self.workers + self.scorers])
@@ -280,13 +295,13 @@ class Components:
         self.loops = []
 
     def save_final(self, out_dir) -> None:
-        self._learner_get([l.save_hf.remote(str(out_dir)) for l in self.learners], "save_hf")
+        self._learner_get([learner.save_hf.remote(str(out_dir)) for learner in self.learners], "save_hf")
 
     def shutdown(self, graceful: bool = True) -> None:
         """graceful=False after a learner failure: ranks stuck in a collective never answer."""
-        for l in self.learners if graceful else []:
+        for learner in self.learners if graceful else []:
             try:
-                ray.get(l.shutdown.remote(), timeout=10)
+                ray.get(learner.shutdown.remote(), timeout=10)
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         for a in self.workers + self.scorers + self.learners:
@@ -322,11 +337,11 @@ def evaluate(workers: list, task, max_new_tokens: int) -> float:
     Environment tasks: the share of held-out episodes the greedy policy solves."""
     if getattr(task, "is_env", False):
         metas = [p.metadata for p in task.eval_prompts]
-        chunks = [metas[i::len(workers)] for i in range(len(workers))]
+        chunks = [metas[i :: len(workers)] for i in range(len(workers))]
         results = ray.get([w.evaluate_episodes.remote(c, max_new_tokens) for w, c in zip(workers, chunks)])
         return sum(r["env_success"] for rs in results for r in rs) / len(metas)
     problems = task.eval_problems
-    chunks = [problems[i::len(workers)] for i in range(len(workers))]
+    chunks = [problems[i :: len(workers)] for i in range(len(workers))]
     texts = ray.get([w.evaluate.remote([p.prompt for p in c], max_new_tokens) for w, c in zip(workers, chunks)])
     correct = sum(task.verify(t, p.answer) for c, ts in zip(chunks, texts) for p, t in zip(c, ts))
     return correct / len(problems)

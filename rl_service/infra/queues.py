@@ -13,7 +13,7 @@ and moves only the ref and a small summary through the `ray.util.queue.Queue` ac
 
 The queue actor is a single point of failure: if it dies, its contents are gone and every
 put/get on it raises `RayActorError`. The controller then rebuilds the queues and re-puts
-every batch it issued and has not trained (rl_service/runtime.py `Components.recover`).
+every batch it issued and has not trained (rl_service/infra/components.py `Components.recover`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -43,7 +42,7 @@ class TaskConfig(_Section):
     name: Literal["addition", "guess_number"] = "addition"
     """`addition`: single-turn verifiable task (prompts, answers, built-in verifier).
     `guess_number`: multi-turn environment (rl_service/envs/); use it with
-    reward.fn = rl_service.envs.rewards:env_return."""
+    reward.fn = env_return (built-in)."""
     digits: int = Field(2, ge=1, le=6)
     """addition: operands have up to this many digits (prompt `37+48=`, answer `85`)."""
     num_eval: int = Field(200, ge=1)
@@ -61,7 +60,7 @@ class TaskConfig(_Section):
     """guess_number: a hit on turn k is worth 1 - turn_penalty * (k - 1)."""
 
     @model_validator(mode="after")
-    def _guess_range(self) -> "TaskConfig":
+    def _guess_range(self) -> TaskConfig:
         if self.name == "guess_number" and self.guess_low >= self.guess_high:
             raise ValueError(f"task.guess_low ({self.guess_low}) must be < task.guess_high ({self.guess_high})")
         return self
@@ -110,7 +109,7 @@ class ModelConfig(_Section):
     """Warm start of the built model (ignored when `path` is set)."""
 
     @model_validator(mode="after")
-    def _path_exists(self) -> "ModelConfig":
+    def _path_exists(self) -> ModelConfig:
         if self.path is not None and not (Path(self.path) / "config.json").is_file():
             raise ValueError(f"model.path: {self.path!r} is not an HF model directory (no config.json)")
         return self
@@ -164,10 +163,11 @@ class RewardConfig(_Section):
     """Weight of the teacher's per-token reward."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> "RewardConfig":
+    def _one_source(self) -> RewardConfig:
         if self.model is not None and self.fn != "addition_exact":
-            raise ValueError(f"model and a custom fn ({self.fn!r}) are mutually exclusive: the reward model "
-                             "replaces the function")
+            raise ValueError(
+                f"model and a custom fn ({self.fn!r}) are mutually exclusive: the reward model replaces the function"
+            )
         for key in ("model", "teacher"):
             d = getattr(self, key)
             if d is not None and not (Path(d) / "config.json").is_file():
@@ -345,7 +345,7 @@ class ServeConfig(_Section):
     """PostgreSQL DSN; when set it is used instead of feedback_db (needs psycopg)."""
 
     @model_validator(mode="after")
-    def _replica_bounds(self) -> "ServeConfig":
+    def _replica_bounds(self) -> ServeConfig:
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise ValueError("serve.min_replicas and serve.max_replicas are set together (autoscaling)")
         if self.min_replicas is not None and self.min_replicas > self.max_replicas:
@@ -356,7 +356,7 @@ class ServeConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    """Where metrics go besides runs/<name>/metrics.jsonl (owned by rl_service/tracking.py)."""
+    """Where metrics go besides runs/<name>/metrics.jsonl (owned by rl_service/tracking/)."""
 
     wandb: bool = False
     """Log every metric to Weights & Biases (offline unless WANDB_API_KEY is set)."""
@@ -409,24 +409,32 @@ class Config(_Section):
     """Metrics sinks."""
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "Config":
+    def _cross_field(self) -> Config:
         lc, rc = self.learner, self.rollout
         if lc.advantage != "gae" and rc.samples_per_prompt < 2:
             raise ValueError(f"learner.advantage={lc.advantage} needs rollout.samples_per_prompt >= 2 (a group)")
         if self.train.prompts_per_step % rc.prompts_per_batch:
             raise ValueError(
                 f"train.prompts_per_step ({self.train.prompts_per_step}) must be divisible by "
-                f"rollout.prompts_per_batch ({rc.prompts_per_batch})")
+                f"rollout.prompts_per_batch ({rc.prompts_per_batch})"
+            )
         if self.train.prompts_per_step * rc.samples_per_prompt < lc.num_workers * lc.num_minibatches:
-            raise ValueError("train.prompts_per_step * rollout.samples_per_prompt must be >= "
-                             "learner.num_workers * learner.num_minibatches (every process needs samples)")
+            raise ValueError(
+                "train.prompts_per_step * rollout.samples_per_prompt must be >= "
+                "learner.num_workers * learner.num_minibatches (every process needs samples)"
+            )
         in_flight = (1 + self.train.max_policy_lag) * (self.train.prompts_per_step // rc.prompts_per_batch)
         if in_flight > self.train.queue_size:
-            raise ValueError(f"train.queue_size ({self.train.queue_size}) must hold the {in_flight} prompt batches "
-                             "in flight ((1 + max_policy_lag) * prompts_per_step / prompts_per_batch)")
+            raise ValueError(
+                f"train.queue_size ({self.train.queue_size}) must hold the {in_flight} prompt batches "
+                "in flight ((1 + max_policy_lag) * prompts_per_step / prompts_per_batch)"
+            )
         if lc.backend == "nccl" and lc.resources.num_gpus == 0:
             raise ValueError("learner.backend=nccl needs learner.resources.num_gpus > 0")
-        if self.model.path is None and rc.max_new_tokens + 2 * self.task.digits + 2 > self.model.build.max_position_embeddings:
+        if (
+            self.model.path is None
+            and rc.max_new_tokens + 2 * self.task.digits + 2 > self.model.build.max_position_embeddings
+        ):
             raise ValueError("rollout.max_new_tokens plus the prompt exceeds model.build.max_position_embeddings")
         return self
 
@@ -493,6 +501,7 @@ class PreferenceRunConfig(_Section):
 
 # ---------------------------------------------------------------- loading
 
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`a.b=1` strings -> nested dict; values parsed as YAML scalars (`1e-5`, `true`, `[1,2]`)."""
     out: dict[str, Any] = {}
@@ -529,10 +538,14 @@ def _first_error(err: ValidationError) -> str:
     loc = ".".join(str(p) for p in e["loc"]) or "config"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
-        return f"{loc}: unknown key (check the spelling; see rl_service/config.py)"
+        return f"{loc}: unknown key (check the spelling; see rl_service/config/)"
     if e["type"] in ("value_error", "assertion_error") and not e["loc"]:
         return msg
-    return f"{loc}: {msg} (got {e.get('input')!r})" if "input" in e and not isinstance(e.get("input"), dict) else f"{loc}: {msg}"
+    return (
+        f"{loc}: {msg} (got {e.get('input')!r})"
+        if "input" in e and not isinstance(e.get("input"), dict)
+        else f"{loc}: {msg}"
+    )
 
 
 def validate(cls: type[_M], data: dict[str, Any]) -> _M:
@@ -576,8 +589,10 @@ def check_reward_fn(spec: str) -> None:
         from rl_service.reward.functions import BUILTIN_NAMES  # no heavy imports there
 
         if spec not in BUILTIN_NAMES:
-            raise ConfigError(f"reward.fn: unknown built-in {spec!r} (known: {', '.join(sorted(BUILTIN_NAMES))}; "
-                              "or give module:fn / path/to/file.py:fn)")
+            raise ConfigError(
+                f"reward.fn: unknown built-in {spec!r} (known: {', '.join(sorted(BUILTIN_NAMES))}; "
+                "or give module:fn / path/to/file.py:fn)"
+            )
         return
     from rl_service.reward.functions import load_user_fn
 

@@ -7,7 +7,7 @@ addition task: training pairs from its training operands, held-out pairs from it
 held-out prompts, so a reward model is evaluated on prompts it never saw. Every wrong
 answer is seeded by (seed, a, b): the data does not depend on generation order.
 
-    python -m rl_service.tasks.preferences --out data/prefs   # train.jsonl + eval.jsonl
+    python -m rl_service.preference.data --out data/prefs   # train.jsonl + eval.jsonl
 """
 
 from __future__ import annotations
@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    train, held_out = synthetic_preferences(TaskConfig(digits=args.digits, num_eval=args.num_eval),
-                                            args.num_train, args.seed)
+    train, held_out = synthetic_preferences(
+        TaskConfig(digits=args.digits, num_eval=args.num_eval), args.num_train, args.seed
+    )
     write_jsonl(train, Path(args.out) / "train.jsonl")
     write_jsonl(held_out, Path(args.out) / "eval.jsonl")
     print(f"wrote {len(train)} train and {len(held_out)} held-out pairs to {args.out}/")

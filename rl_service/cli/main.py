@@ -23,8 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
-from rl_service.checkpoint import CheckpointError
 from rl_service.config import ConfigError, dump_config, load_config
+from rl_service.controller.checkpoint import CheckpointError
 
 
 def _fail(code: int, msg: str) -> int:
@@ -67,11 +67,10 @@ def cmd_build_model(args) -> int:
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)  # ConfigError -> exit 2, before anything heavy
-    from rl_service.controller import train
+    from rl_service.controller.checkpoint import resolve_resume
+    from rl_service.controller.loop import train
+    from rl_service.infra.components import ray_session
     from rl_service.models.build import ensure_model, load_build_info
-    from rl_service.runtime import ray_session
-
-    from rl_service.checkpoint import resolve_resume
 
     run_dir = Path(cfg.run_root) / cfg.name
     resume_from = resolve_resume(args.resume, run_dir) if args.resume else None
@@ -81,27 +80,35 @@ def cmd_train(args) -> int:
         print(f"resuming from {resume_from}")
     model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
     info = load_build_info(model_path) or {}
-    print(f"policy: {model_path} ({info.get('num_params', '?')} params, "
-          f"warm-start accuracy {info.get('base_accuracy', 'n/a')})")
+    print(
+        f"policy: {model_path} ({info.get('num_params', '?')} params, "
+        f"warm-start accuracy {info.get('base_accuracy', 'n/a')})"
+    )
     with ray_session(cfg):
         summary = train(cfg, run_dir, str(model_path), resume_from=resume_from)
-    print(f"\nheld-out exact match: {summary['eval/accuracy_start']:.3f} -> {summary['eval/accuracy_end']:.3f} "
-          f"({100 * summary['eval/accuracy_gain']:+.1f} points) in {summary['steps']} steps, "
-          f"{summary['wall_s']:.0f} s")
-    print(f"samples: trained {summary['samples/trained']}, dropped stale {summary['samples/dropped_stale']}, "
-          f"dropped invalid {summary['samples/dropped_invalid']}, lost {summary['samples/lost']}")
+    print(
+        f"\nheld-out exact match: {summary['eval/accuracy_start']:.3f} -> {summary['eval/accuracy_end']:.3f} "
+        f"({100 * summary['eval/accuracy_gain']:+.1f} points) in {summary['steps']} steps, "
+        f"{summary['wall_s']:.0f} s"
+    )
+    print(
+        f"samples: trained {summary['samples/trained']}, dropped stale {summary['samples/dropped_stale']}, "
+        f"dropped invalid {summary['samples/dropped_invalid']}, lost {summary['samples/lost']}"
+    )
     restarts = {k.split("_", 1)[1]: int(v) for k, v in summary.items() if k.startswith("faults/restarts_") and v}
     if restarts:
-        print(f"survived component failures (restarts): {restarts}; "
-              f"{int(summary['faults/batches_regenerated'])} batches regenerated, "
-              f"{summary['faults/recover_s']:.0f} s spent recovering")
+        print(
+            f"survived component failures (restarts): {restarts}; "
+            f"{int(summary['faults/batches_regenerated'])} batches regenerated, "
+            f"{summary['faults/recover_s']:.0f} s spent recovering"
+        )
     print(f"outputs: {run_dir}/ (metrics.jsonl, summary.json, final/)")
     return 0
 
 
 # Modules that add their own subcommands: each has `register(subparsers)` and sets
 # `fn=handler(args) -> exit code` on its parsers. Keeps this file short as commands grow.
-COMMAND_MODULES: list[str] = ["rl_service.cluster_cli", "rl_service.serving.cli", "rl_service.preference_cli"]
+COMMAND_MODULES: list[str] = ["rl_service.cli.cluster", "rl_service.cli.serve", "rl_service.cli.preference"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,14 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="rl-service", description="Distributed RL post-training on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn, helptext in (("train", cmd_train, "train a policy with PPO"),
-                               ("build-model", cmd_build_model, "build and warm-start the small model")):
+    for name, fn, helptext in (
+        ("train", cmd_train, "train a policy with PPO"),
+        ("build-model", cmd_build_model, "build and warm-start the small model"),
+    ):
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-5")
         if name == "train":
-            sp.add_argument("--resume", metavar="auto|PATH", default=None,
-                            help="continue from the run dir's latest checkpoint (auto) or from PATH")
+            sp.add_argument(
+                "--resume",
+                metavar="auto|PATH",
+                default=None,
+                help="continue from the run dir's latest checkpoint (auto) or from PATH",
+            )
         sp.set_defaults(fn=fn)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)

@@ -22,19 +22,25 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl_service.config import Config, Resources
-from rl_service.faults import FAULT_ENV, MARKER_ENV
+from rl_service.testing.faults import FAULT_ENV, MARKER_ENV
 
 
 def actor_options(res: Resources, name: str, max_concurrency: int = 1) -> dict:
-    return {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "resources": dict(res.custom),
-            "name": name, "max_concurrency": max_concurrency,
-            # Ray derives OMP_NUM_THREADS from num_cpus; keep at least one thread.
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(res.num_cpus))),
-                                         "OMP_WAIT_POLICY": "PASSIVE", **fault_env()}}}
+    return {
+        "num_cpus": res.num_cpus,
+        "num_gpus": res.num_gpus,
+        "resources": dict(res.custom),
+        "name": name,
+        "max_concurrency": max_concurrency,
+        # Ray derives OMP_NUM_THREADS from num_cpus; keep at least one thread.
+        "runtime_env": {
+            "env_vars": {"OMP_NUM_THREADS": str(max(1, int(res.num_cpus))), "OMP_WAIT_POLICY": "PASSIVE", **fault_env()}
+        },
+    }
 
 
 def fault_env() -> dict[str, str]:
-    """The fault-injection plan and its marker dir (rl_service/faults.py), when set: the marker
+    """The fault-injection plan and its marker dir (rl_service/testing/faults.py), when set: the marker
     dir is set by the driver after Ray started, so actors only see it through their runtime_env."""
     return {k: os.environ[k] for k in (FAULT_ENV, MARKER_ENV) if os.environ.get(k)}
 
@@ -82,8 +88,13 @@ def make_scorer(cfg: Config, index: int):
 
     name = f"reward-{index}"
     whole_groups = cfg.learner.advantage != "gae"
-    return create_named(ray.remote(RewardScorer), actor_options(cfg.reward.resources, name, max_concurrency=2),
-                        cfg.reward, name, whole_groups)
+    return create_named(
+        ray.remote(RewardScorer),
+        actor_options(cfg.reward.resources, name, max_concurrency=2),
+        cfg.reward,
+        name,
+        whole_groups,
+    )
 
 
 def make_scorers(cfg: Config) -> list:
@@ -118,8 +129,11 @@ def make_learners(cfg: Config, model_path: str):
     bundle = {k: v for k, v in bundle.items() if v}
     pg = placement_group([dict(bundle) for _ in range(lc.num_workers)], strategy="PACK", name="learners")
     ray.get(pg.ready(), timeout=300)
-    addr, port = ray.get(_rendezvous_address.options(
-        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)).remote())
+    addr, port = ray.get(
+        _rendezvous_address.options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+        ).remote()
+    )
     cls = ray.remote(_learner_actor_class())
     actors = []
     for rank in range(lc.num_workers):

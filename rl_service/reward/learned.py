@@ -13,7 +13,7 @@ student's tokenizer: models built by this project for the same task do).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -60,8 +60,9 @@ class TeacherLM:
         self.pad_id = pad_id if pad_id is not None else (self.model.config.pad_token_id or 0)
 
     @torch.no_grad()
-    def token_logprobs(self, prompt_ids: Sequence[Sequence[int]],
-                       response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+    def token_logprobs(
+        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
         """Teacher logprob of each response token given everything before it.
 
         One right-padded forward over prompt + response: row b -> len(response_ids[b]) floats.
@@ -72,5 +73,6 @@ class TeacherLM:
         ids, mask = right_pad(rows, self.pad_id)  # [B, T]
         lp = logprobs_of(self.model(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:])  # [B, T-1]
         # Token j of row b is predicted at column j-1; the response starts at j = len(prompt).
-        return [lp[b, len(p) - 1 : len(p) - 1 + len(r)].tolist()
-                for b, (p, r) in enumerate(zip(prompt_ids, response_ids))]
+        return [
+            lp[b, len(p) - 1 : len(p) - 1 + len(r)].tolist() for b, (p, r) in enumerate(zip(prompt_ids, response_ids))
+        ]

@@ -13,7 +13,7 @@ GPU path (designed, not implemented here): see docs/architecture.md "Weight sync
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -25,10 +25,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 STATE_FILE = "cluster.json"
 # Ray's unix sockets live at <temp>/session_<date>_<pid>/sockets/<name> and must stay under
@@ -52,7 +52,7 @@ def parse_node(spec: str) -> NodeSpec:
     if len(parts) not in (2, 3) or not parts[0]:
         raise ValueError(f"node {spec!r}: expected name:cpus[:resource=count,...] (e.g. rollout:2:rollout=2)")
     res: dict[str, float] = {}
-    for item in (parts[2].split(",") if len(parts) == 3 and parts[2] else []):
+    for item in parts[2].split(",") if len(parts) == 3 and parts[2] else []:
         key, _, val = item.partition("=")
         res[key] = float(val or 1)
     return NodeSpec(parts[0], float(parts[1]), res)
@@ -95,14 +95,41 @@ def _ray_temp_dir(root: Path) -> Path:
 
 
 def _node_cmd(node: NodeSpec, head: bool, st: dict, metrics_port: int) -> list[str]:
-    cmd = [_ray_bin(), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", str(int(node.num_cpus)),
-           "--resources", json.dumps(node.resources), "--metrics-export-port", str(metrics_port),
-           "--dashboard-agent-listen-port", str(free_port()), "--min-worker-port", "0",
-           "--max-worker-port", "0", "--disable-usage-stats"]
+    cmd = [
+        _ray_bin(),
+        "start",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        str(int(node.num_cpus)),
+        "--resources",
+        json.dumps(node.resources),
+        "--metrics-export-port",
+        str(metrics_port),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--min-worker-port",
+        "0",
+        "--max-worker-port",
+        "0",
+        "--disable-usage-stats",
+    ]
     if head:
-        cmd += ["--head", "--port", str(st["gcs_port"]), "--temp-dir", st["ray_temp_dir"],
-                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                "--dashboard-port", str(st["dashboard_port"]), "--ray-client-server-port", str(free_port())]
+        cmd += [
+            "--head",
+            "--port",
+            str(st["gcs_port"]),
+            "--temp-dir",
+            st["ray_temp_dir"],
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(st["dashboard_port"]),
+            "--ray-client-server-port",
+            str(free_port()),
+        ]
     else:
         cmd += ["--address", st["gcs_address"]]
     return cmd
@@ -110,15 +137,19 @@ def _node_cmd(node: NodeSpec, head: bool, st: dict, metrics_port: int) -> list[s
 
 def _run_start(cmd: list[str], log: Path, timeout: float, loopback_only: bool = False) -> None:
     with log.open("a") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_ray_env(loopback_only),
-                              timeout=timeout)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_ray_env(loopback_only), timeout=timeout)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise RuntimeError(f"`ray start` failed (exit {proc.returncode}); log {log}:\n{tail}")
 
 
-def up(root: str | Path, head_cpus: float = 2, head_resources: dict[str, float] | None = None,
-       nodes: list[NodeSpec] | None = None, timeout: float = 120) -> dict:
+def up(
+    root: str | Path,
+    head_cpus: float = 2,
+    head_resources: dict[str, float] | None = None,
+    nodes: list[NodeSpec] | None = None,
+    timeout: float = 120,
+) -> dict:
     """Start head + `nodes`; returns the state written to `root/cluster.json`."""
     root = Path(root).resolve()
     if (root / STATE_FILE).exists() and status(root)["alive_pids"]:
@@ -126,16 +157,28 @@ def up(root: str | Path, head_cpus: float = 2, head_resources: dict[str, float] 
     (root / "logs").mkdir(parents=True, exist_ok=True)
     head = NodeSpec("head", head_cpus, dict(head_resources or {}))
     gcs_port, dash_port = free_port(), free_port()
-    st = {"root": str(root), "ray_temp_dir": str(_ray_temp_dir(root)), "gcs_port": gcs_port,
-          "gcs_address": f"127.0.0.1:{gcs_port}", "dashboard_port": dash_port,
-          "dashboard_url": f"http://127.0.0.1:{dash_port}", "nodes": [], "pids": [], "started_at": time.time()}
+    st = {
+        "root": str(root),
+        "ray_temp_dir": str(_ray_temp_dir(root)),
+        "gcs_port": gcs_port,
+        "gcs_address": f"127.0.0.1:{gcs_port}",
+        "dashboard_port": dash_port,
+        "dashboard_url": f"http://127.0.0.1:{dash_port}",
+        "nodes": [],
+        "pids": [],
+        "started_at": time.time(),
+    }
     Path(st["ray_temp_dir"]).mkdir(parents=True, exist_ok=True)
     _write(root, st)  # written first so `down` can clean up a half-started cluster
     try:
         for node in [head, *(nodes or [])]:
             mport = free_port()
-            _run_start(_node_cmd(node, node is head, st, mport), root / "logs" / f"{node.name}.log", timeout,
-                       loopback_only=not nodes)
+            _run_start(
+                _node_cmd(node, node is head, st, mport),
+                root / "logs" / f"{node.name}.log",
+                timeout,
+                loopback_only=not nodes,
+            )
             st["nodes"].append({**asdict(node), "metrics_url": f"http://127.0.0.1:{mport}/metrics"})
             st["pids"] = our_pids(st["ray_temp_dir"], st.get("gcs_address"))
             _write(root, st)
@@ -196,8 +239,11 @@ def our_pids(ray_temp_dir: str, gcs_address: str | None = None) -> list[int]:
     # The client server names the GCS by the node's advertised IP, which is not always 127.0.0.1.
     port = gcs_address.rsplit(":", 1)[1] if gcs_address else None
     client = re.compile(rf"--address=\S+:{port}(\s|$)") if port else None
-    ours = {pid for pid, (_, cmd) in table.items()
-            if (ray_temp_dir in cmd or (client and client.search(cmd))) and pid != os.getpid()}
+    ours = {
+        pid
+        for pid, (_, cmd) in table.items()
+        if (ray_temp_dir in cmd or (client and client.search(cmd))) and pid != os.getpid()
+    }
     grew = True
     while grew:
         kids = {pid for pid, (ppid, _) in table.items() if ppid in ours and pid not in ours}

@@ -27,23 +27,30 @@ def _err(msg: str) -> int:
 
 def _jobs_call(fn):
     """Run a jobs handler; JobsError (unreachable cluster, missing token, unknown job) -> exit 2."""
-    from rl_service.jobs import JobsError
+    from rl_service.infra.jobs import JobsError
 
     def handler(args) -> int:
         try:
             return fn(args)
         except JobsError as err:
             return _err(str(err))
+
     return handler
 
 
 def _submit(args) -> int:
-    from rl_service import jobs
+    from rl_service.infra import jobs
 
     env = dict(kv.split("=", 1) for kv in args.env)
     client = jobs.connect(args.address)
-    sid = jobs.submit(client, args.config, args.overrides, working_dir=args.working_dir,
-                      env_vars=env, submission_id=args.submission_id)
+    sid = jobs.submit(
+        client,
+        args.config,
+        args.overrides,
+        working_dir=args.working_dir,
+        env_vars=env,
+        submission_id=args.submission_id,
+    )
     print(sid, flush=True)
     if args.no_wait:
         return 0
@@ -55,16 +62,19 @@ def _submit(args) -> int:
 
 
 def _status(args) -> int:
-    from rl_service import jobs
+    from rl_service.infra import jobs
 
     d = jobs.info(jobs.connect(args.address), args.submission_id)
-    print(json.dumps(d, indent=2) if args.json else f"{d['submission_id']}: {d['status']}"
-          + (f" ({d['message']})" if d["message"] else ""))
+    print(
+        json.dumps(d, indent=2)
+        if args.json
+        else f"{d['submission_id']}: {d['status']}" + (f" ({d['message']})" if d["message"] else "")
+    )
     return 0
 
 
 def _logs(args) -> int:
-    from rl_service import jobs
+    from rl_service.infra import jobs
 
     client = jobs.connect(args.address)
     if args.follow:
@@ -76,7 +86,7 @@ def _logs(args) -> int:
 
 
 def _stop(args) -> int:
-    from rl_service import jobs
+    from rl_service.infra import jobs
 
     client = jobs.connect(args.address)
     jobs.stop(client, args.submission_id)
@@ -88,7 +98,7 @@ def _stop(args) -> int:
 
 
 def _list(args) -> int:
-    from rl_service import jobs
+    from rl_service.infra import jobs
 
     for row in jobs.list_jobs(jobs.connect(args.address)):
         print(f"{row['submission_id']}\t{row['status']}\t{row['entrypoint']}")
@@ -96,7 +106,7 @@ def _list(args) -> int:
 
 
 def _cluster(args) -> int:
-    from rl_service import local_cluster as lc
+    from rl_service.infra import local_cluster as lc
 
     if args.action == "up":
         try:
@@ -105,7 +115,9 @@ def _cluster(args) -> int:
         except ValueError as err:
             return _err(str(err))
         st = lc.up(args.dir, head_cpus=args.head_cpus, head_resources=head_res, nodes=nodes)
-        print(f"Ray cluster up: {len(st['nodes'])} node(s), {len(st['pids'])} processes, state in {args.dir}/cluster.json")
+        print(
+            f"Ray cluster up: {len(st['nodes'])} node(s), {len(st['pids'])} processes, state in {args.dir}/cluster.json"
+        )
         print(f"  dashboard / Jobs API: {st['dashboard_url']}   (token auth on: RAY_AUTH_MODE=token)")
         print(f"  RAY_ADDRESS for drivers: {st['gcs_address']}")
         for n in st["nodes"]:
@@ -120,13 +132,15 @@ def _cluster(args) -> int:
         print(f"no cluster recorded in {args.dir}")
         return 1
     st = s["state"]
-    print(f"{'running' if s['running'] else 'stopped'}: {len(s['alive_pids'])} process(es); "
-          f"dashboard {st['dashboard_url']}; nodes {[n['name'] for n in st['nodes']]}")
+    print(
+        f"{'running' if s['running'] else 'stopped'}: {len(s['alive_pids'])} process(es); "
+        f"dashboard {st['dashboard_url']}; nodes {[n['name'] for n in st['nodes']]}"
+    )
     return 0 if s["running"] else 1
 
 
 def _report(args) -> int:
-    from rl_service.report import make_report
+    from rl_service.tracking.report import make_report
 
     try:
         paths = make_report(args.run_dir, args.out)
@@ -139,8 +153,11 @@ def _report(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     def with_address(p):
-        p.add_argument("--address", default=None,
-                       help="Jobs API URL (default: $RAY_API_SERVER_ADDRESS, the local cluster, http://127.0.0.1:8265)")
+        p.add_argument(
+            "--address",
+            default=None,
+            help="Jobs API URL (default: $RAY_API_SERVER_ADDRESS, the local cluster, http://127.0.0.1:8265)",
+        )
         return p
 
     p = with_address(sub.add_parser("submit", help="submit a training run as a Ray Job"))
@@ -152,8 +169,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--submission-id", default=None, help="choose the id instead of Ray's raysubmit_...")
     p.set_defaults(fn=_jobs_call(_submit))
 
-    for name, fn, helptext in (("status", _status, "show a job's status"), ("logs", _logs, "print a job's logs"),
-                               ("stop", _stop, "stop a running job")):
+    for name, fn, helptext in (
+        ("status", _status, "show a job's status"),
+        ("logs", _logs, "print a job's logs"),
+        ("stop", _stop, "stop a running job"),
+    ):
         p = with_address(sub.add_parser(name, help=helptext))
         p.add_argument("submission_id")
         if name == "status":
@@ -167,12 +187,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("cluster", help="start/stop a loopback Ray cluster on this machine")
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--dir", default=os.environ.get("RLS_CLUSTER_DIR", DEFAULT_CLUSTER_DIR),
-                   help="state, logs and Ray temp dir of this cluster")
+    p.add_argument(
+        "--dir",
+        default=os.environ.get("RLS_CLUSTER_DIR", DEFAULT_CLUSTER_DIR),
+        help="state, logs and Ray temp dir of this cluster",
+    )
     p.add_argument("--head-cpus", type=int, default=4, help="logical CPUs of the head node")
     p.add_argument("--head-resources", default="", help="custom resources of the head, e.g. reward=1")
-    p.add_argument("--node", action="append", default=[], metavar="NAME:CPUS[:RES=N,...]",
-                   help="extra node, e.g. --node rollout:2:rollout=2 --node train:2:learner=2")
+    p.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NAME:CPUS[:RES=N,...]",
+        help="extra node, e.g. --node rollout:2:rollout=2 --node train:2:learner=2",
+    )
     p.set_defaults(fn=_cluster)
 
     p = sub.add_parser("report", help="draw PNG plots of a run's metrics.jsonl")

@@ -1,0 +1,58 @@
+"""The experiment config: pydantic sections (schema) and YAML + dotted-override loading.
+
+Never imports ray, vllm or torch: a bad config fails in well under a second, before Ray starts.
+"""
+
+from rl_service.config.schema import (
+    Config,
+    ConfigError,
+    KLConfig,
+    LearnerConfig,
+    ModelConfig,
+    PreferenceConfig,
+    PreferenceRunConfig,
+    RayConfig,
+    Resources,
+    RewardConfig,
+    RolloutConfig,
+    ServeConfig,
+    SFTConfig,
+    TaskConfig,
+    TinyModelConfig,
+    TrackingConfig,
+    TrainConfig,
+    build_config,
+    check_reward_fn,
+    dump_config,
+    load_config,
+    parse_overrides,
+    read_config_data,
+    validate,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "KLConfig",
+    "LearnerConfig",
+    "ModelConfig",
+    "PreferenceConfig",
+    "PreferenceRunConfig",
+    "RayConfig",
+    "Resources",
+    "RewardConfig",
+    "RolloutConfig",
+    "SFTConfig",
+    "ServeConfig",
+    "TaskConfig",
+    "TinyModelConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "build_config",
+    "check_reward_fn",
+    "dump_config",
+    "load_config",
+    "parse_overrides",
+    "read_config_data",
+    "validate",
+]
