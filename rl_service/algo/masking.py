@@ -28,6 +28,20 @@ def right_pad(rows, pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def left_pad(rows, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token-id rows of different lengths -> input_ids [B, T] long (pad_id before each row) and
+    attention_mask [B, T] long (1 on real tokens); T = the longest row. Generation pads on the
+    left so every row's next token is at position T."""
+    T = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, r in enumerate(rows):
+        if len(r):
+            ids[b, T - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[b, T - len(r) :] = 1
+    return ids, mask
+
+
 def _select(x: Tensor, mask: Tensor) -> Tensor:
     """x where mask else 0, as float32."""
     return torch.where(mask.bool(), x.float(), torch.zeros((), dtype=torch.float32, device=x.device))

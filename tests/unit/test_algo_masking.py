@@ -158,3 +158,15 @@ def test_right_pad_matches_a_loop():
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
     assert ids.dtype == mask.dtype == torch.long
+
+
+def test_left_pad_against_a_loop():
+    from rl_service.algo.masking import left_pad
+
+    rows = [[5, 6, 7], [8], [], [1, 2]]
+    ids, mask = left_pad(rows, pad_id=0)
+    assert ids.shape == mask.shape == (4, 3)
+    for b, r in enumerate(rows):
+        want = [0] * (3 - len(r)) + r
+        assert ids[b].tolist() == want
+        assert mask[b].tolist() == [0] * (3 - len(r)) + [1] * len(r)
