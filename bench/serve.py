@@ -44,7 +44,7 @@ def _env() -> None:
 
 def default_model() -> Path:
     """The small test model (hidden 64, 2 layers), built once into .cache/test-models."""
-    from rl_service.config import ModelConfig, SFTConfig, TaskConfig, TinyModelConfig
+    from rl_service.config import AdditionConfig, ModelConfig, SFTConfig, TinyModelConfig
     from rl_service.models.build import ensure_model
 
     cfg = ModelConfig(
@@ -52,7 +52,7 @@ def default_model() -> Path:
         build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
         sft=SFTConfig(max_steps=50),
     )
-    return ensure_model(cfg, TaskConfig(), seed=0, progress=False)
+    return ensure_model(cfg, AdditionConfig(), seed=0, progress=False)
 
 
 def summarize(latencies_s: list[float], wall_s: float) -> dict:

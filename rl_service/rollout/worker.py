@@ -10,6 +10,7 @@ must equal the learner's.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ class RolloutWorker:
         self.cfg = cfg
         self.name = name
         self.seed = seed
-        self.engine = make_engine(cfg, model_path, seed)
+        # as many OpenMP threads as whole CPUs the worker reserved (at least 1)
+        threads = max(1, math.floor(cfg.resources.num_cpus))
+        self.engine = make_engine(cfg.engine, model_path, seed, threads=threads, gpu=cfg.resources.num_gpus > 0)
         # Token budget of one multi-turn episode: the model's context length.
         model_cfg = json.loads((Path(model_path) / "config.json").read_text())
         self.max_tokens = int(model_cfg.get("max_position_embeddings", 2048))

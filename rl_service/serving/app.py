@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rl_service.config import Resources, RolloutConfig, ServeConfig
+from rl_service.config import ServeConfig
 from rl_service.serving import protocol as P
 from rl_service.serving.feedback import FeedbackStore, StoreUnavailable
 from rl_service.serving.stream import DeltaFeed, sse_events
@@ -78,17 +78,11 @@ async def _schema_error(_request: Request, err: RequestValidationError) -> JSONR
 def _make_engine(cfg: ServeConfig, model_path: str):
     from rl_service.rollout.engine import make_engine
 
-    rc = RolloutConfig(
-        engine=cfg.engine,
-        dtype=cfg.dtype,
-        kv_cache_gib=cfg.kv_cache_gib,
-        resources=Resources(num_cpus=cfg.threads, num_gpus=cfg.num_gpus),
-    )
-    if cfg.engine == "hf":
+    if cfg.engine.name == "hf":
         import torch
 
         torch.set_num_threads(cfg.threads)
-    return make_engine(rc, model_path, seed=0)
+    return make_engine(cfg.engine, model_path, seed=0, threads=cfg.threads, gpu=cfg.num_gpus > 0)
 
 
 @serve.deployment(name="PolicyServer")

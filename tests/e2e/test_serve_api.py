@@ -53,10 +53,10 @@ def client(app):
 
 @pytest.fixture(scope="module")
 def hf(tiny_model_dir):
-    from rl_service.config import RolloutConfig
+    from rl_service.config import EngineConfig
     from rl_service.rollout.engine import make_engine
 
-    return make_engine(RolloutConfig(engine="hf"), tiny_model_dir, seed=0)
+    return make_engine(EngineConfig(name="hf"), tiny_model_dir, seed=0)
 
 
 def generations(app) -> int:
