@@ -109,9 +109,8 @@ def _config(advantage: str) -> LearnerConfig:
     return LearnerConfig(
         num_workers=1,
         backend="gloo",
-        advantage=advantage,
+        advantage={"type": "gae", "critic_lr": 5e-4} if advantage == "gae" else {"type": advantage},
         lr=5e-4,
-        critic_lr=5e-4,
         ppo_epochs=2,
         num_minibatches=2,
         micro_batch_size=7,
