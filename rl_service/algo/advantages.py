@@ -1,14 +1,14 @@
 """Advantage estimators: GAE over tokens (with a critic) and group baselines (critic-free).
 
 Shapes: B = batch, T = time; masks are 0/1 float or bool, right-padded. fp32 throughout.
-Group estimators take one scalar score per sample; consecutive blocks of `group_size`
-rows are the samples of one prompt. They are registered by name in
-ADVANTAGE_ESTIMATORS, mirroring `LearnerConfig.advantage`.
+Group estimators take one scalar score per sample and the rows of each prompt's group.
+This module is the math; rl_service/algo/estimators.py registers every estimator (GAE and
+each of GROUP_BASELINES) by name behind one call signature.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -84,7 +84,9 @@ def _reinforce_pp(x: Tensor, eps: float) -> Tensor:
     return (centred / (std + eps)).view_as(x)
 
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[[Tensor, float], Tensor]] = {
+# The group baselines by name: (scores [G, n], eps) -> advantages [G, n]. algo/estimators.py
+# registers each one as an advantage estimator under the same name.
+GROUP_BASELINES: dict[str, Callable[[Tensor, float], Tensor]] = {
     "grpo": _grpo,
     "dr_grpo": _dr_grpo,
     "rloo": _rloo,
@@ -92,19 +94,44 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[[Tensor, float], Tensor]] = {
 }
 
 
+def _baseline(x: Tensor, estimator: str, eps: float) -> Tensor:
+    """Grouped scores [G, n] -> advantages [G, n]. Groups whose rewards are all equal carry no
+    learning signal: their advantage is exactly 0 for every estimator (forced, so rounding in
+    the mean cannot leave tiny values that the std division would blow up)."""
+    if estimator not in GROUP_BASELINES:
+        raise ValueError(f"unknown advantage estimator {estimator!r} (known: {', '.join(GROUP_BASELINES)})")
+    zero_std = x.amax(-1) == x.amin(-1)  # [G]
+    adv = GROUP_BASELINES[estimator](x, eps)
+    return torch.where(zero_std.unsqueeze(-1), torch.zeros_like(adv), adv)
+
+
+def zero_std_groups(scores: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
+    """Which groups carry no signal for a group baseline. scores: [B] -> [G] bool, True where
+    every reward of the group is equal (a group of one included; NaN rewards count as unequal)."""
+    s = scores.detach().float().cpu()
+    return torch.tensor([bool(s[list(g)].max() == s[list(g)].min()) for g in groups], dtype=torch.bool)
+
+
+def reward_metrics(scores: Tensor, groups: Sequence[Sequence[int]]) -> dict[str, float]:
+    """The batch's reward statistics every estimator reports. scores: [B]; groups: row indices
+    of each prompt's samples. reward/frac_zero_std = share of groups with all-equal rewards."""
+    B = scores.shape[0]
+    return {
+        "reward/mean": float(scores.mean()) if B else 0.0,
+        "reward/std": float(scores.std()) if B > 1 else 0.0,
+        "reward/frac_zero_std": float(zero_std_groups(scores, groups).sum()) / max(1, len(groups)),
+    }
+
+
 def group_advantages(
     scores: Tensor, group_size: int, estimator: str, eps: float = 1e-6
 ) -> tuple[Tensor, dict[str, float]]:
-    """Per-sample advantages from a group baseline.
+    """Per-sample advantages from a group baseline, for whole groups.
 
     scores: [B] (rows b*n .. b*n+n-1 are one prompt's n = group_size samples) -> (adv [B], metrics).
-    Groups whose rewards are all equal carry no learning signal: their advantage is
-    exactly 0 for every estimator (forced, so rounding in the mean cannot leave
-    tiny values that the std division would blow up). Their share is
+    Groups whose rewards are all equal get advantage exactly 0; their share is
     metrics["reward/frac_zero_std"].
     """
-    if estimator not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {estimator!r} (known: {', '.join(ADVANTAGE_ESTIMATORS)})")
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D [B], got shape {tuple(scores.shape)}")
     if group_size < 1:
@@ -115,18 +142,30 @@ def group_advantages(
             f"batch of {B} scores is not a whole number of groups of size {group_size}: "
             "every prompt needs all of its samples in the same batch"
         )
-    x = scores.float().view(B // group_size, group_size)
-    zero_std = x.amax(-1) == x.amin(-1)  # [G]
-    adv = ADVANTAGE_ESTIMATORS[estimator](x, eps)
-    adv = torch.where(zero_std.unsqueeze(-1), torch.zeros_like(adv), adv).flatten()
+    adv = _baseline(scores.float().view(B // group_size, group_size), estimator, eps).flatten()
+    blocks = [range(g, g + group_size) for g in range(0, B, group_size)]
     metrics = {
-        "reward/mean": float(x.mean()) if B else 0.0,
-        "reward/std": float(x.std()) if B > 1 else 0.0,
-        "reward/frac_zero_std": float(zero_std.float().mean()) if B else 0.0,
+        **reward_metrics(scores.float(), blocks),
         "advantage/mean": float(adv.mean()) if B else 0.0,
         "advantage/abs_mean": float(adv.abs().mean()) if B else 0.0,
     }
     return adv, metrics
+
+
+def grouped_advantages(scores: Tensor, groups: Sequence[Sequence[int]], estimator: str, eps: float = 1e-6) -> Tensor:
+    """Group-baseline advantages for groups of any sizes. scores: [B]; groups: row indices of
+    each prompt's samples (a group is short when the scorer dropped samples) -> adv [B].
+
+    The baseline runs once per group size on that size's groups (reinforce_pp then whitens
+    within each size bucket). Rows in no group get 0.
+    """
+    adv = torch.zeros_like(scores, dtype=torch.float32)
+    by_size: dict[int, list[int]] = {}
+    for g in groups:
+        by_size.setdefault(len(g), []).extend(g)
+    for n, rows in sorted(by_size.items()):
+        adv[rows] = _baseline(scores[rows].float().view(len(rows) // n, n), estimator, eps).flatten()
+    return adv
 
 
 def broadcast_to_tokens(adv: Tensor, mask: Tensor) -> Tensor:

@@ -1,4 +1,6 @@
-"""PPO learner on FSDP2: batching (pure), FSDP plumbing, the per-process Learner.
+"""PPO learner on FSDP2: batching (pure), FSDP plumbing, forward passes, prepare (old/ref
+logprobs, values, KL, advantages on the global batch), update (epochs x minibatches), the
+per-process Learner.
 
 `Learner` is imported lazily so that `rl_service.learner.batching` stays a pure-torch
 import (layering rule 1).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
@@ -92,6 +93,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_reduce_metrics(metrics: Mapping[str, float], device: torch.device) -> dict[str, float]:
+    """SUM of each named scalar over ranks (every rank passes the same names). Packed into one
+    float64 tensor in sorted-name order, so every rank lays the names out alike whatever order
+    its dict was built in; unpacked by name."""
+    names = sorted(metrics)
+    packed = torch.tensor([float(metrics[k]) for k in names], dtype=torch.float64, device=device)
+    return dict(zip(names, all_reduce_sum(packed).tolist()))
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

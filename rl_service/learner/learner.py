@@ -30,7 +30,8 @@ from rl_service.config import LearnerConfig
 from rl_service.learner import fsdp
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
 from rl_service.learner.forward import Models, policy_logprobs
-from rl_service.learner.ppo_step import RolloutTensors, ppo_update, prepare_rollout
+from rl_service.learner.prepare import RolloutTensors, prepare_rollout
+from rl_service.learner.update import ppo_update
 from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
 from rl_service.types import PolicyVersion, Sample, ScoredBatch
 
@@ -95,7 +96,7 @@ class Learner:
         if self.cfg.kl.penalised or self.cfg.kl.measure_every > 0:
             reference = copy.deepcopy(policy).requires_grad_(False)
         critic = None
-        if self.cfg.advantage == "gae":
+        if self.cfg.advantage.uses_critic:
             # Same backbone weights, a new 1-output `score` head; no dropout before the head.
             critic_config = AutoConfig.from_pretrained(self.model_path, num_labels=1, classifier_dropout=0.0)
             critic = AutoModelForTokenClassification.from_pretrained(
@@ -114,7 +115,7 @@ class Learner:
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if critic is not None:
             self.critic_opt = torch.optim.AdamW(
-                critic.parameters(), lr=self.cfg.critic_lr, weight_decay=self.cfg.weight_decay
+                critic.parameters(), lr=self.cfg.advantage.critic_lr, weight_decay=self.cfg.weight_decay
             )
         # Linear warmup of the policy LR over the first PPO updates: Adam's first steps move
         # every weight by ~lr regardless of its gradient, which can wreck a small warm-started policy.
@@ -198,10 +199,8 @@ class Learner:
         return self._mean_over_ranks(metrics)
 
     def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        keys = sorted(metrics)
-        vec = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.models.device)
-        vec = fsdp.all_reduce_sum(vec) / self.world_size
-        return {k: float(v) for k, v in zip(keys, vec.cpu())}
+        summed = fsdp.all_reduce_metrics(metrics, self.models.device)
+        return {k: v / self.world_size for k, v in summed.items()}
 
     # ------------------------------------------------------------ publish / export
 

@@ -109,9 +109,8 @@ def _config(advantage: str) -> LearnerConfig:
     return LearnerConfig(
         num_workers=1,
         backend="gloo",
-        advantage=advantage,
+        advantage={"type": "gae", "critic_lr": 5e-4} if advantage == "gae" else {"type": advantage},
         lr=5e-4,
-        critic_lr=5e-4,
         ppo_epochs=2,
         num_minibatches=2,
         micro_batch_size=7,
@@ -340,3 +339,25 @@ def test_unpenalised_kl_is_measured_every_n_updates_or_never(model_dir: Path, tm
     # kl.coef 0.05 penalises: a different update from the unpenalised one
     penalised = runs[3]["state_dict_2"]
     assert max(float((penalised[k] - always["state_dict_2"][k]).abs().max()) for k in penalised) > 1e-6
+
+
+def _sum_by_name_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from rl_service.learner.fsdp import all_reduce_metrics
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        # the two ranks build their dicts in opposite orders: names, not positions, must line up
+        items = [("loss/policy", 1.0 + rank), ("tokens", 10.0 * (rank + 1)), ("entropy/mean", 0.5)]
+        summed = all_reduce_metrics(dict(items if rank == 0 else items[::-1]), torch.device("cpu"))
+        torch.save(summed, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_metrics_are_summed_over_ranks_by_name(tmp_path: Path) -> None:
+    mp.spawn(_sum_by_name_worker, nprocs=2, args=(_free_port(), str(tmp_path)))
+    for rank in (0, 1):
+        summed = torch.load(tmp_path / f"rank{rank}.pt")
+        assert summed == {"entropy/mean": 1.0, "loss/policy": 3.0, "tokens": 30.0}

@@ -5,7 +5,7 @@ import statistics
 import pytest
 import torch
 
-from rl_service.algo.advantages import ADVANTAGE_ESTIMATORS, broadcast_to_tokens, gae, group_advantages
+from rl_service.algo.advantages import GROUP_BASELINES, broadcast_to_tokens, gae, group_advantages
 
 
 def right_padded_mask(B, T, gen):
@@ -117,7 +117,7 @@ def test_group_advantages_hand_computed_and_zero_variance():
     assert torch.equal(adv[:4], torch.zeros(4))
 
 
-@pytest.mark.parametrize("estimator", sorted(ADVANTAGE_ESTIMATORS))
+@pytest.mark.parametrize("estimator", sorted(GROUP_BASELINES))
 def test_equal_rewards_give_exact_zero_not_nan(estimator):
     # 0.1 * 3 / 3 != 0.1 in floating point: without the explicit zeroing, grpo would
     # divide rounding noise by eps. Also group_size 1 (no std at all) must not NaN.

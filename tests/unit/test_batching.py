@@ -128,13 +128,13 @@ def test_content_length_drops_pure_padding_columns() -> None:
 
 
 def test_grouped_advantages_handle_a_group_shortened_by_a_dropped_sample() -> None:
-    from rl_service.algo.advantages import group_advantages
-    from rl_service.learner.ppo_step import frac_zero_std, grouped_advantages
+    from rl_service.algo.advantages import group_advantages, grouped_advantages, reward_metrics
 
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 1.0, 1.0])  # prompt 8 lost one of 4 samples
     prompt_ids = [7, 7, 7, 7, 8, 8, 8, 9, 9]
-    adv = grouped_advantages(scores, prompt_ids, 4, "grpo")
+    groups = group_runs(prompt_ids, 4)
+    adv = grouped_advantages(scores, groups, "grpo")
     assert torch.allclose(adv[:4], group_advantages(scores[:4], 4, "grpo")[0])
     assert torch.allclose(adv[4:7], group_advantages(scores[4:7], 3, "grpo")[0])
     assert adv[7:].abs().sum() == 0  # equal rewards: no signal
-    assert frac_zero_std(scores, prompt_ids, 4) == pytest.approx(1 / 3)
+    assert reward_metrics(scores, groups)["reward/frac_zero_std"] == pytest.approx(1 / 3)

@@ -93,7 +93,7 @@ def _tiny_setup(seed=0, N=8, T=10):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rl_service.learner.forward import Models, policy_logprobs
-    from rl_service.learner.ppo_step import RolloutTensors
+    from rl_service.learner.prepare import RolloutTensors
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
@@ -119,7 +119,7 @@ def _tiny_setup(seed=0, N=8, T=10):
 
 
 def _update(models, data, **overrides):
-    from rl_service.learner.ppo_step import ppo_update
+    from rl_service.learner.update import ppo_update
 
     cfg = LearnerConfig(advantage="grpo", **overrides)
     opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr)

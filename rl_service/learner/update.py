@@ -1,0 +1,206 @@
+"""The PPO update: ppo_epochs x num_minibatches optimizer steps, data-parallel over the FSDP ranks.
+
+A minibatch is the same set of rows whatever the world size; each rank takes a slice and
+divides its local loss sum by the minibatch's GLOBAL token (or sequence) count, times
+world_size because FSDP2 averages gradients over ranks. A 2-process step then equals a
+1-process step up to float rounding.
+
+Guards (every rank sees the same all-reduced sums and norms, so all decide alike):
+    - a non-finite loss or gradient norm skips the optimizer step (counted; the learner
+      tracks the streak and the controller halts after train.max_nan_steps in a row);
+    - a minibatch whose approx KL to the old policy passes kl_stop_multiple * target_kl ends
+      the update at once; target_kl alone ends it between epochs;
+    - above kl_hard_limit the update ends and `policy/kl_hard_limit_hit` tells the controller
+      to halt the run.
+
+Metrics travel by name: each micro-batch returns a dict of local sums, fsdp.all_reduce_metrics
+sums them over ranks name by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from rl_service.algo.kl import kl_penalty
+from rl_service.algo.losses import entropy_bonus, ppo_policy_loss, value_loss
+from rl_service.algo.masking import aggregate_loss, loss_denom, masked_sum
+from rl_service.config import LearnerConfig
+from rl_service.learner.batching import epoch_order, minibatches, rank_micro_batches
+from rl_service.learner.forward import Models, active_or_dummy, critic_values, policy_logprobs
+from rl_service.learner.fsdp import all_reduce_metrics, clip_grad_norm
+from rl_service.learner.prepare import RolloutTensors
+
+# What each micro-batch sums (then all-reduced over ranks). The losses are each rank's share
+# of the global loss (they add up to it); the token-weighted ones are sum(metric * tokens)
+# and are divided by the minibatch's "tokens" to give its token mean.
+_LOSSES = ("loss/policy", "loss/value", "loss/kl")
+_TOKEN_WEIGHTED = ("policy/clipfrac", "policy/approx_kl", "entropy/mean", "value/clipfrac")
+_STEP_SUMS = (*_LOSSES, *_TOKEN_WEIGHTED, "tokens")
+
+
+@dataclass
+class _UpdateLog:
+    """Per-step sums and the guards' counters of one update, reported by `metrics()`."""
+
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_STEP_SUMS, 0.0))
+    grad_norms: list[float] = field(default_factory=list)
+    steps: int = 0
+    skipped: int = 0
+    trailing: int = 0  # skipped steps since the last applied one
+    early_stop: bool = False
+    hard_hit: bool = False
+    kl_max: float = 0.0
+
+    def record(self, sums: dict[str, float], grad_norm: float | None) -> float:
+        """Add one optimizer step's global sums (grad_norm None = skipped); returns its approx KL."""
+        ntok = max(sums["tokens"], 1.0)
+        for k, v in sums.items():
+            self.sums[k] += v / ntok if k in _TOKEN_WEIGHTED else v
+        self.steps += 1
+        if grad_norm is None:
+            self.skipped += 1
+            self.trailing += 1
+        else:
+            self.grad_norms.append(grad_norm)
+            self.trailing = 0
+        mb_kl = sums["policy/approx_kl"] / ntok
+        if math.isfinite(mb_kl):
+            self.kl_max = max(self.kl_max, mb_kl)
+        return mb_kl
+
+    def metrics(self, has_critic: bool, kl_in_loss: bool) -> dict[str, float]:
+        dropped = {"tokens"} | ({"loss/value", "value/clipfrac"} if not has_critic else set())
+        dropped |= set() if kl_in_loss else {"loss/kl"}
+        means = {k: v / max(self.steps, 1) for k, v in self.sums.items() if k not in dropped}
+        return {
+            **means,
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else float("nan"),
+            "train/skipped_steps": float(self.skipped),
+            "train/optimizer_steps": float(self.steps - self.skipped),
+            "train/trailing_skipped": float(self.trailing),
+            "policy/early_stop": float(self.early_stop),
+            "policy/approx_kl_max": self.kl_max,
+            "policy/kl_hard_limit_hit": float(self.hard_hit),
+        }
+
+
+def ppo_update(
+    models: Models,
+    policy_opt: torch.optim.Optimizer,
+    critic_opt: torch.optim.Optimizer | None,
+    data: RolloutTensors,
+    cfg: LearnerConfig,
+    kl_coef: float,
+    seed: int,
+) -> dict[str, float]:
+    """cfg.ppo_epochs x cfg.num_minibatches optimizer steps on `data` (every rank, in lockstep)."""
+    N, W = data.mask.shape[0], models.world_size
+    kl_in_loss = cfg.kl.placement == "loss" and kl_coef > 0
+    log = _UpdateLog()
+    for epoch in range(cfg.ppo_epochs):
+        epoch_kl, epoch_tokens = 0.0, 0.0
+        for mb in minibatches(epoch_order(N, seed * 1_000_003 + epoch), cfg.num_minibatches):
+            denom = loss_denom(data.mask[mb], cfg.loss_agg)  # GLOBAL count: every rank sees all rows
+            local = dict.fromkeys(_STEP_SUMS, 0.0)
+            for raw in rank_micro_batches(mb, models.rank, W, cfg.micro_batch_size):
+                idx, active = active_or_dummy(raw)
+                for k, v in _micro_step(models, data, cfg, idx, active, denom, kl_coef, kl_in_loss).items():
+                    local[k] += v
+            sums = all_reduce_metrics(local, models.device)
+            grad_norm = _optimizer_step(models, policy_opt, critic_opt, cfg, sums)
+            mb_kl = log.record(sums, grad_norm)
+            epoch_kl += sums["policy/approx_kl"]
+            epoch_tokens += sums["tokens"]
+            if cfg.kl_hard_limit is not None and mb_kl > cfg.kl_hard_limit:
+                log.hard_hit = log.early_stop = True
+                break
+            if cfg.target_kl is not None and mb_kl > cfg.kl_stop_multiple * cfg.target_kl:
+                log.early_stop = True
+                break
+        if log.early_stop:
+            break
+        if (
+            cfg.target_kl is not None
+            and epoch + 1 < cfg.ppo_epochs
+            and epoch_kl / max(epoch_tokens, 1.0) > cfg.target_kl
+        ):
+            log.early_stop = True
+            break
+    return log.metrics(has_critic=models.critic is not None, kl_in_loss=kl_in_loss)
+
+
+def _optimizer_step(
+    models: Models,
+    policy_opt: torch.optim.Optimizer,
+    critic_opt: torch.optim.Optimizer | None,
+    cfg: LearnerConfig,
+    sums: dict[str, float],
+) -> float | None:
+    """Clip and apply the accumulated gradients unless the loss or a norm is not finite;
+    returns the policy's pre-clip gradient norm, or None when the step was skipped."""
+    norm = clip_grad_norm(models.policy, cfg.max_grad_norm)
+    critic_norm = clip_grad_norm(models.critic, cfg.max_grad_norm) if models.critic is not None else 0.0
+    # clip_grad_norm_ returns a NaN norm unchanged and would let the step through.
+    finite = all(math.isfinite(sums[k]) for k in _LOSSES) and math.isfinite(norm) and math.isfinite(critic_norm)
+    if finite:
+        policy_opt.step()
+        if critic_opt is not None:
+            critic_opt.step()
+    policy_opt.zero_grad(set_to_none=True)
+    if critic_opt is not None:
+        critic_opt.zero_grad(set_to_none=True)
+    return norm if finite else None
+
+
+def _micro_step(
+    models: Models,
+    data: RolloutTensors,
+    cfg: LearnerConfig,
+    idx: list[int],
+    active: bool,
+    denom: float,
+    kl_coef: float,
+    kl_in_loss: bool,
+) -> dict[str, float]:
+    """Forward + backward of one micro-batch; returns its local sums by name (_STEP_SUMS)."""
+    mask = data.mask[idx] * float(active)  # a dummy micro-batch weighs 0 but still runs
+    ids, am = data.input_ids[idx], data.attention_mask[idx]
+    want_entropy_grad = cfg.entropy_coef > 0
+    logprobs, entropy = policy_logprobs(models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad)
+    loss, pm = ppo_policy_loss(
+        logprobs, data.old_logprobs[idx], data.advantages[idx], mask, cfg.clip_eps, cfg.loss_agg, denom
+    )
+    if want_entropy_grad:
+        bonus, _ = entropy_bonus(entropy, mask, cfg.loss_agg, denom)
+        loss = loss - cfg.entropy_coef * bonus
+    kl_loss = torch.zeros(())
+    if kl_in_loss:
+        kl_loss = aggregate_loss(
+            kl_penalty(logprobs, data.ref_logprobs[idx], cfg.kl.estimator), mask, cfg.loss_agg, denom
+        )
+        loss = loss + kl_coef * kl_loss
+    vl, vm = torch.zeros(()), {"value/clipfrac": 0.0}
+    if models.critic is not None:
+        gae_cfg = cfg.advantage  # the variant that has a critic carries its value-loss knobs
+        values = critic_values(models.critic, ids, am)
+        vl, vm = value_loss(
+            values, data.old_values[idx], data.returns[idx], mask, gae_cfg.value_clip_eps, cfg.loss_agg, denom
+        )
+        loss = loss + gae_cfg.vf_coef * vl
+    # FSDP2 averages gradients over ranks; the loss is this rank's share of the global
+    # loss, so scale by world_size to turn that average back into the sum.
+    (loss * models.world_size).backward()
+    ntok = float(mask.sum())
+    return {
+        "loss/policy": float(pm["loss/policy"]),
+        "loss/value": float(vl.detach()),
+        "loss/kl": float(kl_loss.detach()),
+        "policy/clipfrac": pm["policy/clipfrac"] * ntok,
+        "policy/approx_kl": pm["policy/approx_kl"] * ntok,
+        "entropy/mean": float(masked_sum(entropy.detach(), mask)),
+        "value/clipfrac": vm["value/clipfrac"] * ntok,
+        "tokens": ntok,
+    }
