@@ -52,7 +52,7 @@ def cmd_serve(args) -> int:
         )
     from ray import serve
 
-    from rl_service.infra.components import ray_session
+    from rl_service.infra.session import ray_session
     from rl_service.serving.app import build_app
 
     stop = threading.Event()
