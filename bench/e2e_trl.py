@@ -133,12 +133,12 @@ def trl_side(mode: str, model: str, s: dict, i: int) -> dict:
 def standalone_vllm(model: str, s: dict, calls: int = 3) -> dict:
     """Seconds one in-process vLLM engine (all cores) takes for one step's generation:
     the step's prompts x group, same cap and temperature. Median of `calls` after a warm-up."""
-    from rl_service.config import TaskConfig
+    from rl_service.config import AdditionConfig
     from rl_service.rollout.vllm_engine import VLLMEngine
     from rl_service.tasks.addition import AdditionTask
     from rl_service.tasks.stream import PromptStream
 
-    prompts = [p.text for p in PromptStream(AdditionTask(TaskConfig()), 0).next_batch(s["prompts"])]
+    prompts = [p.text for p in PromptStream(AdditionTask(AdditionConfig()), 0).next_batch(s["prompts"])]
     engine = VLLMEngine(model, dtype="float32", kv_cache_gib=1.0, seed=0, cpu_threads=os.cpu_count() or 1)
     engine.generate(prompts, n=s["group"], max_new_tokens=s["max_tokens"], seed=999)
     secs = []

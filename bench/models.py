@@ -56,13 +56,13 @@ def model_config(size: str, warm: bool):
 def warm_model(size: str) -> Path:
     """HF dir of the SFT-warm-started model (built once, then reused from .cache/models).
     `quickstart` = the model configs/quickstart.yaml builds (tiny shape, max_position 64)."""
-    from rl_service.config import TaskConfig, load_config
+    from rl_service.config import AdditionConfig, load_config
     from rl_service.models.build import ensure_model
 
     if size == "quickstart":
         cfg = load_config(REPO / "configs" / "quickstart.yaml")
         return ensure_model(cfg.model, cfg.task, cfg.seed, progress=True)
-    return ensure_model(model_config(size, warm=True), TaskConfig(), seed=0, progress=True)
+    return ensure_model(model_config(size, warm=True), AdditionConfig(), seed=0, progress=True)
 
 
 def nonstop_model(size: str, logit_std: float = 4.0) -> Path:
@@ -71,10 +71,10 @@ def nonstop_model(size: str, logit_std: float = 4.0) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rl_service.config import TaskConfig
+    from rl_service.config import AdditionConfig
     from rl_service.models.build import ensure_model
 
-    src = ensure_model(model_config(size, warm=False), TaskConfig(), seed=0, progress=False)
+    src = ensure_model(model_config(size, warm=False), AdditionConfig(), seed=0, progress=False)
     out = CACHE / f"nonstop-{src.name}"
     if (out / "config.json").is_file():
         return out

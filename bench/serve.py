@@ -44,7 +44,7 @@ def _env() -> None:
 
 def default_model() -> Path:
     """The small test model (hidden 64, 2 layers), built once into .cache/test-models."""
-    from rl_service.config import ModelConfig, SFTConfig, TaskConfig, TinyModelConfig
+    from rl_service.config import AdditionConfig, ModelConfig, SFTConfig, TinyModelConfig
     from rl_service.models.build import ensure_model
 
     cfg = ModelConfig(
@@ -52,7 +52,7 @@ def default_model() -> Path:
         build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
         sft=SFTConfig(max_steps=50),
     )
-    return ensure_model(cfg, TaskConfig(), seed=0, progress=False)
+    return ensure_model(cfg, AdditionConfig(), seed=0, progress=False)
 
 
 def summarize(latencies_s: list[float], wall_s: float) -> dict:
@@ -117,8 +117,8 @@ def main() -> int:
     from ray import serve
 
     from rl_service.config import ServeConfig
+    from rl_service.infra.placement import serve_app
     from rl_service.rollout.vllm_engine import VLLMEngine
-    from rl_service.serving.app import build_app
 
     model = Path(args.model) if args.model else default_model()
     rng = random.Random(0)
@@ -148,7 +148,7 @@ def main() -> int:
             max_queued_requests=4 * args.concurrency,
             feedback_db=str(Path(tmp) / "feedback.sqlite"),
         )
-        serve.run(build_app(cfg, str(model)), name="bench", route_prefix="/")
+        serve.run(serve_app(cfg, str(model)), name="bench", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         engine = VLLMEngine(str(model), dtype="float32", kv_cache_gib=0.25, seed=0, cpu_threads=1)
         # Warm both paths (first requests pay one-time costs).

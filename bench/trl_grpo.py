@@ -48,7 +48,7 @@ def main() -> int:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl_service.config import TaskConfig
+    from rl_service.config import AdditionConfig
     from rl_service.models.evaluate import greedy_accuracy_hf
     from rl_service.reward.functions import addition_exact
     from rl_service.tasks.addition import AdditionTask
@@ -59,7 +59,7 @@ def main() -> int:
         from bench.trl_vllm_shim import SYNC_SECONDS, patch_colocate_sync
 
         patch_colocate_sync()
-    task = AdditionTask(TaskConfig())
+    task = AdditionTask(AdditionConfig())
     prompts = PromptStream(task, args.seed).next_batch(args.prompts * args.steps)
     data = Dataset.from_dict({"prompt": [p.text for p in prompts], "answer": [p.metadata["answer"] for p in prompts]})
     tokens_per_call: list[int] = []

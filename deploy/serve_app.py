@@ -17,8 +17,8 @@ from rl_service.config import ServeConfig
 
 
 def app_builder(args: dict):
-    from rl_service.serving.app import build_app
+    from rl_service.infra.placement import serve_app
 
     if "checkpoint" not in args:
         raise ValueError("serve args need `checkpoint`: the HF directory of a trained policy (runs/<name>/final)")
-    return build_app(ServeConfig(**args.get("serve", {})), args["checkpoint"])
+    return serve_app(ServeConfig(**args.get("serve", {})), args["checkpoint"])

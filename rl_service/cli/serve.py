@@ -52,8 +52,8 @@ def cmd_serve(args) -> int:
         )
     from ray import serve
 
+    from rl_service.infra.placement import serve_app
     from rl_service.infra.session import ray_session
-    from rl_service.serving.app import build_app
 
     stop = threading.Event()
     sc = cfg.serve
@@ -63,7 +63,7 @@ def cmd_serve(args) -> int:
             signal.signal(sig, lambda *_: stop.set())
         serve.start(http_options={"host": sc.host, "port": sc.port})
         try:
-            serve.run(build_app(sc, str(ckpt)), name="policy", route_prefix="/")
+            serve.run(serve_app(sc, str(ckpt)), name="policy", route_prefix="/")
             auth = "bearer key required" if (sc.api_key or _env_key()) else "no auth"
             print(
                 f"serving {ckpt} as {sc.model_name!r} at http://{sc.host}:{sc.port}/v1 ({auth}); Ctrl-C to stop",

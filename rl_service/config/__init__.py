@@ -1,57 +1,77 @@
-"""The experiment config: pydantic sections (schema) and YAML + dotted-override loading.
+"""The experiment config: one pydantic section per component, variants keyed on their type.
+
+    base.py        Section (unknown keys are errors, docstrings are descriptions), Resources
+    task.py        task:     AdditionConfig | GuessNumberConfig          (by `name`)
+    model.py       model:    HF directory or the tiny model's shape and SFT warm start
+    engine.py      rollout.engine / serve.engine: EngineConfig (shared)
+    rollout.py     rollout:  workers, sampling, batch size, sync tolerance
+    reward.py      reward:   function | reward model, teacher, error policy
+    learner.py     learner:  FSDP2 learner; advantage GAEConfig | GroupAdvantageConfig (by `type`)
+    train.py       train:    the loop; ray: how to reach Ray
+    serve.py       serve:    the OpenAI endpoint
+    tracking.py    tracking: W&B, Ray metrics
+    preference.py  preference: RMTrainConfig | DPOTrainConfig               (by `type`)
+    run.py         Config (rl-service train), PreferenceRunConfig (train-rm / train-dpo)
+    loading.py     YAML + dotted overrides -> validated config, or one ConfigError line
 
 Never imports ray, vllm or torch: a bad config fails in well under a second, before Ray starts.
 """
 
-from rl_service.config.schema import (
-    Config,
+from rl_service.config.base import Resources, Section
+from rl_service.config.engine import EngineConfig
+from rl_service.config.learner import AdvantageConfig, GAEConfig, GroupAdvantageConfig, KLConfig, LearnerConfig
+from rl_service.config.loading import (
     ConfigError,
-    KLConfig,
-    LearnerConfig,
-    ModelConfig,
-    PreferenceConfig,
-    PreferenceRunConfig,
-    RayConfig,
-    Resources,
-    RewardConfig,
-    RolloutConfig,
-    ServeConfig,
-    SFTConfig,
-    TaskConfig,
-    TinyModelConfig,
-    TrackingConfig,
-    TrainConfig,
     build_config,
-    check_reward_fn,
     dump_config,
     load_config,
+    load_preference_config,
     parse_overrides,
     read_config_data,
     validate,
 )
+from rl_service.config.model import ModelConfig, SFTConfig, TinyModelConfig
+from rl_service.config.preference import DPOTrainConfig, PreferenceConfig, RMTrainConfig
+from rl_service.config.reward import RewardConfig
+from rl_service.config.rollout import RolloutConfig
+from rl_service.config.run import Config, PreferenceRunConfig, RunHeader
+from rl_service.config.serve import ServeConfig
+from rl_service.config.task import AdditionConfig, GuessNumberConfig, TaskConfig
+from rl_service.config.tracking import TrackingConfig
+from rl_service.config.train import RayConfig, TrainConfig
 
 __all__ = [
+    "AdditionConfig",
+    "AdvantageConfig",
     "Config",
     "ConfigError",
+    "DPOTrainConfig",
+    "EngineConfig",
+    "GAEConfig",
+    "GroupAdvantageConfig",
+    "GuessNumberConfig",
     "KLConfig",
     "LearnerConfig",
     "ModelConfig",
     "PreferenceConfig",
     "PreferenceRunConfig",
+    "RMTrainConfig",
     "RayConfig",
     "Resources",
     "RewardConfig",
     "RolloutConfig",
+    "RunHeader",
     "SFTConfig",
+    "Section",
     "ServeConfig",
     "TaskConfig",
     "TinyModelConfig",
     "TrackingConfig",
     "TrainConfig",
     "build_config",
-    "check_reward_fn",
     "dump_config",
     "load_config",
+    "load_preference_config",
     "parse_overrides",
     "read_config_data",
     "validate",

@@ -11,6 +11,9 @@ each into named Ray actors with the resources its config section asks for:
 A rollout worker, scorer or queue that died is replaced by a new actor of the same name and
 options (make_rollout_worker / make_scorer / make_queues); learners are only ever replaced all
 together.
+
+Serve (at the end): the plain PolicyServer becomes the `PolicyServer` deployment with its FastAPI
+routes as ingress (serve_app), and VersionBoard the small actor replicas follow training through.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rl_service.config import Config, Resources
+from rl_service.config import Config, Resources, ServeConfig
 from rl_service.infra.env import engine_env
 from rl_service.infra.queues import RayBatchQueue
 from rl_service.testing import faults
@@ -90,7 +93,7 @@ def make_scorer(cfg: Config, index: int):
     from rl_service.reward.scorer import RewardScorer
 
     name = f"reward-{index}"
-    whole_groups = cfg.learner.advantage != "gae"
+    whole_groups = not cfg.learner.advantage.uses_critic
     return create_named(
         ray.remote(RewardScorer),
         actor_options(cfg.reward.resources, name, max_concurrency=2),
@@ -155,3 +158,67 @@ def make_learners(cfg: Config, model_path: str):
 
 def release(pg) -> None:
     remove_placement_group(pg)
+
+
+# ------------------------------------------------------------------------------------------- Serve
+
+OVERLOAD_HEADROOM = 64
+"""Requests Serve admits beyond the replica's own limit (per replica, and in its routing queue,
+which a burst fills while it assigns requests to replicas), so overload is answered by the app
+(OpenAI envelope, microseconds each) and Serve's plain-text 503 only past that outer bound."""
+
+
+def serve_deployment(server_cls, **options):
+    """`server_cls` (PolicyServer or a subclass) as a Serve deployment whose HTTP ingress is its
+    routes (serving/routes.py, a fresh FastAPI app per call); `options` as for `serve.deployment`."""
+    from ray import serve
+
+    from rl_service.serving.routes import build_api
+
+    return serve.deployment(serve.ingress(build_api(server_cls))(server_cls), **options)
+
+
+def serve_app(cfg: ServeConfig, model_path: str, board=None):
+    """The bound Serve application for `serve.run`: the policy endpoint serving `model_path`,
+    following `board` (a VersionBoard actor) when given. Paths are made absolute here because a
+    replica's working directory is not the driver's; the API key falls back to $RL_SERVICE_API_KEY."""
+    import os  # local: this section stands apart from the actor wiring above
+    from pathlib import Path
+
+    from rl_service.infra.env import passed_env
+    from rl_service.serving.endpoint import PolicyServer
+
+    cfg = cfg.model_copy(
+        update={
+            "api_key": cfg.api_key or os.environ.get("RL_SERVICE_API_KEY") or None,
+            "feedback_db": str(Path(cfg.feedback_db).resolve()),
+        }
+    )
+    scaling = (
+        {
+            "autoscaling_config": {
+                "min_replicas": cfg.min_replicas,
+                "max_replicas": cfg.max_replicas,
+                "target_ongoing_requests": cfg.target_ongoing_requests,
+            }
+        }
+        if cfg.min_replicas is not None
+        else {"num_replicas": cfg.num_replicas}
+    )
+    # The replica answers overload itself (serving/admission.py); Serve's bounds sit above it.
+    deployment = serve_deployment(
+        PolicyServer,
+        name="PolicyServer",
+        max_ongoing_requests=cfg.max_ongoing_requests + cfg.max_queued_requests + OVERLOAD_HEADROOM,
+        max_queued_requests=cfg.max_queued_requests + OVERLOAD_HEADROOM,
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        **scaling,
+    )
+    return deployment.bind(cfg.model_dump(), str(Path(model_path).resolve()), passed_env(), board)
+
+
+def version_board():
+    """The VersionBoard actor (serving/follow.py) that Serve replicas poll for new weights."""
+    from rl_service.serving.follow import VersionBoard
+
+    return ray.remote(num_cpus=0)(VersionBoard).remote()

@@ -21,16 +21,13 @@ from rl_service.config import ModelConfig, TaskConfig
 FORMAT_VERSION = 1
 """Bump when the build recipe changes so old cached models are not reused."""
 BUILD_INFO = "build_info.json"
-_ENV_TASK_FIELDS = {"guess_low", "guess_high", "max_turns", "turn_penalty"}
-"""TaskConfig fields the addition task ignores: left out of its key, so models cached before
-they existed keep their key."""
 
 
 def cache_key(model_cfg: ModelConfig, task_cfg: TaskConfig, seed: int) -> str:
     payload = {
         "build": model_cfg.build.model_dump(mode="json"),
         "sft": model_cfg.sft.model_dump(mode="json"),
-        "task": task_cfg.model_dump(mode="json", exclude=_ENV_TASK_FIELDS if task_cfg.name == "addition" else None),
+        "task": task_cfg.model_dump(mode="json"),
         "seed": seed,
         "format": FORMAT_VERSION,
     }

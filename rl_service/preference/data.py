@@ -18,7 +18,7 @@ import json
 import random
 from pathlib import Path
 
-from rl_service.config import TaskConfig
+from rl_service.config import AdditionConfig
 from rl_service.tasks.addition import AdditionTask, make_problem
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -54,7 +54,7 @@ def make_pair(a: int, b: int, seed: int, k: int = 0) -> dict[str, str]:
     return {"prompt": problem.prompt, "chosen": problem.answer, "rejected": str(order[k % len(order)])}
 
 
-def synthetic_preferences(task_cfg: TaskConfig, num_train: int, seed: int) -> tuple[list[dict], list[dict]]:
+def synthetic_preferences(task_cfg: AdditionConfig, num_train: int, seed: int) -> tuple[list[dict], list[dict]]:
     """(train pairs, held-out pairs): num_train from training operands, one per held-out prompt.
 
     Above the number of training operands, each prompt comes back with another wrong answer.
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     train, held_out = synthetic_preferences(
-        TaskConfig(digits=args.digits, num_eval=args.num_eval), args.num_train, args.seed
+        AdditionConfig(digits=args.digits, num_eval=args.num_eval), args.num_train, args.seed
     )
     write_jsonl(train, Path(args.out) / "train.jsonl")
     write_jsonl(held_out, Path(args.out) / "eval.jsonl")

@@ -254,7 +254,8 @@ def run_rank(
         torch.manual_seed(cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         train_data, eval_data = encode_pairs(kind, tokenizer, train_pairs), encode_pairs(kind, tokenizer, eval_pairs)
-        models = _load_models(kind, model_path, device, mesh, pc.rm_extra_layers, pc.rm_lm_coef)
+        extra_layers = pc.rm_extra_layers if pc.type == "rm" else 0
+        models = _load_models(kind, model_path, device, mesh, extra_layers, pc.rm_lm_coef if pc.type == "rm" else 0.0)
         opt = torch.optim.AdamW(models["train"].parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
         warmup = max(1, pc.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
@@ -294,7 +295,7 @@ def run_rank(
                 log.write(json.dumps(row) + "\n")
                 log.flush()
         train_s = time.perf_counter() - t0
-        _save(kind, models["train"], tokenizer, model_path, out / "model", rank, pc.rm_extra_layers)
+        _save(kind, models["train"], tokenizer, model_path, out / "model", rank, extra_layers)
         if rank == 0:
             end = history[-1]
             if kind == "dpo":  # what DPO is for: does the policy now answer more prompts right?
@@ -350,6 +351,8 @@ def train_preferences(
     """Train a reward model (`rm`) or a DPO policy (`dpo`); returns summary.json's content."""
     if kind not in ("rm", "dpo"):
         raise ValueError(f"kind must be 'rm' or 'dpo', got {kind!r}")
+    if cfg.preference.type != kind:
+        raise ValueError(f"train-{kind} needs preference.type {kind!r}, got {cfg.preference.type!r}")
     world = cfg.preference.num_workers
     if not train_pairs or not eval_pairs:
         raise ValueError(f"need training and held-out pairs (got {len(train_pairs)} and {len(eval_pairs)})")

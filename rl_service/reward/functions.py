@@ -39,6 +39,8 @@ def env_return(prompt: str, completion: str, env_return: float | None = None, **
 
 BUILTINS: dict[str, RewardFn] = {"addition_exact": addition_exact, "zero": zero, "env_return": env_return}
 BUILTIN_NAMES = frozenset(BUILTINS)
+# Specs written before a function moved into this module, and the built-in each one is now.
+MOVED = {"rl_service.envs.rewards:env_return": "env_return"}
 
 
 def load_user_fn(spec: str) -> RewardFn:
@@ -66,7 +68,24 @@ def load_user_fn(spec: str) -> RewardFn:
 
 
 def resolve_reward_fn(spec: str) -> RewardFn:
+    spec = MOVED.get(spec, spec)
     return BUILTINS[spec] if spec in BUILTINS else load_user_fn(spec)
+
+
+def reward_spec_problem(spec: str) -> str | None:
+    """Why `spec` (a built-in name, `module:fn` or `file.py:fn`) cannot be used, or None.
+    Imports the user's module: the config loader calls this before Ray starts."""
+    spec = MOVED.get(spec, spec)
+    if ":" not in spec:
+        if spec in BUILTIN_NAMES:
+            return None
+        known = ", ".join(sorted(BUILTIN_NAMES))
+        return f"unknown built-in {spec!r} (known: {known}; or give module:fn / path/to/file.py:fn)"
+    try:
+        load_user_fn(spec)
+    except Exception as err:  # noqa: BLE001 - any import problem is a config problem
+        return f"cannot load {spec!r}: {type(err).__name__}: {err}"
+    return None
 
 
 class InvalidReward(ValueError):

@@ -13,7 +13,6 @@ lazily (`from rl_service.rollout.engine import VLLMEngine` works and pulls in vl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from rl_service.config import RolloutConfig
+    from rl_service.config import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -104,22 +103,20 @@ class Engine(Protocol):
         ...
 
 
-def make_engine(cfg: RolloutConfig, model_path: str, seed: int) -> Engine:
-    """The engine named by `cfg.engine`. A vLLM engine uses as many OpenMP threads as whole
-    CPUs the worker reserved (`cfg.resources.num_cpus`, at least 1) so engines sharing a
-    machine with learners do not oversubscribe it."""
+def make_engine(cfg: EngineConfig, model_path: str, seed: int, threads: int = 1, gpu: bool = False) -> Engine:
+    """The engine named by `cfg.name` (rollout.engine or serve.engine). `threads`: OpenMP
+    threads of a vLLM engine on CPU (callers pass the whole CPUs they reserved, so engines
+    sharing a machine with learners do not oversubscribe it); `gpu`: put an HF engine on CUDA."""
     model_path = str(model_path)
-    if cfg.engine == "vllm":
+    if cfg.name == "vllm":
         from rl_service.rollout.vllm_engine import VLLMEngine
 
-        threads = max(1, math.floor(cfg.resources.num_cpus))
         return VLLMEngine(model_path, dtype=cfg.dtype, kv_cache_gib=cfg.kv_cache_gib, seed=seed, cpu_threads=threads)
-    if cfg.engine == "hf":
+    if cfg.name == "hf":
         from rl_service.rollout.hf_engine import HFEngine
 
-        device = "cuda" if cfg.resources.num_gpus > 0 else None
-        return HFEngine(model_path, dtype=cfg.dtype, seed=seed, device=device)
-    raise ValueError(f"unknown rollout.engine {cfg.engine!r}")
+        return HFEngine(model_path, dtype=cfg.dtype, seed=seed, device="cuda" if gpu else None)
+    raise ValueError(f"unknown engine {cfg.name!r}")
 
 
 def cut_at_eos(token_ids: list[int], eos_id: int | None) -> tuple[list[int], str]:

@@ -10,6 +10,7 @@ must equal the learner's.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from rl_service.config import RolloutConfig
 from rl_service.envs import is_env_prompt, run_episodes
 from rl_service.rollout.engine import make_engine
-from rl_service.rollout.weight_sync import WeightSyncError, max_probe_diff, state_dict_checksum
+from rl_service.rollout.weight_sync import load_verified
 from rl_service.types import PolicyVersion, PromptBatch, RolloutBatch, Sample
 
 
@@ -26,7 +27,9 @@ class RolloutWorker:
         self.cfg = cfg
         self.name = name
         self.seed = seed
-        self.engine = make_engine(cfg, model_path, seed)
+        # as many OpenMP threads as whole CPUs the worker reserved (at least 1)
+        threads = max(1, math.floor(cfg.resources.num_cpus))
+        self.engine = make_engine(cfg.engine, model_path, seed, threads=threads, gpu=cfg.resources.num_gpus > 0)
         # Token budget of one multi-turn episode: the model's context length.
         model_cfg = json.loads((Path(model_path) / "config.json").read_text())
         self.max_tokens = int(model_cfg.get("max_position_embeddings", 2048))
@@ -140,26 +143,9 @@ class RolloutWorker:
         self._stop = True
 
     def load_weights(self, state_dict, meta: PolicyVersion) -> dict:
-        """Load a published version in place and verify it; raises WeightSyncError on mismatch."""
-        start = time.perf_counter()
-        got = state_dict_checksum(state_dict)
-        if got != meta.checksum:
-            raise WeightSyncError(
-                f"{self.name}: checksum of version {meta.version} is {got[:12]}, published {meta.checksum[:12]}"
-            )
-        with self._lock:
-            self.engine.load_weights(state_dict, meta.version)
-            probe_diff = (
-                max_probe_diff(meta.probe_logprobs, self.engine.score([list(p) for p in meta.probe_ids]))
-                if meta.probe_ids
-                else 0.0
-            )
-        if probe_diff > self.cfg.verify_tolerance:
-            raise WeightSyncError(
-                f"{self.name}: version {meta.version} probe logprobs differ from the learner's "
-                f"by {probe_diff:.2e} > rollout.verify_tolerance={self.cfg.verify_tolerance}"
-            )
-        return {"version": meta.version, "probe_max_diff": probe_diff, "seconds": time.perf_counter() - start}
+        """Load a published version in place and verify it (checksum, then probe logprobs within
+        rollout.verify_tolerance); raises WeightSyncError on mismatch. Generation waits meanwhile."""
+        return load_verified(self.engine, state_dict, meta, self.cfg.verify_tolerance, self.name, lock=self._lock)
 
     def evaluate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         """Greedy completions (one per prompt) for held-out accuracy."""

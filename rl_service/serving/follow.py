@@ -9,9 +9,10 @@ Why a board and not `handle.swap.remote(...)` alone: a Serve handle call reaches
 so with num_replicas > 1 or autoscaling the others would keep old weights, and a replica
 started later would come up with the checkpoint's. Replicas pull instead: each loads the
 newest version when it starts and within POLL_S of every publish. Loading happens in the
-replica (`PolicyServer.apply_version`, the same code as the `swap` handle method) under
-its engine lock: the generation in progress finishes on the old weights, the next one uses
-the new; streams already answered keep sending. The replica is never restarted.
+replica (`PolicyServer.apply_version`, the same code as the `swap` handle method, verified by
+`rollout.weight_sync.load_verified` like a rollout worker's load) under its engine lock: the
+generation in progress finishes on the old weights, the next one uses the new; streams already
+answered keep sending. The replica is never restarted.
 
 The board holds only the newest (version, [state dict ref], meta): older versions are
 released. The state dict is wrapped in a list so the board stores a reference, not tensors.
@@ -110,14 +111,13 @@ class ServeFollower:
     def start(cfg: ServeConfig, model_path: str, app_name: str = "policy") -> ServeFollower:
         """Deploy the endpoint on `cfg.host:cfg.port` serving `model_path` (version 0) and
         return once a replica answers. Needs `ray.init` done (the controller's session)."""
-        import ray
         from ray import serve
 
-        from rl_service.serving.app import build_app
+        from rl_service.infra.placement import serve_app, version_board
 
-        board = ray.remote(num_cpus=0)(VersionBoard).remote()
+        board = version_board()
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
-        handle = serve.run(build_app(cfg, model_path, board), name=app_name, route_prefix="/")
+        handle = serve.run(serve_app(cfg, model_path, board), name=app_name, route_prefix="/")
         return ServeFollower(cfg, app_name, board, handle)
 
     def on_version(self, version: int, state_dict_ref, meta=None) -> bool:

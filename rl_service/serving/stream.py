@@ -1,7 +1,7 @@
 """Incremental streaming: engine tokens become server-sent events as they are produced.
 
-    route ──▶ DeltaFeed: a thread that holds the engine lock for the whole generation
-                │         (one policy version per response; a swap waits for it)
+    route ──▶ open_stream(): a DeltaFeed whose thread holds the engine slot for the whole
+                │         generation (one policy version per response; a swap waits for it)
                 │  engine.stream() deltas, handed to the event loop as they come
                 │  (the engine never waits for the client: a slow reader holds no lock)
                 ▼
@@ -21,9 +21,12 @@ import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rl_service.serving import protocol as P
+
+if TYPE_CHECKING:
+    from rl_service.serving.admission import EngineSlot, Ticket
 
 Put = Callable[[tuple[str, Any]], None]
 
@@ -50,6 +53,42 @@ class DeltaFeed:
 
     async def get(self) -> tuple[str, Any]:
         return await self.queue.get()
+
+
+async def open_stream(engine, slot: EngineSlot, ticket: Ticket, prompts: list[str], sampling: dict):
+    """Start `engine.stream(prompts, **sampling)` in a pool thread holding the engine slot, and
+    return once it holds the engine: (feed of its deltas, the policy version producing them).
+    The stream owns `ticket` from here: it is released when the generation ends, sent or not.
+    500 envelope when the engine fails before its first delta."""
+
+    def produce(put: Put, cancel: threading.Event) -> None:
+        try:
+
+            def run() -> None:
+                put(("version", engine.version))
+                deltas = engine.stream(prompts, **sampling)
+                try:
+                    for delta in deltas:
+                        put(("delta", delta))
+                        if cancel.is_set():
+                            break
+                finally:
+                    deltas.close()  # aborts what the engine still runs
+
+            slot.run(run)
+        finally:
+            ticket.release()  # admission ends with the generation, sent or not
+
+    feed = DeltaFeed(slot.pool, produce)
+    ticket.handed_over = True
+    try:
+        what, item = await feed.get()
+    except BaseException:
+        feed.cancel.set()  # the client left while waiting for the engine
+        raise
+    if what == "error":
+        raise P.APIError(500, f"generation failed: {type(item).__name__}: {item}", "server_error")
+    return feed, item
 
 
 async def sse_events(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rl_service.config import TaskConfig
+from rl_service.config import AdditionConfig
 from rl_service.types import Prompt
 
 # Above this many pairs we do not enumerate the space; the stream samples instead.
@@ -37,7 +37,7 @@ def verify(completion: str, answer: str) -> float:
 class AdditionTask:
     """Held-out split + verifier for `a+b=` with operands below 10**digits."""
 
-    def __init__(self, cfg: TaskConfig):
+    def __init__(self, cfg: AdditionConfig):
         self.cfg = cfg
         self.base = 10**cfg.digits
         self.num_pairs = self.base * self.base

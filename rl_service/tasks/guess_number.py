@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from rl_service.config import TaskConfig
+from rl_service.config import GuessNumberConfig
 from rl_service.envs import ENV_KEY, ENV_KWARGS_KEY, ENV_SEED_KEY, GuessNumberEnv
 from rl_service.envs.guess_number import naive_guess
 from rl_service.types import Prompt
@@ -33,7 +33,7 @@ class GuessNumberTask:
     is_env = True
     """Prompts are environment episodes (the eval reports the env's success rate)."""
 
-    def __init__(self, cfg: TaskConfig):
+    def __init__(self, cfg: GuessNumberConfig):
         self.cfg = cfg
         self.env_kwargs: dict[str, Any] = {
             "low": cfg.guess_low,

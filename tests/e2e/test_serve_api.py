@@ -27,7 +27,7 @@ CAP = 24  # serve.max_tokens
 def app(serve_port, tiny_model_dir, tmp_path_factory):
     from ray import serve
 
-    from rl_service.serving.app import build_app
+    from rl_service.infra.placement import serve_app
 
     db = tmp_path_factory.mktemp("api") / "feedback.sqlite"
     cfg = ServeConfig(
@@ -41,7 +41,7 @@ def app(serve_port, tiny_model_dir, tmp_path_factory):
         max_queued_requests=2,
         feedback_db=str(db),
     )
-    handle = serve.run(build_app(cfg, str(tiny_model_dir)), name="api", route_prefix="/")
+    handle = serve.run(serve_app(cfg, str(tiny_model_dir)), name="api", route_prefix="/")
     yield handle, f"http://127.0.0.1:{serve_port}"
     serve.delete("api")
 
@@ -53,10 +53,10 @@ def client(app):
 
 @pytest.fixture(scope="module")
 def hf(tiny_model_dir):
-    from rl_service.config import RolloutConfig
+    from rl_service.config import EngineConfig
     from rl_service.rollout.engine import make_engine
 
-    return make_engine(RolloutConfig(engine="hf"), tiny_model_dir, seed=0)
+    return make_engine(EngineConfig(name="hf"), tiny_model_dir, seed=0)
 
 
 def generations(app) -> int:

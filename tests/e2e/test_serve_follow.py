@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rl_service.config import RolloutConfig, ServeConfig
+from rl_service.config import EngineConfig, ServeConfig
 from rl_service.rollout.engine import make_engine
 from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
 from rl_service.serving.follow import ServeFollower, VersionBoard
@@ -58,7 +58,7 @@ def test_hot_swap_in_place_keeps_streams(follower, serve_port, tiny_model_dir):
     import ray
 
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{serve_port}/v1", api_key="none", max_retries=0)
-    hf = make_engine(RolloutConfig(engine="hf"), tiny_model_dir, seed=0)
+    hf = make_engine(EngineConfig(name="hf"), tiny_model_dir, seed=0)
     old_text = hf.generate([PROMPT], 1, 16, temperature=0)[0][0].text
     new_sd = perturbed(tiny_model_dir)
     meta = publish_meta(1, new_sd, hf)

@@ -2,7 +2,7 @@
 engine is still generating the same response.
 
 How this is made falsifiable without timing luck: the replica runs the real vLLM engine
-behind a gate (a test subclass of the deployment, same routes and code) that stops its
+behind a gate (a test subclass of the endpoint, deployed like it: same routes and code) that stops its
 stream after the first token until a file appears, and the test creates that file only
 once the openai client has received the first chunk. A server that sends chunks as tokens
 come passes at once. One that sends after the engine finishes (the old behaviour) can never
@@ -28,7 +28,9 @@ PROMPT = "12+34="
 def gated(serve_port, tiny_model_dir, tmp_path_factory):
     from ray import serve
 
-    from rl_service.serving.app import PolicyServer, replica_env
+    from rl_service.infra.env import passed_env
+    from rl_service.infra.placement import serve_deployment
+    from rl_service.serving.endpoint import PolicyServer
 
     tmp = tmp_path_factory.mktemp("stream")
     gate = tmp / "first-chunk-received"
@@ -62,18 +64,18 @@ def gated(serve_port, tiny_model_dir, tmp_path_factory):
             finally:
                 deltas.close()
 
-    class GatedServer(PolicyServer.func_or_class):
-        async def __init__(self, *args, **kwargs):
-            await super().__init__(*args, **kwargs)
+    class GatedServer(PolicyServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             self.engine = GatedEngine(self.engine, str(gate))
 
         def gate_log(self) -> dict:
             return dict(self.engine.log)
 
     cfg = ServeConfig(port=serve_port, engine="vllm", feedback_db=str(tmp / "feedback.sqlite"))
-    deployment = serve.deployment(GatedServer, name="GatedPolicyServer", ray_actor_options={"num_cpus": 0})
+    deployment = serve_deployment(GatedServer, name="GatedPolicyServer", ray_actor_options={"num_cpus": 0})
     handle = serve.run(
-        deployment.bind(cfg.model_dump(), str(tiny_model_dir), replica_env(), None), name="stream", route_prefix="/"
+        deployment.bind(cfg.model_dump(), str(tiny_model_dir), passed_env(), None), name="stream", route_prefix="/"
     )
     yield handle, f"http://127.0.0.1:{serve_port}", gate
     serve.delete("stream")

@@ -33,7 +33,7 @@ def tiny_model_config():
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """HF directory of the test model; built once, then reused from .cache/test-models."""
-    from rl_service.config import TaskConfig
+    from rl_service.config import AdditionConfig
     from rl_service.models.build import ensure_model
 
-    return ensure_model(tiny_model_config(), TaskConfig(), seed=0, progress=False)
+    return ensure_model(tiny_model_config(), AdditionConfig(), seed=0, progress=False)

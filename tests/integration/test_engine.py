@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from rl_service.config import RolloutConfig
+from rl_service.config import EngineConfig
 from rl_service.rollout.engine import Completion, make_engine
 
 PROMPTS = ["12+34=", "7+8=", "99+1="]
@@ -35,7 +35,7 @@ def vllm_engine(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def hf_engine(tiny_model_dir):
-    return make_engine(RolloutConfig(engine="hf"), tiny_model_dir, seed=0)
+    return make_engine(EngineConfig(name="hf"), tiny_model_dir, seed=0)
 
 
 @pytest.fixture(scope="module")

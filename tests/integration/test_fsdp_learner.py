@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rl_service.config import LearnerConfig, ModelConfig, SFTConfig, TaskConfig, TinyModelConfig
+from rl_service.config import AdditionConfig, LearnerConfig, ModelConfig, SFTConfig, TinyModelConfig
 from rl_service.learner.learner import Learner
 from rl_service.rollout.weight_sync import state_dict_checksum
 from rl_service.types import Sample, ScoredBatch
@@ -40,7 +40,7 @@ def model_dir(request) -> Path:
             build=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
             sft=SFTConfig(max_steps=50),
         )
-        return ensure_model(cfg, TaskConfig(), seed=0)
+        return ensure_model(cfg, AdditionConfig(), seed=0)
 
 
 def _free_port() -> int:

@@ -24,9 +24,9 @@ TOL = 1e-4
 
 
 def guess_task_config():
-    from rl_service.config import TaskConfig
+    from rl_service.config import GuessNumberConfig
 
-    return TaskConfig(name="guess_number", num_eval=40)
+    return GuessNumberConfig(num_eval=40)
 
 
 @pytest.fixture(scope="module")

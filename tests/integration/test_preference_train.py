@@ -15,16 +15,17 @@ import pytest
 import torch
 
 from rl_service.cli.preference import load_pairs
-from rl_service.config import PreferenceConfig, PreferenceRunConfig, TaskConfig
+from rl_service.config import AdditionConfig, DPOTrainConfig, PreferenceRunConfig, RMTrainConfig
 from rl_service.preference.train import train_preferences
 from tests.integration.conftest import tiny_model_config
 
 
-def _cfg(**pref) -> PreferenceRunConfig:
+def _cfg(kind: str = "rm", **pref) -> PreferenceRunConfig:
+    variant = {"rm": RMTrainConfig, "dpo": DPOTrainConfig}[kind]
     return PreferenceRunConfig(
-        task=TaskConfig(num_eval=200),
+        task=AdditionConfig(num_eval=200),
         model=tiny_model_config(),
-        preference=PreferenceConfig(num_train_pairs=800, batch_size=32, warmup_steps=2, **pref),
+        preference=variant(num_train_pairs=800, batch_size=32, warmup_steps=2, **pref),
     )
 
 
@@ -87,7 +88,7 @@ def test_train_rm_with_lm_loss_saves_plain_reward_model(tiny_model_dir: Path, tm
 def test_train_dpo_moves_policy_toward_chosen(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    cfg = _cfg(steps=100, lr=2e-4, beta=0.2, eval_every=50)
+    cfg = _cfg("dpo", steps=100, lr=2e-4, beta=0.2, eval_every=50)
     train, held_out = load_pairs(cfg)
     s = train_preferences("dpo", cfg, str(tiny_model_dir), train, held_out, tmp_path)
     losses = _losses(tmp_path)

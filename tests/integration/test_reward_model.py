@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rl_service.cli.preference import load_pairs
-from rl_service.config import PreferenceConfig, PreferenceRunConfig, RewardConfig, RolloutConfig, TaskConfig
+from rl_service.config import AdditionConfig, PreferenceRunConfig, RewardConfig, RMTrainConfig, RolloutConfig
 from rl_service.preference.train import train_preferences
 from rl_service.reward.scorer import RewardScorer
 from rl_service.rollout.worker import RolloutWorker
@@ -30,11 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def rm_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
     cfg = PreferenceRunConfig(
-        task=TaskConfig(num_eval=50),
+        task=AdditionConfig(num_eval=50),
         model=tiny_model_config(),
-        preference=PreferenceConfig(
-            num_train_pairs=200, batch_size=16, steps=20, lr=1e-3, warmup_steps=2, eval_every=20
-        ),
+        preference=RMTrainConfig(num_train_pairs=200, batch_size=16, steps=20, lr=1e-3, warmup_steps=2, eval_every=20),
     )
     train, held_out = load_pairs(cfg)
     out = tmp_path_factory.mktemp("rm")

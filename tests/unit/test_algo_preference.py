@@ -121,11 +121,11 @@ def test_dpo_gradient_only_through_policy():
 
 
 def test_synthetic_pairs_are_checkable_and_split():
-    from rl_service.config import TaskConfig
+    from rl_service.config import AdditionConfig
     from rl_service.preference.data import synthetic_preferences
     from rl_service.tasks.addition import AdditionTask
 
-    cfg = TaskConfig(num_eval=50)
+    cfg = AdditionConfig(num_eval=50)
     train, held_out = synthetic_preferences(cfg, 500, seed=3)
     assert len(train) == 500 and len(held_out) == 50
     task = AdditionTask(cfg)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_service.config import ConfigError, TaskConfig, load_config
+from rl_service.config import ConfigError, GuessNumberConfig, load_config
 from rl_service.envs import ENV_KEY, GuessNumberEnv, env_from_metadata, make_env, run_episodes
 from rl_service.envs.guess_number import CORRECT, HIGHER, INVALID, LOWER, OUT_OF_TURNS
 from rl_service.reward.functions import env_return
@@ -183,7 +183,7 @@ def test_env_return_is_a_builtin_reward_name():
 
 
 def test_task_config_and_factory():
-    cfg = TaskConfig(name="guess_number", guess_low=0, guess_high=9, num_eval=20)
+    cfg = GuessNumberConfig(guess_low=0, guess_high=9, num_eval=20)
     task = make_task(cfg)
     assert isinstance(task, GuessNumberTask) and task.is_env
     with pytest.raises(ConfigError, match="guess_low"):
@@ -193,7 +193,7 @@ def test_task_config_and_factory():
 
 
 def test_task_prompts_rebuild_their_episode_and_avoid_held_out_seeds():
-    task = GuessNumberTask(TaskConfig(name="guess_number", num_eval=50, seed=3))
+    task = GuessNumberTask(GuessNumberConfig(num_eval=50, seed=3))
     held = {p.metadata["env_seed"] for p in task.eval_prompts}
     assert len(held) == 50 and all(p.prompt_id < 0 for p in task.eval_prompts)
     stream = PromptStream(task, seed=1)
@@ -208,7 +208,7 @@ def test_task_prompts_rebuild_their_episode_and_avoid_held_out_seeds():
 
 
 def test_task_transcript_ids_mask_only_guesses():
-    task, tok = GuessNumberTask(TaskConfig(name="guess_number", num_eval=5)), CharTokenizer()
+    task, tok = GuessNumberTask(GuessNumberConfig(num_eval=5)), CharTokenizer()
     turns = task.naive_episode(17, random.Random(0))
     ids, mask = task.transcript_ids(tok, 17, turns)
     assert len(ids) == len(mask) and ids[0] == BOS

@@ -140,3 +140,50 @@ def test_walker_catches_indirect_imports(tmp_path, monkeypatch):
     chains = forbidden_chains(fake / "a.py", FORBIDDEN)
     assert chains == ["rl_service/a.py -> rl_service/sub/b.py -> rl_service/sub/c.py -> vllm.engine"]
     assert forbidden_chains(fake / "clean.py", FORBIDDEN) == []
+
+
+# Layering rule 2: actor and endpoint bodies are plain classes; Ray is applied at wiring time,
+# in one module.
+WIRING = "rl_service/infra/placement.py"
+RAY_APPLIERS = {("ray", "remote"), ("serve", "deployment"), ("serve", "ingress")}
+
+
+def ray_applications(path: Path) -> list[str]:
+    """Every `ray.remote` / `serve.deployment` / `serve.ingress` use in `path` (call or decorator),
+    also through `from ray import remote` style names, as 'file:line name'."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    aliases = {}  # local name -> (module, attr) for `from ray import remote as r`
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("ray", "ray.serve"):
+            mod = "ray" if node.module == "ray" else "serve"
+            for a in node.names:
+                if (mod, a.name) in RAY_APPLIERS:
+                    aliases[a.asname or a.name] = (mod, a.name)
+    found = []
+    for node in ast.walk(tree):
+        hit = None
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if (node.value.id, node.attr) in RAY_APPLIERS:
+                hit = f"{node.value.id}.{node.attr}"
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in aliases:
+            hit = ".".join(aliases[node.id])
+        if hit:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {hit}")
+    return found
+
+
+def test_ray_is_applied_only_in_the_wiring_module():
+    bad = [hit for f in sorted(PKG.rglob("*.py")) if str(f.relative_to(ROOT)) != WIRING for hit in ray_applications(f)]
+    assert not bad, f"ray.remote / serve.deployment / serve.ingress outside {WIRING}:\n  " + "\n  ".join(bad)
+    assert ray_applications(ROOT / WIRING), f"{WIRING} applies no ray.remote: the check would check nothing"
+
+
+def test_ray_application_finder_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    f = tmp_path / "m.py"
+    f.write_text(
+        "import ray\nfrom ray import serve\nfrom ray import remote as rr\n"
+        "@serve.deployment\nclass A: ...\n"
+        "B = ray.remote(object)\nC = rr(object)\nray.get([])\n"
+    )
+    assert ray_applications(f) == ["m.py:4 serve.deployment", "m.py:6 ray.remote", "m.py:7 ray.remote"]

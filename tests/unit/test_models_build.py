@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rl_service.config import ModelConfig, SFTConfig, TaskConfig, TinyModelConfig
+from rl_service.config import AdditionConfig, ModelConfig, SFTConfig, TinyModelConfig
 from rl_service.models.build import cache_key, ensure_model, load_build_info
 from rl_service.models.evaluate import greedy_accuracy_hf
 from rl_service.tasks.addition import AdditionTask
 
-TASK = TaskConfig(digits=1, num_eval=20)
+TASK = AdditionConfig(digits=1, num_eval=20)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,7 +58,7 @@ def test_build_is_reproducible_and_key_tracks_config(tmp_path):
     cfg = tiny_cfg(tmp_path)
     assert cache_key(cfg, TASK, 0) != cache_key(cfg, TASK, 1)
     assert cache_key(cfg, TASK, 0) != cache_key(tiny_cfg(tmp_path, lr=5e-3), TASK, 0)
-    assert cache_key(cfg, TASK, 0) != cache_key(cfg, TaskConfig(digits=1, num_eval=21), 0)
+    assert cache_key(cfg, TASK, 0) != cache_key(cfg, AdditionConfig(digits=1, num_eval=21), 0)
 
 
 def test_losing_a_build_race_keeps_the_existing_model(tmp_path, capsys, monkeypatch):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rl_service.config import SFTConfig, TaskConfig, TinyModelConfig
+from rl_service.config import AdditionConfig, SFTConfig, TinyModelConfig
 from rl_service.models.evaluate import greedy_accuracy_hf, greedy_generate
 from rl_service.models.sft import make_sft_batch, sft_loss, sft_warm_start
 from rl_service.models.tiny import build_tiny_model, num_params
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def task():
-    return AdditionTask(TaskConfig(digits=1, num_eval=20, seed=0))
+    return AdditionTask(AdditionConfig(digits=1, num_eval=20, seed=0))
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,24 @@
 """Addition task: held-out split, verifier, resumable prompt stream."""
 
-from rl_service.config import TaskConfig
+from rl_service.config import AdditionConfig
 from rl_service.tasks.addition import AdditionTask, Problem
 from rl_service.tasks.stream import PromptStream
 
 
 def test_split_is_disjoint_complete_and_deterministic():
-    task = AdditionTask(TaskConfig(digits=2, num_eval=200, seed=7))
+    task = AdditionTask(AdditionConfig(digits=2, num_eval=200, seed=7))
     held_out = {p.prompt for p in task.eval_problems}
     train = {f"{a}+{b}=" for a, b in task.train_pairs}
     assert len(held_out) == 200 and len(train) == 10000 - 200
     assert not held_out & train
-    again = AdditionTask(TaskConfig(digits=2, num_eval=200, seed=7))
+    again = AdditionTask(AdditionConfig(digits=2, num_eval=200, seed=7))
     assert again.eval_problems == task.eval_problems
-    other = AdditionTask(TaskConfig(digits=2, num_eval=200, seed=8))
+    other = AdditionTask(AdditionConfig(digits=2, num_eval=200, seed=8))
     assert other.eval_problems != task.eval_problems
 
 
 def test_problems_are_correct_sums_and_verifier_is_exact():
-    task = AdditionTask(TaskConfig(digits=2, num_eval=50))
+    task = AdditionTask(AdditionConfig(digits=2, num_eval=50))
     for p in task.eval_problems:
         a, b = p.prompt.rstrip("=").split("+")
         assert int(p.answer) == int(a) + int(b) and 0 <= int(a) < 100 and 0 <= int(b) < 100
@@ -29,7 +29,7 @@ def test_problems_are_correct_sums_and_verifier_is_exact():
 
 
 def test_prompt_stream_is_deterministic_with_global_ids():
-    task = AdditionTask(TaskConfig(digits=1, num_eval=10))
+    task = AdditionTask(AdditionConfig(digits=1, num_eval=10))
     a, b = PromptStream(task, seed=3), PromptStream(task, seed=3)
     batch = a.next_batch(5) + a.next_batch(5)
     assert [p.prompt_id for p in batch] == list(range(10))
@@ -39,7 +39,7 @@ def test_prompt_stream_is_deterministic_with_global_ids():
 
 
 def test_prompt_stream_epochs_are_permutations_of_train_pairs():
-    task = AdditionTask(TaskConfig(digits=1, num_eval=10))  # 90 training pairs
+    task = AdditionTask(AdditionConfig(digits=1, num_eval=10))  # 90 training pairs
     stream = PromptStream(task, seed=0)
     epoch0 = [p.text for p in stream.next_batch(90)]
     epoch1 = [p.text for p in stream.next_batch(90)]
@@ -51,7 +51,7 @@ def test_prompt_stream_epochs_are_permutations_of_train_pairs():
 
 
 def test_prompt_stream_resume_gives_the_same_prompts():
-    task = AdditionTask(TaskConfig(digits=1, num_eval=10))
+    task = AdditionTask(AdditionConfig(digits=1, num_eval=10))
     original = PromptStream(task, seed=5)
     original.next_batch(85)
     state = original.state_dict()
@@ -63,7 +63,7 @@ def test_prompt_stream_resume_gives_the_same_prompts():
 
 
 def test_large_digit_spaces_sample_instead_of_enumerating():
-    task = AdditionTask(TaskConfig(digits=4, num_eval=100))
+    task = AdditionTask(AdditionConfig(digits=4, num_eval=100))
     assert task.train_pairs is None
     prompts = PromptStream(task, seed=0).next_batch(200)
     held_out = {p.prompt for p in task.eval_problems}

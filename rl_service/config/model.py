@@ -1,0 +1,58 @@
+"""`model:` where the policy comes from: an HF model directory, or the small model built here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from rl_service.config.base import Section
+
+
+class TinyModelConfig(Section):
+    """Shape of the small Llama-style model the project builds itself."""
+
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    num_layers: int = 4
+    """Number of decoder blocks."""
+    num_heads: int = 4
+    """Attention heads (head_dim = hidden_size / num_heads)."""
+    intermediate_size: int = 512
+    """MLP width."""
+    vocab_size: int = 320
+    """Target vocabulary of the byte-level BPE tokenizer trained locally."""
+    max_position_embeddings: int = 64
+    """Longest sequence (prompt + completion) the model supports."""
+
+
+class SFTConfig(Section):
+    """Warm start: supervised fine-tuning on the task until a base accuracy is reached."""
+
+    max_steps: int = Field(3000, ge=0)
+    """Upper bound on SFT optimizer steps (0 = keep the random init)."""
+    batch_size: int = Field(128, ge=1)
+    """Examples per SFT step."""
+    lr: float = Field(1e-3, gt=0)
+    """AdamW learning rate for SFT."""
+    target_accuracy: float = Field(0.3, ge=0, le=1)
+    """Stop SFT once held-out greedy exact match reaches this (leaves RL room to improve)."""
+    eval_every: int = Field(25, ge=1)
+    """Steps between held-out accuracy checks during SFT."""
+
+
+class ModelConfig(Section):
+    path: str | None = None
+    """An HF model directory to start from. None = build the tiny model (cached)."""
+    cache_dir: str = ".cache/models"
+    """Where built models are saved and reused (key = hash of task+build+sft config)."""
+    build: TinyModelConfig = TinyModelConfig()
+    """Shape of the built model (ignored when `path` is set)."""
+    sft: SFTConfig = SFTConfig()
+    """Warm start of the built model (ignored when `path` is set)."""
+
+    @model_validator(mode="after")
+    def _path_exists(self) -> ModelConfig:
+        if self.path is not None and not (Path(self.path) / "config.json").is_file():
+            raise ValueError(f"model.path: {self.path!r} is not an HF model directory (no config.json)")
+        return self

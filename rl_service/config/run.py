@@ -1,0 +1,104 @@
+"""The top-level configs: `Config` (rl-service train) and `PreferenceRunConfig` (train-rm/-dpo).
+
+Both start with the same header (run name, output root, seed, task, model); each component
+then receives only its own section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import model_validator
+
+from rl_service.config.base import Section
+from rl_service.config.learner import LearnerConfig
+from rl_service.config.model import ModelConfig
+from rl_service.config.preference import PreferenceConfig, RMTrainConfig
+from rl_service.config.reward import RewardConfig
+from rl_service.config.rollout import RolloutConfig
+from rl_service.config.serve import ServeConfig
+from rl_service.config.task import AdditionConfig, TaskConfig, default_task_name
+from rl_service.config.tracking import TrackingConfig
+from rl_service.config.train import RayConfig, TrainConfig
+
+
+class RunHeader(Section):
+    name: str = "run"
+    """Run name: outputs go to `<run_root>/<name>/`."""
+    run_root: str = "runs"
+    """Parent directory of run directories."""
+    seed: int = 0
+    """Seed for prompt order, sampling and init."""
+    task: TaskConfig = AdditionConfig()
+    """The task: prompts, held-out set and built-in verifier (variant by `task.name`)."""
+    model: ModelConfig = ModelConfig()
+    """Where the policy comes from."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_name(cls, data: Any) -> Any:
+        return default_task_name(data)
+
+
+class Config(RunHeader):
+    """`rl-service train`: the whole distributed PPO run."""
+
+    rollout: RolloutConfig = RolloutConfig()
+    """Rollout workers and their engines."""
+    reward: RewardConfig = RewardConfig()
+    """Reward scorers."""
+    learner: LearnerConfig = LearnerConfig()
+    """PPO learner on FSDP2."""
+    train: TrainConfig = TrainConfig()
+    """The loop: steps, batch, staleness, queues."""
+    ray: RayConfig = RayConfig()
+    """How to reach Ray."""
+    serve: ServeConfig = ServeConfig()
+    """Serving the policy over HTTP."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Metrics sinks."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Config:
+        lc, rc, tc = self.learner, self.rollout, self.train
+        if not lc.advantage.uses_critic and rc.samples_per_prompt < 2:
+            raise ValueError(f"learner.advantage={lc.advantage.type} needs rollout.samples_per_prompt >= 2 (a group)")
+        if tc.prompts_per_step % rc.prompts_per_batch:
+            raise ValueError(
+                f"train.prompts_per_step ({tc.prompts_per_step}) must be divisible by "
+                f"rollout.prompts_per_batch ({rc.prompts_per_batch})"
+            )
+        if tc.prompts_per_step * rc.samples_per_prompt < lc.num_workers * lc.num_minibatches:
+            raise ValueError(
+                "train.prompts_per_step * rollout.samples_per_prompt must be >= "
+                "learner.num_workers * learner.num_minibatches (every process needs samples)"
+            )
+        in_flight = (1 + tc.max_policy_lag) * (tc.prompts_per_step // rc.prompts_per_batch)
+        if in_flight > tc.queue_size:
+            raise ValueError(
+                f"train.queue_size ({tc.queue_size}) must hold the {in_flight} prompt batches "
+                "in flight ((1 + max_policy_lag) * prompts_per_step / prompts_per_batch)"
+            )
+        if lc.backend == "nccl" and lc.resources.num_gpus == 0:
+            raise ValueError("learner.backend=nccl needs learner.resources.num_gpus > 0")
+        # `37+48=` plus EOS; other tasks keep the bound of the old schema's default digits (2)
+        prompt_len = 2 * (self.task.digits if self.task.name == "addition" else 2) + 2
+        if self.model.path is None and rc.max_new_tokens + prompt_len > self.model.build.max_position_embeddings:
+            raise ValueError("rollout.max_new_tokens plus the prompt exceeds model.build.max_position_embeddings")
+        return self
+
+
+class PreferenceRunConfig(RunHeader):
+    """Top-level config of `rl-service train-rm` / `train-dpo` (configs/rm.yaml, configs/dpo.yaml)."""
+
+    name: str = "rm"
+    """Run name: the model and metrics go to `<run_root>/<name>/`."""
+    preference: PreferenceConfig = RMTrainConfig()
+    """The preference training loop (variant by `preference.type`: rm | dpo)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preference_type(cls, data: Any) -> Any:
+        """`preference:` without a type is a reward model (the loader sets the command's kind first)."""
+        if isinstance(data, dict) and isinstance(data.get("preference"), dict) and "type" not in data["preference"]:
+            data = {**data, "preference": {"type": "rm", **data["preference"]}}
+        return data
