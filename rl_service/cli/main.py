@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)  # ConfigError -> exit 2, before anything heavy
     from rl_service.controller.checkpoint import resolve_resume
     from rl_service.controller.loop import train
-    from rl_service.infra.components import ray_session
+    from rl_service.infra.session import ray_session
     from rl_service.models.build import ensure_model, load_build_info
 
     run_dir = Path(cfg.run_root) / cfg.name

@@ -52,8 +52,8 @@ def cmd_serve(args) -> int:
         )
     from ray import serve
 
-    from rl_service.infra.components import ray_session
     from rl_service.infra.placement import serve_app
+    from rl_service.infra.session import ray_session
 
     stop = threading.Event()
     sc = cfg.serve

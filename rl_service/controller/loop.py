@@ -2,75 +2,59 @@
 
     PromptStream ─ PromptBatch ─▶ [prompt_q] ─▶ RolloutWorker × N  (vLLM engine, n samples/prompt,
          ▲                                          │               tagged sample_id + policy_version)
-         │ issue ≤ (1 + max_policy_lag) steps        ▼
-         │ of prompts ahead               [rollout_q] ─▶ RewardScorer × M  (verifier / user fn)
+         │ refill: issue ≤ (1 + max_policy_lag)     ▼
+         │ steps of prompts ahead         [rollout_q] ─▶ RewardScorer × M  (verifier / user fn)
          │                                                  │
-    controller ◀──── (ScoredBatch ref, BatchSummary) ── [scored_q]
+    collect ◀──── (ScoredBatch ref, BatchSummary) ───── [scored_q]
          │  drop stale (version < current - lag), ledger by sample id
          ▼
-    Learner × K (FSDP2) ── train_step(refs) ── publish(version+1) ──▶ load_weights on every worker
-                                                 (state dict via object store; checksum + probe verified)
+    train: Learner × K (FSDP2) ── sync: publish(version+1) ──▶ load_weights on every worker
+         │                          (state dict via object store; checksum + probe verified)
+         ▼
+    evaluate (every train.eval_every) ── checkpoint (every train.checkpoint_every, and at a halt)
+
+One step is `Controller.step`: collect → train → sync (+ refill) → evaluate → checkpoint, each a
+method below saying what it consumes, waits for and unblocks. The state they share is one
+RunState (state.py); timings and the metrics row come from step_metrics.py.
 
 Every queue is bounded (backpressure) and carries refs to whole batches. With lag 0 the
 workers only ever see prompts issued after the last sync (strictly on-policy); with lag k
 they generate up to k versions ahead while the learner trains.
 
-Checkpoints (rl_service/controller/checkpoint.py) are taken at step boundaries, after the next step's
-prompts were issued: they hold the learner state and everything the driver owns (data
-position, next batch id, policy version, the ledger and the PromptBatches still in flight).
-A resumed run reloads the learners, syncs the restored policy to the workers and re-puts the
-in-flight batches under their original batch ids, so with lag 0 it samples and trains
-exactly what the uninterrupted run would have (batches are trained in batch-id order).
-Guards halt the run with a checkpoint: train.max_nan_steps skipped steps in a row, or a
-minibatch KL above learner.kl_hard_limit.
+Checkpoints (checkpoint.py) are taken at step boundaries, after the next step's prompts were
+issued: they hold the learner state and everything the driver owns (data position, next batch
+id, policy version, the ledger and the PromptBatches still in flight). A resumed run reloads the
+learners, syncs the restored policy to the workers and re-puts the in-flight batches under their
+original batch ids, so with lag 0 it samples and trains exactly what the uninterrupted run would
+have (batches are trained in batch-id order). Guards halt the run with a checkpoint:
+train.max_nan_steps skipped steps in a row, or a minibatch KL above learner.kl_hard_limit.
 
-Crashes (docs/reliability.md): a dead rollout worker, reward scorer or queue is replaced in
-place (pipeline.py: Components.recover) and every batch in `pending` (issued, not trained) is put again;
-a copy that arrives twice is dropped by batch id. A dead learner process ends the attempt:
-everything is torn down and the run resumes from its last checkpoint in the same call, up to
-train.max_restarts times. Both are counted (`faults/*` metrics, summary.json).
+Crashes (recovery.py, docs/reliability.md): a dead rollout worker, reward scorer or queue is
+replaced in place and every pending batch is put again; a dead learner process ends the attempt,
+which restarts from the last checkpoint in the same call, up to train.max_restarts times.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from pathlib import Path
 
 from rl_service.config import Config
 from rl_service.controller import checkpoint
+from rl_service.controller.evaluate import evaluate, probe_sequences
 from rl_service.controller.ledger import SampleLedger
 from rl_service.controller.pipeline import BatchPipeline, batch_from_json
-from rl_service.infra.components import Components, LearnerFailure, evaluate, probe_sequences
+from rl_service.controller.recovery import FaultLog, Recovery, restart_learners
+from rl_service.controller.state import RunState, load_resumable
+from rl_service.controller.step_metrics import StepTimer, SyncResult, step_metrics
+from rl_service.infra.components import Components, LearnerFailure
 from rl_service.tasks import PromptStream, make_task
 from rl_service.testing import faults
-from rl_service.testing.faults import FaultLog
-from rl_service.tracking.run import RunTracker
-
-# Fault injection for tests (rl_service/testing/faults.py), e.g. "kill_in_checkpoint:<step>" SIGKILLs
-# this driver after the learners wrote that step's shards, before the checkpoint is committed.
-FAULT_ENV = faults.FAULT_ENV
-# Config keys that must match between a checkpoint and the run resuming from it.
-_MUST_MATCH = ("seed", "task", "rollout.samples_per_prompt", "rollout.prompts_per_batch", "train.prompts_per_step")
+from rl_service.tracking.run import ConsumedLog, RunTracker, truncate_logs
 
 
 class TrainingHalted(RuntimeError):
     """A health guard stopped the run; a checkpoint of the state at the halt was written."""
-
-
-def _pick(cfg_dump: dict, key: str):
-    for part in key.split("."):
-        cfg_dump = cfg_dump[part]
-    return cfg_dump
-
-
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows a crashed run logged after its last checkpoint (they will be redone)."""
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        path.write_text("".join(r + "\n" for r in rows if json.loads(r).get("step", 0) <= last_step))
 
 
 def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None = None) -> dict:
@@ -79,211 +63,231 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
     resume_from: a complete checkpoint dir; the run continues from its step exactly.
     A learner failure restarts the run from its latest checkpoint (or from the start if it has
     none yet), at most train.max_restarts times; the summary counts the restarts."""
-    if os.environ.get(faults.FAULT_ENV):  # fired-fault markers live with the run (once per run)
-        os.environ[faults.MARKER_ENV] = str(run_dir / "faults")
-    flog, restarted_from = FaultLog(), []
-    while True:
+    faults.arm(run_dir)
+    flog = FaultLog()
+    return restart_learners(
+        lambda ckpt: Controller(cfg, run_dir, model_path, flog).run(ckpt),
+        resume_from,
+        run_dir / "checkpoints",
+        flog,
+        cfg.train.max_restarts,
+    )
+
+
+class Controller:
+    """One attempt of a run: start the components, run the steps, finish, tear down."""
+
+    def __init__(self, cfg: Config, run_dir: Path, model_path: str, flog: FaultLog):
+        self.cfg, self.run_dir, self.model_path, self.flog = cfg, run_dir, model_path, flog
+        self.task = make_task(cfg.task)
+        self.comps: Components | None = None
+        self.follower = self.tracker = self.consumed = None
+        self.state: RunState  # set by _start, like the recovery and the probe sequences
+        self.recovery: Recovery
+        self.probes: list[list[int]]
+
+    def run(self, resume_from: Path | None) -> dict:
+        saved = load_resumable(resume_from, self.cfg)  # a mismatched config fails before any actor starts
+        self.comps = Components.start(self.cfg, self.model_path)
+        learner_failed = False
         try:
-            return _train_attempt(cfg, run_dir, model_path, resume_from, flog, restarted_from)
-        except LearnerFailure as err:
-            flog.add("faults/restarts_learner")
-            if flog.counts["faults/restarts_learner"] > cfg.train.max_restarts:
-                raise LearnerFailure(f"{err}; no restarts left (train.max_restarts={cfg.train.max_restarts})") from err
-            resume_from = checkpoint.latest_checkpoint(run_dir / "checkpoints")
-            flog.failed_at = time.perf_counter()
-            restarted_from.append(checkpoint.load_controller_state(resume_from)["step"] if resume_from else 0)
-            print(
-                f"learner failed at step {flog.step}: {err}\nrestarting from "
-                f"{resume_from or 'the start (no checkpoint yet)'}",
-                file=sys.stderr,
-                flush=True,
-            )
+            self._start(resume_from, saved)
+            while self.state.step < self.cfg.train.steps:
+                self.step()
+            return self._finish()
+        except LearnerFailure:
+            learner_failed = True
+            raise
+        finally:
+            self._close(graceful=not learner_failed)
 
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> None:
+        """One step: the loop of the module diagram."""
+        st, tc, timer = self.state, self.cfg.train, StepTimer()
+        self.flog.step = st.step + 1
+        with timer("wait"):
+            refs, summaries = self.collect()
+        with timer("train"):
+            learner = self.train(refs, summaries)
+        halt = halt_reason(self.cfg, learner)
+        sync = SyncResult()
+        with timer("weight_sync"):
+            if halt is None:
+                sync = self.sync(timer)
+                self.refill()
+        evaluated = halt is None and _every(tc.eval_every, st.step) and st.step < tc.steps
+        accuracy = self.evaluate() if evaluated else None
+        timer.stop()  # timing_s/step ends here; a checkpoint is timed on its own
+        metrics = step_metrics(
+            step=st.step,
+            version=st.version,
+            learner=learner,
+            summaries=summaries,
+            timer=timer,
+            sync=sync,
+            accuracy=accuracy,
+            num_workers=self.cfg.rollout.num_workers,
+            num_scorers=self.cfg.reward.num_scorers,
+            gauges={**self.comps.queue_depths(), **st.ledger.counts(), **self.flog.counts},
+        )
+        if halt is not None or _every(tc.checkpoint_every, st.step):
+            with timer("checkpoint"):
+                path = self.checkpoint()
+            metrics["timing_s/checkpoint"] = timer.seconds["checkpoint"]
+        self.tracker.log(metrics)
+        if halt is not None:
+            self._halt(halt, path)
 
-def _train_attempt(
-    cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None, flog: FaultLog, restarted_from: list[int]
-) -> dict:
-    tc, n = cfg.train, cfg.rollout.samples_per_prompt
-    task = make_task(cfg.task)
-    stream = PromptStream(task, cfg.seed)
-    ledger = SampleLedger(n)
-    saved = checkpoint.load_controller_state(resume_from) if resume_from else None
-    if saved:
-        now = cfg.model_dump(mode="json")
-        bad = [k for k in _MUST_MATCH if _pick(now, k) != _pick(saved["config"], k)]
-        if bad:
-            raise checkpoint.CheckpointError(f"{resume_from}: config differs from the checkpoint's in {bad}")
-    comps = Components.start(cfg, model_path)
-    follower = tracker = consumed_log = None
-    learner_failed = False
-    try:
+    def collect(self) -> tuple[list, list]:
+        """One step's scored batches: (ScoredBatch refs, BatchSummaries) in batch-id order.
+
+        Consumes the scored queue. Waits for the scorers (train.timeout_s at most), and so for
+        the rollout workers behind them; a batch more than max_policy_lag versions old is dropped
+        and replaced. Unblocks scorers blocked on a full scored queue. A crashed worker, scorer
+        or queue is replaced on the way (recovery.py) and the step's batches come anyway."""
+        collected = self.state.pipe.collect(self.state.version)
+        return [ref for ref, _ in collected], [s for _, s in collected]
+
+    def train(self, refs: list, summaries: list) -> dict:
+        """The PPO update on the step's batches; the step and policy version advance by one.
+
+        Consumes the batch refs (every learner rank resolves them itself). Waits for every rank's
+        update; a dead rank raises LearnerFailure (the attempt restarts from a checkpoint).
+        Unblocks nothing upstream: with lag > 0 the workers keep generating meanwhile, with lag 0
+        they idle until the sync. Books the batches as trained (ledger, consumed.jsonl)."""
+        st = self.state
+        faults.point("kill_learner", st.step + 1, learner=self.comps.learners[-1])
+        learner = self.comps.train_step(refs, self.cfg.rollout.samples_per_prompt)
+        st.pipe.mark_trained(summaries)
+        self.consumed.log(st.step + 1, [s.batch_id for s in summaries], [p for s in summaries for p in s.prompt_ids])
+        st.step, st.version = st.step + 1, st.version + 1
+        return learner
+
+    def sync(self, timer: StepTimer) -> SyncResult:
+        """Weight sync: publish the new version, load it, verified, into every rollout worker.
+
+        Consumes the learners' weights (an object-store state dict owned by this driver). Waits
+        for every worker's checksum + load + probe check. Unblocks generation with the new policy
+        (and a following Serve deployment's hot swap). A worker that dies loading is replaced and
+        loads it when it starts."""
+        st = self.state
+        with timer("publish"):
+            refs = self.comps.publish(st.version, self.probes)
+        loaded = self.recovery.retrying(st.pipe, self.comps.load_published)
+        if self.follower:
+            self.follower.on_version(st.version, refs["state_ref"], refs["meta_ref"])
+        return SyncResult(probe_max_diff=loaded["probe_max_diff"], load_s=loaded["load_s"])
+
+    def refill(self) -> None:
+        """Keep the pipeline 1 + max_policy_lag steps full: issue the prompts of step
+        step + 1 + lag (none past the last step).
+
+        Consumes the prompt stream. Waits for room in the prompt queue (a put blocks while it is
+        full: backpressure from the rollout workers). Unblocks the rollout workers."""
+        st, tc = self.state, self.cfg.train
+        if st.step + tc.max_policy_lag < tc.steps:
+            st.pipe.issue(st.pipe.batches_per_step)
+
+    def evaluate(self) -> float:
+        """Held-out accuracy of the policy just synced. Waits for every rollout worker's greedy
+        pass over its share of the eval set (generation of training batches waits with it)."""
+        self.state.accuracy = evaluate(self.comps.workers, self.task, self.cfg.rollout.max_new_tokens)
+        return self.state.accuracy
+
+    def checkpoint(self) -> Path:
+        """Checkpoint this step boundary: learner shards, then the driver's state, committed.
+
+        Waits for every learner rank to write its shards. Unblocks nothing: the workers keep
+        generating the prompts already issued (they are saved as pending)."""
+        st, root = self.state, self.run_dir / "checkpoints"
+        tmp = checkpoint.begin(root, st.step)
+        learner_info = self.comps.save_checkpoint(tmp)
+        faults.point("kill_in_checkpoint", st.step)
+        path = checkpoint.commit(
+            root, tmp, st.step, st.controller_state(learner_info, self.cfg), self.cfg.train.keep_last
+        )
+        st.last_saved = st.step
+        return path
+
+    # ------------------------------------------------------------------ before and after the loop
+    def _start(self, resume_from: Path | None, saved: dict | None) -> None:
+        """Run state from the checkpoint (or fresh), weights synced, loops running, the pipeline full."""
+        cfg, comps = self.cfg, self.comps
         if cfg.serve.enabled:  # the OpenAI endpoint follows training by in-place hot swap
             from rl_service.serving.follow import ServeFollower
 
-            follower = ServeFollower.start(cfg.serve, model_path)
-        probes = probe_sequences(model_path, task)
-
-        def save(step: int) -> Path:
-            tmp = checkpoint.begin(run_dir / "checkpoints", step)
-            learner_info = comps.save_checkpoint(tmp)
-            if faults.fire("kill_in_checkpoint", step):
-                faults.kill_self()
-            state = {
-                "step": step,
-                "policy_version": version,
-                "next_batch_id": pipe.next_batch_id,
-                "stream": stream.state_dict(),
-                "ledger": ledger.state_dict(),
-                "pending": pipe.pending_json(),
-                "accuracy_start": acc_start,
-                "accuracy": acc,
-                "learner": learner_info,
-                "config": cfg.model_dump(mode="json"),
-            }
-            return checkpoint.commit(run_dir / "checkpoints", tmp, step, state, tc.keep_last)
-
-        if saved:  # -------------------------------------------------- exact resume
+            self.follower = ServeFollower.start(cfg.serve, self.model_path)
+        self.probes = probe_sequences(self.model_path, self.task)
+        self.recovery = Recovery(comps, self.flog, cfg.train.max_restarts)
+        stream, ledger = PromptStream(self.task, cfg.seed), SampleLedger(cfg.rollout.samples_per_prompt)
+        st = self.state = RunState(BatchPipeline(cfg, comps, stream, ledger, self.flog, self.recovery))
+        if saved:  # exact resume: learners, driver state, then the workers get the checkpoint's policy
             comps.load_checkpoint(resume_from)
-            stream.load_state_dict(saved["stream"])
-            ledger.load_state_dict(saved["ledger"])
-            start_step, version = saved["step"], saved["policy_version"]
-            pipe = BatchPipeline(cfg, comps, stream, ledger, flog, next_batch_id=saved["next_batch_id"])
-            acc_start, acc = saved["accuracy_start"], saved["accuracy"]
-            comps.publish(version, probes)  # workers start from the checkpoint's policy
-            pipe.retrying(comps.load_published)
+            st.restore(saved)
+            comps.publish(st.version, self.probes)
+            self.recovery.retrying(st.pipe, comps.load_published)
         else:
-            start_step, version = 0, 0
-            pipe = BatchPipeline(cfg, comps, stream, ledger, flog)
-            acc_start = acc = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
-        for path in (run_dir / "metrics.jsonl", run_dir / "consumed.jsonl"):
-            _truncate_jsonl(path, start_step)  # rows of steps after the checkpoint are redone
+            st.accuracy_start = st.accuracy = evaluate(comps.workers, self.task, cfg.rollout.max_new_tokens)
+        truncate_logs(self.run_dir, st.step)  # rows of steps after the checkpoint are redone
         comps.start_loops()
-        tracker = RunTracker(run_dir, tc.steps, start_step=start_step, accuracy=acc, cfg=cfg)
-        consumed_log = (run_dir / "consumed.jsonl").open("a")
+        self.tracker = RunTracker(self.run_dir, cfg.train.steps, start_step=st.step, accuracy=st.accuracy, cfg=cfg)
+        self.consumed = ConsumedLog(self.run_dir)
         if saved:  # the batches in flight at the checkpoint, under their original ids
             for d in saved["pending"]:
-                pipe.put(batch_from_json(d))
+                st.pipe.put(batch_from_json(d))
         else:
-            pipe.issue(pipe.batches_per_step * min(1 + tc.max_policy_lag, tc.steps))
-        if flog.failed_at is not None:  # restarted after a learner failure: what it cost
-            flog.event(
-                kind="learner",
-                step=flog.step,
-                resumed_from_step=start_step,
-                steps_redone=flog.step - 1 - start_step,
-                recover_s=time.perf_counter() - flog.failed_at,
-            )
-            flog.failed_at = None
-        last_saved = start_step if saved else -1
-        for step in range(start_step, tc.steps):
-            t_step = time.perf_counter()
-            flog.step = step + 1
-            collected = pipe.collect(version)  # 1. collect one step of batches
-            refs, summaries = [g[0] for g in collected], [g[1] for g in collected]
-            t_collected = time.perf_counter()
-            if faults.fire("kill_learner", step + 1):
-                comps.kill_learner_soon(0.1)
-            metrics = comps.train_step(refs, n)  # 2. PPO update on FSDP2
-            pipe.mark_trained(summaries)
-            consumed_log.write(
-                json.dumps(
-                    {
-                        "step": step + 1,
-                        "batch_ids": [s.batch_id for s in summaries],
-                        "prompt_ids": [p for s in summaries for p in s.prompt_ids],
-                    }
-                )
-                + "\n"
-            )
-            consumed_log.flush()
-            t_trained = time.perf_counter()
-            version += 1
-            halt = _guard(cfg, metrics)
-            sync = {"probe_max_diff": float("nan"), "publish_s": 0.0, "load_s": 0.0}
-            if halt is None:
-                sync = comps.publish(version, probes)  # 3. publish + verified load
-                t_published = time.perf_counter()
-                sync.update(pipe.retrying(comps.load_published))
-                sync["publish_s"] = t_published - t_trained
-                if follower:
-                    follower.on_version(version, sync["state_ref"], sync["meta_ref"])
-                if step + 1 + tc.max_policy_lag < tc.steps:  # 4. keep the pipeline full
-                    pipe.issue(pipe.batches_per_step)
-            t_synced = time.perf_counter()
-            if halt is None and tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
-                acc = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
-                metrics["eval/accuracy"] = acc
-            tokens = sum(s.num_response_tokens for s in summaries)
-            step_s = time.perf_counter() - t_step
-            metrics.update(
-                {
-                    "step": step + 1,
-                    "policy_version": version,
-                    "policy/lag_mean": sum(version - 1 - s.policy_version for s in summaries) / len(summaries),
-                    "timing_s/generate": sum(s.generate_s for s in summaries) / cfg.rollout.num_workers,
-                    "timing_s/reward": sum(s.reward_s for s in summaries) / cfg.reward.num_scorers,
-                    "timing_s/wait": t_collected - t_step,
-                    "timing_s/train": t_trained - t_collected,
-                    # the learner's own compute time; timing_s/train adds Ray dispatch and batch transfer
-                    "timing_s/train_compute": metrics.get("timing_s/train", float("nan")),
-                    "timing_s/weight_sync": t_synced - t_trained,
-                    "timing_s/step": step_s,
-                    "timing_s/publish": sync["publish_s"],
-                    "timing_s/load": sync["load_s"],
-                    "weight_sync/probe_max_diff": sync["probe_max_diff"],
-                    "perf/tokens_per_s": tokens / step_s,
-                    "perf/samples_per_s": sum(len(s.sample_ids) for s in summaries) / step_s,
-                    **comps.queue_depths(),
-                    **ledger.counts(),
-                    **flog.counts,
-                }
-            )
-            if halt is not None or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0):
-                t_ckpt = time.perf_counter()
-                path = save(step + 1)
-                last_saved = step + 1
-                metrics["timing_s/checkpoint"] = time.perf_counter() - t_ckpt
-            tracker.log(metrics)
-            if halt is not None:
-                tracker.write_summary(
-                    {"steps": step + 1, "halted": halt, "checkpoint": str(path), **ledger.counts(), **flog.summary()}
-                )
-                raise TrainingHalted(f"{halt}; state at step {step + 1} saved in {path}")
-        comps.stop_loops()
-        if last_saved != tc.steps:
-            save(tc.steps)
-        acc_end = evaluate(comps.workers, task, cfg.rollout.max_new_tokens)
-        comps.save_final(run_dir / "final")
+            st.pipe.issue(st.pipe.batches_per_step * min(1 + cfg.train.max_policy_lag, cfg.train.steps))
+        self.flog.learner_back(st.step)
+
+    def _finish(self) -> dict:
+        """Stop the loops, checkpoint the last step, evaluate, save the final model, summarise."""
+        st, tc = self.state, self.cfg.train
+        self.comps.stop_loops()
+        if st.last_saved != tc.steps:
+            self.checkpoint()
+        acc_end = evaluate(self.comps.workers, self.task, self.cfg.rollout.max_new_tokens)
+        self.comps.save_final(self.run_dir / "final")
         summary = {
             "steps": tc.steps,
-            "wall_s": time.perf_counter() - flog.t0,
-            "policy_version": version,
-            "resumed_from_step": start_step if saved else None,
-            "eval/accuracy_start": acc_start,
+            "wall_s": time.perf_counter() - self.flog.t0,
+            "policy_version": st.version,
+            "resumed_from_step": st.resumed_from,
+            "eval/accuracy_start": st.accuracy_start,
             "eval/accuracy_end": acc_end,
-            "eval/accuracy_gain": acc_end - acc_start,
-            "model_path": str(model_path),
-            "final_dir": str(run_dir / "final"),
-            **ledger.check(),
-            **flog.summary(),
-            "faults/restarted_from_steps": restarted_from,
+            "eval/accuracy_gain": acc_end - st.accuracy_start,
+            "model_path": str(self.model_path),
+            "final_dir": str(self.run_dir / "final"),
+            **st.ledger.check(),
+            **self.flog.summary(),
+            "faults/restarted_from_steps": self.flog.restarted_from,
         }
-        tracker.write_summary(summary)
+        self.tracker.write_summary(summary)
         return summary
-    except LearnerFailure:
-        learner_failed = True
-        raise
-    finally:
-        for closable in (consumed_log, tracker):
+
+    def _halt(self, reason: str, path: Path) -> None:
+        st = self.state
+        self.tracker.write_summary(
+            {"steps": st.step, "halted": reason, "checkpoint": str(path), **st.ledger.counts(), **self.flog.summary()}
+        )
+        raise TrainingHalted(f"{reason}; state at step {st.step} saved in {path}")
+
+    def _close(self, graceful: bool) -> None:
+        for closable in (self.consumed, self.tracker):
             if closable is not None:
                 closable.close()
-        if follower:
-            follower.stop()
-        comps.shutdown(graceful=not learner_failed)
+        if self.follower:
+            self.follower.stop()
+        self.comps.shutdown(graceful=graceful)
 
 
-def _guard(cfg: Config, metrics: dict) -> str | None:
-    """Why the run must halt after this step, or None."""
+def _every(n: int, step: int) -> bool:
+    """A cadence of every n steps (0: never) is due at `step`."""
+    return bool(n) and step % n == 0
+
+
+def halt_reason(cfg: Config, metrics: dict) -> str | None:
+    """Why the run must halt after this step (a health guard tripped), or None."""
     streak = metrics.get("train/nan_streak", 0)
     if streak >= cfg.train.max_nan_steps:
         return (

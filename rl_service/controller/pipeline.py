@@ -1,9 +1,9 @@
-"""The controller's batch bookkeeping: issue prompt batches, collect scored ones, recover.
+"""The controller's batch bookkeeping: issue prompt batches, collect scored ones.
 
     issue(k) ─▶ pending{batch id: PromptBatch} ─▶ put on the prompt queue
     collect(version) ◀─ scored queue: keep one step's batches in batch-id order,
                         drop a stale batch (and issue a replacement), drop a second copy
-    recover(err) ─▶ Components.recover: replace what died, put every pending batch again
+    a crash on the way ─▶ recovery.py: replace what died, put every pending batch again
 
 `pending` holds every batch issued and not yet trained or dropped; it is what a checkpoint
 saves and what a crash re-puts, so no prompt is lost. A batch put twice after a recovery
@@ -13,18 +13,14 @@ can arrive twice: the copy is dropped by batch id (`faults/duplicates_dropped`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 from rl_service.config import Config
 from rl_service.controller.ledger import SampleLedger
+from rl_service.controller.recovery import FaultLog, Recovery
 from rl_service.infra.components import ComponentFailure, Components
 from rl_service.tasks import PromptStream
 from rl_service.testing import faults
-from rl_service.testing.faults import FaultLog
-from rl_service.types import Prompt, PromptBatch
-
-T = TypeVar("T")
+from rl_service.types import BatchSummary, Prompt, PromptBatch
 
 
 def batch_to_json(b: PromptBatch) -> dict:
@@ -45,9 +41,11 @@ class BatchPipeline:
         stream: PromptStream,
         ledger: SampleLedger,
         flog: FaultLog,
+        recovery: Recovery,
         next_batch_id: int = 0,
     ):
         self.cfg, self.comps, self.stream, self.ledger, self.flog = cfg, comps, stream, ledger, flog
+        self.recovery = recovery
         self.next_batch_id = next_batch_id
         self.batches_per_step = cfg.train.prompts_per_step // cfg.rollout.prompts_per_batch
         self.pending: dict[int, PromptBatch] = {}
@@ -55,47 +53,14 @@ class BatchPipeline:
         self.got: dict[int, tuple] = {}
         """Batch id -> (ScoredBatch ref, BatchSummary) collected for the current step."""
 
-    def recover(self, err: ComponentFailure | None) -> None:
-        """Replace what died and put every batch not trained (nor collected) again."""
-        while err is not None:  # recovery itself may meet another crash
-            t, replaced, redo = time.perf_counter(), {}, []
-            try:
-                replaced = self.comps.recover(sorted(set(self.pending) - set(self.got)))
-                if replaced["reward"]:  # scored refs are owned by their scorer: gone with it
-                    self.got.clear()
-                redo = [b for b in sorted(self.pending) if b not in self.got]
-                for b in redo:
-                    self.comps.put_prompts(self.pending[b])
-                err = None
-            except ComponentFailure as again:
-                err = again
-            for kind, count in replaced.items():
-                self.flog.add(f"faults/restarts_{kind}", count)
-            self.flog.add("faults/batches_regenerated", len(redo))
-            self.flog.event(
-                kind="component",
-                step=self.flog.step,
-                replaced=replaced,
-                batches_regenerated=redo,
-                recover_s=time.perf_counter() - t,
-            )
-
-    def retrying(self, fn: Callable[[], T]) -> T:
-        """fn(), recovering from component crashes until it succeeds."""
-        while True:
-            try:
-                return fn()
-            except ComponentFailure as err:
-                self.recover(err)
-
     def put(self, batch: PromptBatch) -> None:
+        """Record `batch` as pending and put it on the prompt queue (blocks while it is full)."""
         self.pending[batch.batch_id] = batch
         try:
             self.comps.put_prompts(batch)
         except ComponentFailure as err:
-            self.recover(err)  # re-puts this batch too
-        if faults.fire("kill_queue", batch.batch_id):
-            self.comps.prompt_q.kill()
+            self.recovery.recover(self, err)  # re-puts this batch too
+        faults.point("kill_queue", batch.batch_id, queue=self.comps.prompt_q)
 
     def issue(self, num_batches: int) -> None:
         """Take num_batches batches of prompts from the stream, record them, put them."""
@@ -105,7 +70,7 @@ class BatchPipeline:
             self.put(PromptBatch(self.next_batch_id, tuple(prompts)))
             self.next_batch_id += 1
 
-    def collect(self, version: int) -> list[tuple]:
+    def collect(self, version: int) -> list[tuple[object, BatchSummary]]:
         """One step's (ref, summary) pairs in batch-id order (arrival order is a race).
 
         A batch sampled by a policy more than max_policy_lag versions behind `version` is
@@ -128,9 +93,9 @@ class BatchPipeline:
                 self.got[s.batch_id] = (ref, s)
             return [self.got[b] for b in sorted(self.got)]
 
-        return self.retrying(gather)
+        return self.recovery.retrying(self, gather)
 
-    def mark_trained(self, summaries: list) -> None:
+    def mark_trained(self, summaries: list[BatchSummary]) -> None:
         """The step's batches are trained: out of `pending`, their samples into the ledger."""
         for s in summaries:
             del self.pending[s.batch_id]

@@ -1,23 +1,20 @@
-"""Thin Ray wiring used by the controller: start/stop the actors and queues, the few calls
-that fan out to all replicas (train step, weight sync, evaluation), and crash recovery:
+"""The running components and the thin Ray fan-out the controller calls on them.
 
-    rollout worker / reward scorer / queue died  -> ComponentFailure -> Components.recover()
-        (replace the dead, rebuild the queues, reload the newest weights; the controller re-puts
-         every batch not yet trained)
-    learner process died                         -> LearnerFailure -> controller restarts the
-        whole run from the last checkpoint"""
+    start / start_loops / stop_loops / shutdown      actors, queues and their run loops
+    put_prompts, next_scored, queue_depths           the controller's end of the queues
+    train_step, publish, load_published,             one call fanned out to every learner rank
+      save_checkpoint, load_checkpoint, save_final     or rollout worker
+    dead_actors, dead_queues, drop_queues,           the steps rl_service/controller/recovery.py
+      replace_actor, new_queues, ready, catch_up       composes to replace what died
+
+A crash surfaces as one of two errors: ComponentFailure (a rollout worker, reward scorer or queue
+died: replaced in place) and LearnerFailure (a learner process died: the whole group restarts
+from the last checkpoint). What to do about either is recovery.py's job, not this module's.
+"""
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-import shutil
-import tempfile
-import threading
 import time
-from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import ray
@@ -25,79 +22,24 @@ import ray
 from rl_service.config import Config
 from rl_service.infra import placement
 from rl_service.infra.queues import RayBatchQueue
-from rl_service.types import BatchSummary
-
-log = logging.getLogger(__name__)
-
-
-def _requested_cpus(cfg: Config) -> float:
-    return (
-        cfg.rollout.num_workers * cfg.rollout.resources.num_cpus
-        + cfg.reward.num_scorers * cfg.reward.resources.num_cpus
-        + cfg.learner.num_workers * cfg.learner.resources.num_cpus
-    )
-
-
-@contextmanager
-def ray_session(cfg: Config):
-    """Attach to `ray.address` / $RAY_ADDRESS, or start an embedded Ray bound to 127.0.0.1
-    in its own temp dir (never the machine's default session), and stop it afterwards."""
-    if ray.is_initialized():
-        yield
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    tmp = None
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # Short path: Ray's unix sockets live under it and must stay < 108 chars.
-        tmp = tempfile.mkdtemp(prefix="rls-ray-", dir="/tmp")
-        # Bind every Ray listener to loopback (not just advertise 127.0.0.1); embedded only.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(_requested_cpus(cfg)))
-        ray.init(
-            num_cpus=num_cpus,
-            _temp_dir=tmp,
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
-        )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+from rl_service.types import BatchSummary, PromptBatch
 
 
 class ComponentFailure(RuntimeError):
-    """A rollout worker, reward scorer or queue died; `Components.recover` replaces it."""
+    """A rollout worker, reward scorer or queue died; controller/recovery.py replaces it."""
 
 
 class LearnerFailure(RuntimeError):
-    """A learner process died: the group is restarted from the last checkpoint (controller.train)."""
+    """A learner process died: the group is restarted from the last checkpoint (controller/recovery.py)."""
 
 
 # A process died, or an object whose owner died was read: a crash, not a bug in the code.
 _CRASHED = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
-_QUEUES = ("prompt-queue", "rollout-queue", "scored-queue")
 
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _new_queue(maxsize: int, name: str, wait_s: float = 30.0) -> RayBatchQueue:
-    deadline = time.monotonic() + wait_s
-    while True:  # a replacement's name may still be held by the queue actor that just died
-        try:
-            return RayBatchQueue(maxsize, name)
-        except ValueError as err:
-            if "already taken" not in str(err) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 @dataclass
@@ -115,10 +57,6 @@ class Components:
     """One `run` call per worker, then per scorer (same order as `workers + scorers`)."""
     published: tuple | None = None
     """(state_ref, meta_ref) of the newest version sent to the workers: a replacement loads it."""
-    restarts: Counter = field(default_factory=Counter)
-    """Replacements per actor/queue name (`rollout-0`, `reward-0`, `prompt-queue`...)."""
-    suspects: dict = field(default_factory=dict)
-    """name -> batch ids in flight at every one of its deaths (named when restarts run out)."""
 
     @staticmethod
     def start(cfg: Config, model_path: str) -> Components:
@@ -129,22 +67,27 @@ class Components:
         scorers = placement.make_scorers(cfg)
         ray.get(setup + [w.__ray_ready__.remote() for w in workers + scorers])
         comps = Components(cfg, model_path, workers, scorers, learners, pg)
-        comps._new_queues()
+        comps.new_queues()
         return comps
 
-    def _new_queues(self) -> None:
-        qs = self.cfg.train.queue_size
-        self.prompt_q, self.rollout_q, self.scored_q = (_new_queue(qs, name) for name in _QUEUES)
-
+    # ------------------------------------------------------------------ loops and queues
     def start_loops(self) -> None:
         self.loops = [w.run.remote(self.prompt_q, self.rollout_q) for w in self.workers]
         self.loops += [s.run.remote(self.rollout_q, self.scored_q) for s in self.scorers]
+
+    def stop_loops(self) -> None:
+        ray.get([a.stop.remote() for a in self.workers + self.scorers])
+        ray.get(self.loops, timeout=60)
+        self.loops = []
 
     def actor_names(self) -> list[str]:
         """Names of `workers + scorers`, in that order (placement.py names them so)."""
         return [f"rollout-{i}" for i in range(len(self.workers))] + [f"reward-{i}" for i in range(len(self.scorers))]
 
-    def put_prompts(self, batch) -> None:
+    def queues(self) -> tuple:
+        return self.prompt_q, self.rollout_q, self.scored_q
+
+    def put_prompts(self, batch: PromptBatch) -> None:
         try:
             self.prompt_q.put(batch)
         except ray.exceptions.RayActorError as err:
@@ -174,57 +117,55 @@ class Components:
     def queue_depths(self) -> dict[str, int]:
         """`queue/<x>_depth` metrics; -1 for a queue that died (recovered at the next collect)."""
         out = {}
-        for key, q in (("prompts", self.prompt_q), ("rollouts", self.rollout_q), ("scored", self.scored_q)):
+        for key, q in zip(("prompts", "rollouts", "scored"), self.queues()):
             try:
                 out[f"queue/{key}_depth"] = q.qsize()
             except ray.exceptions.RayActorError:
                 out[f"queue/{key}_depth"] = -1
         return out
 
-    def recover(self, in_flight: list[int]) -> dict[str, int]:
-        """Replace every dead rollout worker and scorer, rebuild all three queues, restart the loops.
+    # ------------------------------------------------------------------ replacing what died
+    def dead_actors(self, timeout_s: float = 10) -> list[int]:
+        """Indices into `workers + scorers` of the actors that do not answer a ping."""
+        pings = [a.__ray_ready__.remote() for a in self.workers + self.scorers]
+        ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
+        return [i for i, p in enumerate(pings) if not _answers(p)]
 
-        All queues are rebuilt (not only a dead one): items in them may be refs owned by a dead
-        actor, and loops of live actors blocked on an old queue only stop when it is killed. The
-        caller re-puts every batch it issued and has not trained. A replacement worker reruns its
-        constructor (the base model) and so loads the newest published weights before its loop starts.
-        in_flight: batch ids issued and not collected, named in the error when restarts run out.
-        Returns how many of each kind were replaced: {"rollout": n, "reward": n, "queue": n}."""
-        actors, names = self.workers + self.scorers, self.actor_names()
-        pings = [a.__ray_ready__.remote() for a in actors]
-        ray.wait(pings, num_returns=len(pings), timeout=10)
-        dead = [i for i, p in enumerate(pings) if not _answers(p)]
-        dead_queues = [q.name for q in (self.prompt_q, self.rollout_q, self.scored_q) if not q.alive()]
-        for name in [names[i] for i in dead] + dead_queues:
-            self.restarts[name] += 1
-            self.suspects[name] = self.suspects.get(name, set(in_flight)) & set(in_flight)
-            if self.restarts[name] > self.cfg.train.max_restarts:
-                raise RuntimeError(
-                    f"{name} died {self.restarts[name]} times, more than train.max_restarts="
-                    f"{self.cfg.train.max_restarts}; batches in flight at every one of its deaths: "
-                    f"{sorted(self.suspects[name])} (at the last one: {in_flight})"
-                )
-        for q in (self.prompt_q, self.rollout_q, self.scored_q):
+    def dead_queues(self) -> list[str]:
+        return [q.name for q in self.queues() if not q.alive()]
+
+    def drop_queues(self) -> bool:
+        """Shut all three queues down and wait for the loops blocked on them to fail.
+        Returns whether loops were running (to start them again on the new queues)."""
+        for q in self.queues():
             q.shutdown()
-        was_running, old_loops, self.loops = bool(self.loops), self.loops, []
+        old_loops, self.loops = self.loops, []
         if old_loops:
-            ray.wait(old_loops, num_returns=len(old_loops), timeout=60)  # they fail on the dead queues
-        for i in dead:
-            ray.kill(actors[i], no_restart=True)
-            if i < len(self.workers):
-                self.workers[i] = placement.make_rollout_worker(self.cfg, self.model_path, i)
-            else:
-                self.scorers[i - len(self.workers)] = placement.make_scorer(self.cfg, i - len(self.workers))
-        self._new_queues()
-        new_workers = [self.workers[i] for i in dead if i < len(self.workers)]
-        ray.get([a.__ray_ready__.remote() for a in self.workers + self.scorers])
-        if new_workers and self.published is not None:
-            ray.get([w.load_weights.remote(*self.published) for w in new_workers])
-        if was_running:
-            self.start_loops()
-        n_rollout = sum(i < len(self.workers) for i in dead)
-        return {"rollout": n_rollout, "reward": len(dead) - n_rollout, "queue": len(dead_queues)}
+            ray.wait(old_loops, num_returns=len(old_loops), timeout=60)
+        return bool(old_loops)
 
+    def replace_actor(self, index: int) -> None:
+        """Kill `(workers + scorers)[index]` for good and create a new actor of its name."""
+        ray.kill((self.workers + self.scorers)[index], no_restart=True)
+        if index < len(self.workers):
+            self.workers[index] = placement.make_rollout_worker(self.cfg, self.model_path, index)
+        else:
+            self.scorers[index - len(self.workers)] = placement.make_scorer(self.cfg, index - len(self.workers))
+
+    def new_queues(self) -> None:
+        self.prompt_q, self.rollout_q, self.scored_q = placement.make_queues(self.cfg)
+
+    def ready(self) -> None:
+        """Wait until every rollout worker and scorer has finished its constructor."""
+        ray.get([a.__ray_ready__.remote() for a in self.workers + self.scorers])
+
+    def catch_up(self, worker_indices: list[int]) -> None:
+        """Load the newest published version into these (replacement) workers: a restarted
+        actor reruns its constructor, so it would otherwise generate with the base model."""
+        if worker_indices and self.published is not None:
+            ray.get([self.workers[i].load_weights.remote(*self.published) for i in worker_indices])
+
+    # ------------------------------------------------------------------ learner group and weights
     def _learner_get(self, refs: list, what: str) -> list:
         """ray.get that fails as soon as one rank fails (its peers may wait forever in a collective);
         a dead learner process raises LearnerFailure."""
@@ -268,31 +209,15 @@ class Components:
             "load_s": max(r["seconds"] for r in results),
         }  # slowest worker: checksum + load + probe
 
-    def sync_weights(self, version: int, probes: list[list[int]]) -> dict:
-        """Publish `version` from the learners and load it, verified, into every worker."""
-        return {**self.publish(version, probes), **self.load_published()}
-
     def save_checkpoint(self, ckpt_dir) -> dict:
         """Every learner rank writes its shards (+ small per-rank state) into `ckpt_dir`."""
-        return self._learner_get(
-            [learner.save_checkpoint.remote(str(ckpt_dir)) for learner in self.learners], "checkpoint"
-        )[0]
+        refs = [learner.save_checkpoint.remote(str(ckpt_dir)) for learner in self.learners]
+        return self._learner_get(refs, "checkpoint")[0]
 
     def load_checkpoint(self, ckpt_dir) -> dict:
         """Every learner rank restores from `ckpt_dir` (DCP reshards to this world size)."""
-        return self._learner_get([learner.load_checkpoint.remote(str(ckpt_dir)) for learner in self.learners], "load")[
-            0
-        ]
-
-    def kill_learner_soon(self, delay_s: float) -> None:
-        """Fault injection: kill the last learner process `delay_s` from now (mid-step)."""
-        victim = self.learners[-1]
-        threading.Thread(target=lambda: (time.sleep(delay_s), ray.kill(victim, no_restart=True)), daemon=True).start()
-
-    def stop_loops(self) -> None:
-        ray.get([a.stop.remote() for a in self.workers + self.scorers])
-        ray.get(self.loops, timeout=60)
-        self.loops = []
+        refs = [learner.load_checkpoint.remote(str(ckpt_dir)) for learner in self.learners]
+        return self._learner_get(refs, "load")[0]
 
     def save_final(self, out_dir) -> None:
         self._learner_get([learner.save_hf.remote(str(out_dir)) for learner in self.learners], "save_hf")
@@ -306,7 +231,7 @@ class Components:
                 pass
         for a in self.workers + self.scorers + self.learners:
             ray.kill(a)
-        for q in (self.prompt_q, self.rollout_q, self.scored_q):
+        for q in self.queues():
             if q is not None:
                 q.shutdown()
         placement.release(self.pg)
@@ -330,28 +255,3 @@ def _died(ref) -> bool:
     except Exception:  # noqa: BLE001 - busy (e.g. waiting in a collective) is not dead
         pass
     return False
-
-
-def evaluate(workers: list, task, max_new_tokens: int) -> float:
-    """Greedy exact match on the fixed held-out set, split across the rollout workers.
-    Environment tasks: the share of held-out episodes the greedy policy solves."""
-    if getattr(task, "is_env", False):
-        metas = [p.metadata for p in task.eval_prompts]
-        chunks = [metas[i :: len(workers)] for i in range(len(workers))]
-        results = ray.get([w.evaluate_episodes.remote(c, max_new_tokens) for w, c in zip(workers, chunks)])
-        return sum(r["env_success"] for rs in results for r in rs) / len(metas)
-    problems = task.eval_problems
-    chunks = [problems[i :: len(workers)] for i in range(len(workers))]
-    texts = ray.get([w.evaluate.remote([p.prompt for p in c], max_new_tokens) for w, c in zip(workers, chunks)])
-    correct = sum(task.verify(t, p.answer) for c, ts in zip(chunks, texts) for p, t in zip(c, ts))
-    return correct / len(problems)
-
-
-def probe_sequences(model_path: str, task, count: int = 4) -> list[list[int]]:
-    """Fixed token sequences (held-out prompt + answer + EOS) for verifying weight syncs."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    if getattr(task, "is_env", False):  # multi-turn transcripts: env tokens inside the sequence
-        return task.probe_sequences(tok, count)
-    return [tok(p.prompt + p.answer).input_ids + [tok.eos_token_id] for p in task.eval_problems[:count]]

@@ -6,9 +6,11 @@ each into named Ray actors with the resources its config section asks for:
     rollout-0..N-1   RolloutWorker   cfg.rollout.resources   (one vLLM engine each)
     reward-0..M-1    RewardScorer    cfg.reward.resources
     learner-0..K-1   Learner         cfg.learner.resources, gang scheduled in one placement group
+    prompt-queue, rollout-queue, scored-queue   RayBatchQueue (no CPU of their own)
 
-A rollout worker or scorer that died is replaced by a new actor of the same name and options
-(make_rollout_worker / make_scorer); learners are only ever replaced all together.
+A rollout worker, scorer or queue that died is replaced by a new actor of the same name and
+options (make_rollout_worker / make_scorer / make_queues); learners are only ever replaced all
+together.
 
 Serve (at the end): the plain PolicyServer becomes the `PolicyServer` deployment with its FastAPI
 routes as ingress (serve_app), and VersionBoard the small actor replicas follow training through.
@@ -16,16 +18,22 @@ routes as ingress (serve_app), and VersionBoard the small actor replicas follow 
 
 from __future__ import annotations
 
-import os
 import socket
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl_service.config import Config, Resources, ServeConfig
-from rl_service.testing.faults import FAULT_ENV, MARKER_ENV
+from rl_service.infra.env import engine_env
+from rl_service.infra.queues import RayBatchQueue
+from rl_service.testing import faults
+
+T = TypeVar("T")
+QUEUE_NAMES = ("prompt-queue", "rollout-queue", "scored-queue")
 
 
 def actor_options(res: Resources, name: str, max_concurrency: int = 1) -> dict:
@@ -37,36 +45,31 @@ def actor_options(res: Resources, name: str, max_concurrency: int = 1) -> dict:
         "max_concurrency": max_concurrency,
         # Ray derives OMP_NUM_THREADS from num_cpus; keep at least one thread.
         "runtime_env": {
-            "env_vars": {"OMP_NUM_THREADS": str(max(1, int(res.num_cpus))), "OMP_WAIT_POLICY": "PASSIVE", **fault_env()}
+            "env_vars": {
+                "OMP_NUM_THREADS": str(max(1, int(res.num_cpus))),
+                "OMP_WAIT_POLICY": "PASSIVE",
+                **faults.actor_env(),
+            }
         },
     }
 
 
-def fault_env() -> dict[str, str]:
-    """The fault-injection plan and its marker dir (rl_service/testing/faults.py), when set: the marker
-    dir is set by the driver after Ray started, so actors only see it through their runtime_env."""
-    return {k: os.environ[k] for k in (FAULT_ENV, MARKER_ENV) if os.environ.get(k)}
-
-
-def create_named(actor_cls, opts: dict, *args, wait_s: float = 30.0):
-    """`actor_cls.options(**opts).remote(*args)`, retried while the name is still held by a
-    dead actor of that name (a replacement is created right after the old one died)."""
+def named(create: Callable[[], T], wait_s: float = 30.0) -> T:
+    """create() of a named actor, retried while the name is still held by a dead actor of that
+    name (a replacement is created right after the old one died)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return actor_cls.options(**opts).remote(*args)
+            return create()
         except ValueError as err:
             if "already taken" not in str(err) or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
 
-def engine_env() -> dict[str, str]:
-    """Process env a vLLM engine needs (in-process engine, caches inside the project)."""
-    keep = ("TMPDIR", "VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "WANDB_DIR")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    return env
+def create_named(actor_cls, opts: dict, *args, wait_s: float = 30.0):
+    """`actor_cls.options(**opts).remote(*args)`, retried while its name is taken (`named`)."""
+    return named(lambda: actor_cls.options(**opts).remote(*args), wait_s)
 
 
 def make_rollout_worker(cfg: Config, model_path: str, index: int):
@@ -90,7 +93,7 @@ def make_scorer(cfg: Config, index: int):
     from rl_service.reward.scorer import RewardScorer
 
     name = f"reward-{index}"
-    whole_groups = cfg.learner.advantage != "gae"
+    whole_groups = not cfg.learner.advantage.uses_critic
     return create_named(
         ray.remote(RewardScorer),
         actor_options(cfg.reward.resources, name, max_concurrency=2),
@@ -102,6 +105,13 @@ def make_scorer(cfg: Config, index: int):
 
 def make_scorers(cfg: Config) -> list:
     return [make_scorer(cfg, i) for i in range(cfg.reward.num_scorers)]
+
+
+def make_queues(cfg: Config) -> tuple[RayBatchQueue, RayBatchQueue, RayBatchQueue]:
+    """The prompt, rollout and scored queues, `cfg.train.queue_size` batches each (also used to
+    replace them all after one died)."""
+    prompt_q, rollout_q, scored_q = (named(lambda n=n: RayBatchQueue(cfg.train.queue_size, n)) for n in QUEUE_NAMES)
+    return prompt_q, rollout_q, scored_q
 
 
 @ray.remote(num_cpus=0)

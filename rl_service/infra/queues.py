@@ -13,7 +13,8 @@ and moves only the ref and a small summary through the `ray.util.queue.Queue` ac
 
 The queue actor is a single point of failure: if it dies, its contents are gone and every
 put/get on it raises `RayActorError`. The controller then rebuilds the queues and re-puts
-every batch it issued and has not trained (rl_service/infra/components.py `Components.recover`).
+every batch it issued and has not trained (rl_service/controller/recovery.py). The named queue
+actors are created in rl_service/infra/placement.py (`make_queues`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class RayBatchQueue:
             return False
 
     def kill(self) -> None:
-        """Kill the queue actor but keep this handle (a crash, for fault injection): calls on it raise."""
+        """Kill the queue actor but keep this handle (a crash; rl_service/testing/faults.py): calls on it raise."""
         import ray
 
         ray.kill(self._q.actor, no_restart=True)

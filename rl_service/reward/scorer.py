@@ -108,8 +108,7 @@ class RewardScorer:
             batch = rollout_q.get(timeout=poll_s)
             if batch is None:
                 continue
-            if faults.fire("kill_scorer", batch.batch_id):  # test hook: die holding the batch
-                faults.kill_self()
+            faults.point("kill_scorer", batch.batch_id)  # test hook: die holding the batch
             scored = self.score(batch)
             scored_q.put(scored, BatchSummary.of(scored))
             done += 1

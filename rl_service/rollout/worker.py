@@ -133,12 +133,8 @@ class RolloutWorker:
             batch = prompt_q.get(timeout=poll_s)
             if batch is None:
                 continue
-            crash = faults.fire("kill_rollout", batch.batch_id)  # test hook: die inside generate
-            if crash:
-                faults.kill_self_after(0.05)
-            out = self.generate(batch)
-            if crash:  # generation beat the timer: still die before the batch is delivered
-                faults.kill_self()
+            with faults.during("kill_rollout", batch.batch_id):  # test hook: die inside generate
+                out = self.generate(batch)
             rollout_q.put(out)
             done += 1
         return done

@@ -1,6 +1,6 @@
-"""Component faults: the counters a run reports about them, and the hooks tests use to inject them.
+"""Fault injection for tests: the plan, and what each planned fault does where it fires.
 
-Injection (tests only): $RL_SERVICE_FAULT is a comma-separated list of `kind:key[xN]`:
+$RL_SERVICE_FAULT is a comma-separated list of `kind:key[xN]`:
 
     kill_rollout:<batch_id>     the rollout worker that took that batch SIGKILLs itself mid-generation
     kill_scorer:<batch_id>      the reward scorer that took that batch SIGKILLs itself before scoring it
@@ -8,11 +8,17 @@ Injection (tests only): $RL_SERVICE_FAULT is a comma-separated list of `kind:key
     kill_learner:<step>         the driver kills the last learner process while it trains that step
     kill_in_checkpoint:<step>   the driver SIGKILLs itself after the learners wrote that step's shards
 
-Each entry fires once per run (N times with `xN`): firing creates a marker file in
-$RL_SERVICE_FAULT_DIR (the controller points it at <run_dir>/faults), so a restarted actor,
-which reruns its constructor and forgets everything, does not kill itself again.
+Production code holds one call per fault point and nothing else:
 
-No ray import: actor bodies call these hooks in their run loops.
+    faults.point("kill_queue", batch_id, queue=q)        do the fault here, if it is planned
+    with faults.during("kill_rollout", batch_id): ...    die inside the block's work, if planned
+
+Each entry fires once per run (N times with `xN`): firing creates a marker file in
+$RL_SERVICE_FAULT_DIR (`arm(run_dir)` points it at <run_dir>/faults), so a restarted actor,
+which reruns its constructor and forgets everything, does not kill itself again.
+What recovery does about a fault (and its counters) is rl_service/controller/recovery.py.
+
+No ray import at module level: actor bodies call these hooks in their run loops.
 """
 
 from __future__ import annotations
@@ -22,23 +28,27 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 FAULT_ENV = "RL_SERVICE_FAULT"
 MARKER_ENV = "RL_SERVICE_FAULT_DIR"
 
-COUNTERS = (
-    "faults/restarts_rollout",
-    "faults/restarts_reward",
-    "faults/restarts_queue",
-    "faults/restarts_learner",
-    "faults/batches_regenerated",
-    "faults/duplicates_dropped",
-    "faults/recover_s",
-)
-
-
 _ENTRY = re.compile(r"^(\w+):(\d+)(?:x(\d+))?$")
+
+
+def arm(run_dir: Path) -> None:
+    """With a plan set, keep its fired-fault markers with the run (so each fires once per run)."""
+    if os.environ.get(FAULT_ENV):
+        os.environ[MARKER_ENV] = str(run_dir / "faults")
+
+
+def actor_env() -> dict[str, str]:
+    """The plan and its marker dir, when set, for an actor's runtime_env: the marker dir is set
+    by the driver after Ray started, so actors only see it this way."""
+    return {k: os.environ[k] for k in (FAULT_ENV, MARKER_ENV) if os.environ.get(k)}
 
 
 def _planned() -> dict[str, int]:
@@ -69,35 +79,47 @@ def fire(kind: str, key: int | str) -> bool:
     return False
 
 
-def kill_self() -> None:
+def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_self_after(delay_s: float) -> None:
-    """SIGKILL this process from a timer thread: it dies in whatever it is doing then."""
-    threading.Thread(target=lambda: (time.sleep(delay_s), kill_self()), daemon=True).start()
+def _after(delay_s: float, action: Callable[[], Any]) -> None:
+    """action() from a timer thread: it lands in whatever the process is doing then."""
+    threading.Thread(target=lambda: (time.sleep(delay_s), action()), daemon=True).start()
 
 
-class FaultLog:
-    """What faults cost a run: cumulative counters (logged every step and in summary.json)
-    and one event per recovery. Survives learner restarts (the controller keeps one per run)."""
+def _kill_actor(actor) -> None:
+    import ray
 
-    def __init__(self):
-        self.counts: dict[str, float] = {k: 0 for k in COUNTERS}
-        self.events: list[dict] = []
-        self.t0 = time.perf_counter()
-        """Start of the run's first attempt (wall time includes restarts)."""
-        self.step = 0
-        """The step being worked on (1-based), for events."""
-        self.failed_at: float | None = None
-        """When the last learner failure was caught, until the restarted attempt is running again."""
+    ray.kill(actor, no_restart=True)
 
-    def add(self, key: str, value: float = 1) -> None:
-        self.counts[key] += value
 
-    def event(self, **info) -> None:
-        self.events.append(info)
-        self.counts["faults/recover_s"] += info.get("recover_s", 0.0)
+# What a fault does at its point; the keyword names the target the point passes.
+_AT_POINT: dict[str, Callable[..., None]] = {
+    "kill_scorer": lambda: _kill_self(),  # the scorer dies holding the batch
+    "kill_in_checkpoint": lambda: _kill_self(),  # the driver dies between shards and commit
+    "kill_queue": lambda queue: queue.kill(),  # the queue actor dies, the handle stays
+    "kill_learner": lambda learner: _after(0.1, lambda: _kill_actor(learner)),  # dies mid-step
+}
 
-    def summary(self) -> dict:
-        return {**self.counts, "faults/events": list(self.events)}
+
+def point(kind: str, key: int | str, **target: Any) -> None:
+    """The hook at a fault point: if `kind:key` is planned and not yet spent, do it now."""
+    action = _AT_POINT[kind]
+    if fire(kind, key):
+        action(**target)
+
+
+@contextmanager
+def during(kind: str, key: int | str) -> Iterator[None]:
+    """The hook around work a fault must interrupt (`kill_rollout`): if planned, SIGKILL this
+    process 50 ms into the block, or at its end if the work beat the timer: the block's result
+    is never delivered either way."""
+    if kind != "kill_rollout":
+        raise ValueError(f"no fault {kind!r} fires during work")
+    crash = fire(kind, key)
+    if crash:
+        _after(0.05, _kill_self)
+    yield
+    if crash:
+        _kill_self()

@@ -1,5 +1,6 @@
-"""Run outputs: `runs/<name>/metrics.jsonl` (one JSON object per step), `summary.json`,
-a progress bar showing step, reward and accuracy, and, when the config asks for them:
+"""Run outputs: `runs/<name>/metrics.jsonl` (one JSON object per step), `consumed.jsonl`
+(per step, the batch and prompt ids trained), `summary.json`, a progress bar showing step,
+reward and accuracy, and, when the config asks for them:
 
 - W&B (`tracking.wandb`): every metric, logged at its step; offline unless WANDB_API_KEY is
   set; the run id is fixed (config, or kept in `<run_dir>/wandb_run_id`) with resume="allow",
@@ -79,6 +80,29 @@ def start_ray_metrics(cfg) -> Any:
     from rl_service.tracking.ray_metrics import RayMetricsExporter
 
     return RayMetricsExporter(run=cfg.name)
+
+
+def truncate_logs(run_dir: Path, last_step: int) -> None:
+    """Drop the rows of metrics.jsonl and consumed.jsonl a crashed run logged after its last
+    checkpoint (those steps are redone)."""
+    for path in (run_dir / "metrics.jsonl", run_dir / "consumed.jsonl"):
+        if path.is_file():
+            rows = [line for line in path.read_text().splitlines() if line.strip()]
+            path.write_text("".join(r + "\n" for r in rows if json.loads(r).get("step", 0) <= last_step))
+
+
+class ConsumedLog:
+    """consumed.jsonl: one row per step, `{"step", "batch_ids", "prompt_ids"}` in training order."""
+
+    def __init__(self, run_dir: Path):
+        self._fh = (run_dir / "consumed.jsonl").open("a")
+
+    def log(self, step: int, batch_ids: list[int], prompt_ids: list[int]) -> None:
+        self._fh.write(json.dumps({"step": step, "batch_ids": batch_ids, "prompt_ids": prompt_ids}) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 class RunTracker:

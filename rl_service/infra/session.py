@@ -1,0 +1,65 @@
+"""The embedded Ray session a command runs in.
+
+    ray_session(cfg)   attach to `ray.address` / $RAY_ADDRESS, or start a private Ray on
+                       loopback in its own temp dir; stopped (and the dir removed) on exit
+
+A private session never touches the machine's default Ray (/tmp/ray) and binds every
+listener to 127.0.0.1, so tests and quickstarts can run side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from rl_service.config import Config
+
+
+def requested_cpus(cfg: Config) -> float:
+    """CPUs the run's actors ask for in total (rollout workers, scorers, learners)."""
+    return (
+        cfg.rollout.num_workers * cfg.rollout.resources.num_cpus
+        + cfg.reward.num_scorers * cfg.reward.resources.num_cpus
+        + cfg.learner.num_workers * cfg.learner.resources.num_cpus
+    )
+
+
+@contextmanager
+def ray_session(cfg: Config) -> Iterator[None]:
+    """Attach to `ray.address` / $RAY_ADDRESS, or start an embedded Ray bound to 127.0.0.1
+    in its own temp dir (never the machine's default session), and stop it afterwards.
+    Inside an already initialised Ray this does nothing."""
+    if ray.is_initialized():
+        yield
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    tmp = None
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        # Short path: Ray's unix sockets live under it and must stay < 108 chars.
+        tmp = tempfile.mkdtemp(prefix="rls-ray-", dir="/tmp")
+        # Bind every Ray listener to loopback (not just advertise 127.0.0.1); embedded only.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(requested_cpus(cfg)))
+        ray.init(
+            num_cpus=num_cpus,
+            _temp_dir=tmp,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
