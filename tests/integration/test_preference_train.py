@@ -72,35 +72,33 @@ def test_train_rm_two_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 def test_train_rm_with_lm_loss_saves_plain_reward_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`rm_lm_coef > 0`: the chosen answers' next-token loss falls during train-rm, and the saved
-    directory is the reward model alone (no LM head), scoring exactly as evaluated in training."""
+    directory is the reward model alone (no LM head), scoring exactly as evaluated in training.
+    Evaluated on its 200 training pairs (the fit; see test_train_rm_two_processes for why)."""
     from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    cfg = _cfg(steps=60, lr=1e-3, eval_every=60, num_workers=2, rm_lm_coef=1.0)
-    train, held_out = load_pairs(cfg)
-    s = train_preferences("rm", cfg, str(tiny_model_dir), train, held_out, tmp_path)
+    cfg = _cfg(num_train_pairs=200, steps=60, lr=1e-3, eval_every=60, num_workers=2, rm_lm_coef=1.0)
+    train, _ = load_pairs(cfg)
+    s = train_preferences("rm", cfg, str(tiny_model_dir), train, train, tmp_path)
     print(
-        f"\n[rm+lm] chosen NLL {s['eval/lm_loss_start']:.3f} -> {s['eval/lm_loss_end']:.3f}; held-out "
-        f"accuracy {s['eval/accuracy_start']:.3f} -> {s['eval/accuracy_end']:.3f}; {s['train_s']:.1f} s"
+        f"\n[rm+lm] chosen NLL {s['eval/lm_loss_start']:.3f} -> {s['eval/lm_loss_end']:.3f}; training-pair "
+        f"loss {s['eval/loss_start']:.3f} -> {s['eval/loss_end']:.3f}, accuracy {s['eval/accuracy_end']:.3f}; "
+        f"{s['train_s']:.1f} s"
     )
-    assert s["eval/lm_loss_end"] < s["eval/lm_loss_start"] - 0.1  # the LM head really trains the backbone
-    assert s["eval/loss_end"] < s["eval/loss_start"]
+    # 3 seeds here: NLL 2.92-2.96 -> 1.99-2.01, pair loss 0.694-0.696 -> 0.589-0.618
+    assert s["eval/lm_loss_end"] < s["eval/lm_loss_start"] - 0.3  # the LM head really trains the backbone
+    assert s["eval/loss_end"] < s["eval/loss_start"] - 0.03
     assert not any(k.startswith(("lm_head", "rm.")) for k in load_file(tmp_path / "model" / "model.safetensors"))
-    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
-    texts = [p["prompt"] + p["chosen"] for p in held_out] + [p["prompt"] + p["rejected"] for p in held_out]
-    with torch.no_grad():
-        r = model(**tok(texts, padding=True, padding_side="right", return_tensors="pt")).logits[:, 0]
-    acc = float((r[: len(held_out)] > r[len(held_out) :]).float().mean())
-    assert abs(acc - s["eval/accuracy_end"]) < 1e-6  # the wrapper pools the same token as HF
+    assert abs(_pair_accuracy(tmp_path / "model", train) - s["eval/accuracy_end"]) < 1e-6  # same pooled token as HF
 
 
 def test_train_dpo_moves_policy_toward_chosen(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """DPO moves the policy toward the chosen answers of its 200 training pairs (the fit; held-out
+    pairs of this tiny model move by seed and CPU numerics: 0.51-0.62 implicit-reward accuracy)."""
     from transformers import AutoModelForCausalLM
 
-    cfg = _cfg("dpo", steps=100, lr=2e-4, beta=0.2, eval_every=50)
-    train, held_out = load_pairs(cfg)
-    s = train_preferences("dpo", cfg, str(tiny_model_dir), train, held_out, tmp_path)
+    cfg = _cfg("dpo", num_train_pairs=200, steps=100, lr=2e-4, beta=0.2, eval_every=50)
+    train, _ = load_pairs(cfg)
+    s = train_preferences("dpo", cfg, str(tiny_model_dir), train, train, tmp_path)
     losses = _losses(tmp_path)
     print(
         f"\n[dpo] loss {sum(losses[:5]) / 5:.3f} -> {sum(losses[-5:]) / 5:.3f}; implicit-reward accuracy "
@@ -109,9 +107,10 @@ def test_train_dpo_moves_policy_toward_chosen(tiny_model_dir: Path, tmp_path: Pa
     )
     # Step 0: policy == reference, so every implicit reward is exactly 0 and the loss is log 2.
     assert s["eval/accuracy_start"] == 0.0 and abs(s["eval/loss_start"] - 0.6931) < 1e-3
-    assert s["eval/accuracy_end"] > 0.58 and s["eval/loss_end"] < s["eval/loss_start"]  # chance 0.5, sd 0.035
-    assert s["eval/logp_accuracy_end"] > s["eval/logp_accuracy_start"]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    # 3 seeds here: accuracy 0.730-0.745, loss -> 0.533-0.543, logp accuracy +0.19..+0.28, train loss -0.14
+    assert s["eval/accuracy_end"] > 0.6 and s["eval/loss_end"] < s["eval/loss_start"] - 0.05
+    assert s["eval/logp_accuracy_end"] > s["eval/logp_accuracy_start"] + 0.1
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32)
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert set(model.state_dict()) == set(initial.state_dict())
