@@ -187,3 +187,11 @@ def test_ray_application_finder_itself(tmp_path, monkeypatch):
         "B = ray.remote(object)\nC = rr(object)\nray.get([])\n"
     )
     assert ray_applications(f) == ["m.py:4 serve.deployment", "m.py:6 ray.remote", "m.py:7 ray.remote"]
+
+
+def test_folders_say_the_responsibility():
+    """Nothing loose at rl_service/ but __init__.py and types.py; no module past 400 lines."""
+    loose = sorted(p.name for p in PKG.glob("*.py") if p.name not in ("__init__.py", "types.py"))
+    assert not loose, f"modules loose at rl_service/ top level: {loose}"
+    long = {str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"files over 400 lines (split by responsibility): {long}"

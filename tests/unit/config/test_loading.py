@@ -9,7 +9,7 @@ import pytest
 
 from rl_service.config import ConfigError, load_config, parse_overrides
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 

@@ -23,7 +23,7 @@ from rl_service.algo.estimators import (
 )
 from rl_service.config import GroupAdvantageConfig
 
-from .test_algo_advantages import loop_gae, loop_group, right_padded_mask
+from .test_advantages import loop_gae, loop_group, right_padded_mask
 
 GROUPS = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9, 10], [11, 12, 13, 14], [15, 16, 17]]  # two short groups
 B, T = 18, 7

@@ -175,7 +175,7 @@ def test_env_return_is_a_builtin_reward_name():
     from rl_service.reward.functions import resolve_reward_fn
 
     assert resolve_reward_fn("env_return") is env_return
-    cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs/guess_number.yaml"), [])
+    cfg = load_config(str(Path(__file__).resolve().parents[3] / "configs/guess_number.yaml"), [])
     assert cfg.reward.fn == "env_return" and cfg.task.name == "guess_number"
 
 
