@@ -18,7 +18,6 @@ round, so drift hits every variant alike.
 from __future__ import annotations
 
 import random
-import socket
 import statistics
 import time
 
@@ -26,16 +25,11 @@ import torch
 import torch.multiprocessing as mp
 
 from bench.common import alternate, env_sized, log, median, medians, pair_ratios, table
+from rl_service.infra.env import free_port
 
 FULL = dict(size="30m", prompts=16, group=8, updates=5, rounds=2)
 QUICK = dict(size="test", prompts=4, group=4, updates=2, rounds=1)
 LAYOUTS = {"2x1": (2, 1), "1x2": (1, 2)}  # ranks x threads per rank
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batches(prompts: int, group: int):
@@ -112,7 +106,7 @@ def _worker(rank: int, world: int, port: int, threads: int, lean: bool, model: s
 def _one(model: str, s: dict, layout: str, lean: bool) -> dict:
     world, threads = LAYOUTS[layout]
     out = mp.get_context("spawn").Queue()
-    ctx = mp.spawn(_worker, nprocs=world, join=False, args=(world, _free_port(), threads, lean, model, s, out))
+    ctx = mp.spawn(_worker, nprocs=world, join=False, args=(world, free_port(), threads, lean, model, s, out))
     while not ctx.join():
         pass
     return {"layout": layout, "variant": "lean" if lean else "defaults", **out.get(timeout=60)}

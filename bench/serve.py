@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import cpu_name
+from rl_service.infra.env import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,9 +135,7 @@ def main() -> int:
     )
     runs = []
     try:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         cfg = ServeConfig(
             port=port,

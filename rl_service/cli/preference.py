@@ -3,80 +3,29 @@
     rl-service train-rm  CONFIG [key=value ...] [--data prefs.jsonl [--eval-data held.jsonl] | --feedback-db PATH]
     rl-service train-dpo CONFIG [key=value ...] [same data flags]
 
-Data: `--data` is JSONL of {prompt, chosen, rejected} (e.g. from `rl-service feedback
-export`); `--feedback-db` reads the serving feedback database directly. Without
-`--eval-data`, preference.eval_fraction of the prompts is held out by prompt hash. With
-neither flag, the synthetic addition preference task (rl_service/tasks/preferences.py).
-Outputs in <run_root>/<name>/: model/ (HF dir), metrics.jsonl, summary.json, config.yaml.
-Also runnable as `rl-service train-rm configs/rm.yaml`.
+Data (rl_service/preference/data.py `load_pairs`): `--data` is JSONL of {prompt, chosen, rejected}
+(e.g. from `rl-service feedback export`); `--feedback-db` reads the serving feedback database
+directly. Without `--eval-data`, preference.eval_fraction of the prompts is held out by prompt
+hash. With neither flag, the synthetic addition preference task. Outputs in <run_root>/<name>/:
+model/ (HF dir), metrics.jsonl, summary.json, config.yaml.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-from rl_service.config import ConfigError, PreferenceRunConfig, read_config_data, validate
-
-
-def load_preference_config(path: str | Path | None, overrides: list[str] | None = None) -> PreferenceRunConfig:
-    """YAML + dotted overrides -> PreferenceRunConfig (ConfigError naming the key on a problem)."""
-    return validate(PreferenceRunConfig, read_config_data(path, overrides))
-
-
-def load_pairs(
-    cfg: PreferenceRunConfig, data: str | None = None, eval_data: str | None = None, feedback_db: str | None = None
-) -> tuple[list[dict], list[dict]]:
-    """(train pairs, held-out pairs) from the flags, or the synthetic task."""
-    from rl_service.preference.data import read_jsonl, split_by_prompt, synthetic_preferences
-
-    pc = cfg.preference
-    if data and feedback_db:
-        raise ConfigError("give --data or --feedback-db, not both")
-    if feedback_db:
-        if not Path(feedback_db).is_file():
-            raise ConfigError(f"--feedback-db: {feedback_db!r} not found")
-        from rl_service.serving.feedback import FeedbackStore
-
-        store = FeedbackStore(feedback_db)
-        try:
-            pairs = store.preference_pairs()
-        finally:
-            store.close()
-    elif data:
-        if not Path(data).is_file():
-            raise ConfigError(f"--data: {data!r} not found")
-        pairs = read_jsonl(data)
-    else:
-        if eval_data:
-            raise ConfigError("--eval-data needs --data")
-        return synthetic_preferences(cfg.task, pc.num_train_pairs, cfg.seed)
-    if eval_data:
-        return pairs, read_jsonl(eval_data)
-    train, held_out = split_by_prompt(pairs, pc.eval_fraction, cfg.seed)
-    if not train or not held_out:
-        raise ConfigError(
-            f"{len(pairs)} pairs split into {len(train)} train / {len(held_out)} held-out: "
-            "need both (more data, another preference.eval_fraction, or --eval-data)"
-        )
-    return train, held_out
+from rl_service.config import load_preference_config
+from rl_service.preference.data import load_pairs
 
 
 def _run(kind: str, args) -> int:
-    cfg = load_preference_config(args.config, args.overrides)  # bad config: exit 2 before anything heavy
+    # bad config or data flags: exit 2 before anything heavy
+    cfg = load_preference_config(args.config, args.overrides, kind=kind)
     train_pairs, eval_pairs = load_pairs(cfg, args.data, args.eval_data, args.feedback_db)
-    from rl_service.config import dump_config
+    from rl_service.controller.run_dir import prepare_run_dir
     from rl_service.models.build import ensure_model
     from rl_service.preference.train import train_preferences
 
     model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
-    out = Path(cfg.run_root) / cfg.name
-    if out.exists():  # keep a previous run's outputs: move them aside, never delete
-        import time
-
-        out.rename(out.with_name(f"{cfg.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}"))
-    out.mkdir(parents=True)
-    dump_config(cfg, out / "config.yaml")
+    out = prepare_run_dir(cfg)
     print(
         f"[{kind}] {len(train_pairs)} train / {len(eval_pairs)} held-out pairs; start from {model_path}; "
         f"{cfg.preference.num_workers} process(es)",
@@ -114,14 +63,3 @@ def register(subparsers) -> None:
         sp.add_argument("--eval-data", default=None, help="held-out JSONL (default: split --data by prompt)")
         sp.add_argument("--feedback-db", default=None, help="SQLite feedback database of `rl-service serve`")
         sp.set_defaults(fn=fn)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry: the main `rl-service` CLI, which registers these commands too."""
-    from rl_service.cli.main import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

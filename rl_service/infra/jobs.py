@@ -54,9 +54,9 @@ def resolve_address(address: str | None) -> str:
     for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
         if os.environ.get(var, "").startswith("http"):
             return os.environ[var]
-    from rl_service.infra.local_cluster import read_state
+    from rl_service.infra.local_cluster import cluster_dir, read_state
 
-    st = read_state(os.environ.get("RLS_CLUSTER_DIR", ".tmp/rls-cluster"))
+    st = read_state(cluster_dir())
     return st["dashboard_url"] if st else DEFAULT_ADDRESS
 
 

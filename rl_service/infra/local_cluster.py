@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rl_service.infra.env import free_port
+
 STATE_FILE = "cluster.json"
+DEFAULT_DIR = ".tmp/rls-cluster"
 # Ray's unix sockets live at <temp>/session_<date>_<pid>/sockets/<name> and must stay under
 # 108 bytes: the session part is ~42 chars and names like "dash_UsageStatsHead" ~19, so the
 # temp dir itself gets at most ~36. (48 failed from a clone at /tmp/rlsclone2.)
@@ -58,10 +60,9 @@ def parse_node(spec: str) -> NodeSpec:
     return NodeSpec(parts[0], float(parts[1]), res)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def cluster_dir() -> str:
+    """Where `rl-service cluster` keeps its state unless --dir says otherwise: $RLS_CLUSTER_DIR or DEFAULT_DIR."""
+    return os.environ.get("RLS_CLUSTER_DIR", DEFAULT_DIR)
 
 
 def _ray_bin() -> str:

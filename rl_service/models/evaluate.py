@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rl_service.algo.masking import left_pad
 from rl_service.tasks.addition import Problem, verify
 
 
@@ -19,8 +20,7 @@ def greedy_generate(
     Own loop rather than model.generate: no logits processors, stops as soon as every row
     has produced EOS (answers here are 1-4 tokens).
     """
-    enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
-    input_ids, mask = enc["input_ids"], enc["attention_mask"]  # [B, P]
+    input_ids, mask = left_pad(tokenizer(list(prompts))["input_ids"], tokenizer.pad_token_id)  # [B, P]
     eos = tokenizer.eos_token_id
     B = input_ids.shape[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, P]: left padding shifts positions

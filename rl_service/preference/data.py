@@ -7,6 +7,9 @@ addition task: training pairs from its training operands, held-out pairs from it
 held-out prompts, so a reward model is evaluated on prompts it never saw. Every wrong
 answer is seeded by (seed, a, b): the data does not depend on generation order.
 
+`load_pairs` picks the data of `rl-service train-rm|train-dpo`: a JSONL file, the serving
+feedback database, or (neither) this synthetic task.
+
     python -m rl_service.preference.data --out data/prefs   # train.jsonl + eval.jsonl
 """
 
@@ -18,7 +21,7 @@ import json
 import random
 from pathlib import Path
 
-from rl_service.config import AdditionConfig
+from rl_service.config import AdditionConfig, ConfigError, PreferenceRunConfig
 from rl_service.tasks.addition import AdditionTask, make_problem
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -101,6 +104,45 @@ def write_jsonl(pairs: list[dict[str, str]], path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps({k: p[k] for k in PAIR_KEYS}) + "\n" for p in pairs))
     tmp.replace(path)
+
+
+def load_pairs(
+    cfg: PreferenceRunConfig, data: str | None = None, eval_data: str | None = None, feedback_db: str | None = None
+) -> tuple[list[dict], list[dict]]:
+    """(train pairs, held-out pairs) from `data` (JSONL) or `feedback_db` (SQLite of the serving
+    endpoint), split by prompt hash unless `eval_data` gives the held-out pairs; with neither, the
+    synthetic task. A problem with the flags (the CLI's --data, --eval-data, --feedback-db) or a split
+    that leaves one side empty raises ConfigError."""
+    pc = cfg.preference
+    if data and feedback_db:
+        raise ConfigError("give --data or --feedback-db, not both")
+    if feedback_db:
+        if not Path(feedback_db).is_file():
+            raise ConfigError(f"--feedback-db: {feedback_db!r} not found")
+        from rl_service.serving.feedback import FeedbackStore
+
+        store = FeedbackStore(feedback_db)
+        try:
+            pairs = store.preference_pairs()
+        finally:
+            store.close()
+    elif data:
+        if not Path(data).is_file():
+            raise ConfigError(f"--data: {data!r} not found")
+        pairs = read_jsonl(data)
+    else:
+        if eval_data:
+            raise ConfigError("--eval-data needs --data")
+        return synthetic_preferences(cfg.task, pc.num_train_pairs, cfg.seed)
+    if eval_data:
+        return pairs, read_jsonl(eval_data)
+    train, held_out = split_by_prompt(pairs, pc.eval_fraction, cfg.seed)
+    if not train or not held_out:
+        raise ConfigError(
+            f"{len(pairs)} pairs split into {len(train)} train / {len(held_out)} held-out: "
+            "need both (more data, another preference.eval_fraction, or --eval-data)"
+        )
+    return train, held_out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 from rl_service.algo.logprobs import token_logprobs
 from rl_service.algo.preference import bradley_terry_loss, dpo_loss, sequence_logprobs
 from rl_service.config import PreferenceRunConfig
+from rl_service.infra.env import free_port
 from rl_service.learner import fsdp
 from rl_service.reward.learned import rm_inputs
 
@@ -334,12 +334,6 @@ def _greedy_accuracy(cfg: PreferenceRunConfig, start_dir: str, end_dir: Path) ->
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_preferences(
     kind: str,
     cfg: PreferenceRunConfig,
@@ -360,7 +354,7 @@ def train_preferences(
         raise ValueError("preference.batch_size must be >= preference.num_workers (every process needs pairs)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    args = (world, _free_port(), kind, cfg, str(model_path), train_pairs, eval_pairs, str(out))
+    args = (world, free_port(), kind, cfg, str(model_path), train_pairs, eval_pairs, str(out))
     if world == 1:
         run_rank(0, *args)
     else:

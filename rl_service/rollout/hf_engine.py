@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rl_service.algo.logprobs import token_logprobs
-from rl_service.algo.masking import right_pad
+from rl_service.algo.masking import left_pad, right_pad
 from rl_service.rollout.engine import Completion, TokenDelta, cut_at_eos
 
 
@@ -68,12 +68,7 @@ class HFEngine:
         """Like `generate`, from token ids as given (left-padded here; nothing re-tokenised)."""
         greedy = temperature == 0
         prompt_ids = [tuple(ids) for ids in prompt_ids]
-        width = max(len(ids) for ids in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)  # [B, P] left-padded
-        attention_mask = torch.zeros_like(input_ids)
-        for i, ids in enumerate(prompt_ids):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[i, width - len(ids) :] = 1
+        input_ids, attention_mask = left_pad(prompt_ids, self.pad_id)  # [B, P]
         enc = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         per_prompt = 1 if greedy else n
         gen_cfg = GenerationConfig(
@@ -134,12 +129,7 @@ class HFEngine:
         greedy = temperature == 0
         per_prompt = 1 if greedy else n
         rows = [ids for ids in self.tokenizer(prompts)["input_ids"] for _ in range(per_prompt)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # [R, P] left-padded
-        mask = torch.zeros_like(ids)
-        for r, row in enumerate(rows):
-            ids[r, width - len(row) :] = torch.tensor(row)
-            mask[r, width - len(row) :] = 1
+        ids, mask = left_pad(rows, self.pad_id)  # [R, P]
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [R, P]: padding does not shift positions
         gen = torch.Generator(self.device).manual_seed(seed if seed is not None else self._rng.randrange(2**63))

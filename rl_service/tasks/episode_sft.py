@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from rl_service.algo.masking import left_pad
 from rl_service.envs import run_episodes
 from rl_service.rollout.engine import Completion, cut_at_eos
 from rl_service.types import Prompt
@@ -52,11 +53,7 @@ class GreedyHF:
         seed: int | None = None,
     ) -> list[list[Completion]]:
         assert temperature == 0, "GreedyHF is greedy only"
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)  # [B, P]
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompt_ids):
-            ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
+        ids, mask = left_pad(prompt_ids, self.pad_id)  # [B, P]
         new: list[torch.Tensor] = []
         logps: list[torch.Tensor] = []
         for _ in range(max_new_tokens):

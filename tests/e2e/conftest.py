@@ -11,18 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 
 import pytest
 
+from rl_service.infra.env import free_port  # noqa: F401 - test_serve_feedback imports it from here
 from tests.integration.conftest import tiny_model_dir  # noqa: F401 - shared session fixture
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

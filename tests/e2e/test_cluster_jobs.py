@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from rl_service.infra import jobs, local_cluster
+from rl_service.infra.env import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -97,7 +98,7 @@ def test_errors_are_one_line_exit_2(cluster):
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = cli("status", "raysubmit_nope", "--address", st["dashboard_url"])
     assert r.returncode == 2 and "no such job" in r.stderr
-    r = cli("list", "--address", f"http://127.0.0.1:{local_cluster.free_port()}")
+    r = cli("list", "--address", f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 2 and "no Ray cluster answers" in r.stderr
 
 

@@ -6,18 +6,12 @@ Skipped where no CUDA device exists (this CPU machine); run on a lent GPU machin
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
+from rl_service.infra.env import free_port
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_nccl_learner_step_and_verified_sync_into_cuda_hf_engine(tiny_model_dir):
@@ -58,7 +52,7 @@ def test_nccl_learner_step_and_verified_sync_into_cuda_hf_engine(tiny_model_dir)
         0,
         1,
         "127.0.0.1",
-        _free_port(),
+        free_port(),
         seed=0,
     )
     info = learner.setup()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl_service.cli.preference import load_pairs
 from rl_service.config import AdditionConfig, DPOTrainConfig, PreferenceRunConfig, RMTrainConfig
+from rl_service.preference.data import load_pairs
 from rl_service.preference.train import train_preferences
 from tests.integration.conftest import tiny_model_config
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl_service.cli.preference import load_pairs
 from rl_service.config import AdditionConfig, PreferenceRunConfig, RewardConfig, RMTrainConfig, RolloutConfig
+from rl_service.preference.data import load_pairs
 from rl_service.preference.train import train_preferences
 from rl_service.reward.scorer import RewardScorer
 from rl_service.rollout.worker import RolloutWorker
