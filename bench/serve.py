@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,23 +115,15 @@ def main() -> int:
 
     from rl_service.config import ServeConfig
     from rl_service.infra.placement import serve_app
+    from rl_service.infra.session import local_ray
     from rl_service.rollout.vllm_engine import VLLMEngine
 
     model = Path(args.model) if args.model else default_model()
     rng = random.Random(0)
     prompts = [f"{rng.randrange(100)}+{rng.randrange(100)}=" for _ in range(args.requests)]
 
-    tmp = tempfile.mkdtemp(prefix="rls-bench-", dir="/tmp")
-    ray.init(
-        num_cpus=4,
-        _temp_dir=tmp,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
     runs = []
-    try:
+    with local_ray(num_cpus=4, prefix="rls-bench-") as tmp:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         cfg = ServeConfig(
@@ -164,10 +153,7 @@ def main() -> int:
                     f"{res['requests_per_s']:.1f} req/s",
                     flush=True,
                 )
-    finally:
         serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     modes = list(dict.fromkeys(r["mode"] for r in runs))
     medians = {

@@ -32,6 +32,30 @@ def requested_cpus(cfg: Config) -> float:
 
 
 @contextmanager
+def local_ray(num_cpus: int, loopback_only: bool = False, prefix: str = "rls-ray-") -> Iterator[str]:
+    """A private Ray on 127.0.0.1 in its own temp dir (yielded), shut down and removed on exit.
+    loopback_only: bind every listener to loopback, not just advertise 127.0.0.1 (it also keeps
+    other nodes from joining, so the CLI sets it and multi-node test clusters do not)."""
+    # Short path: Ray's unix sockets live under it and must stay < 108 chars.
+    tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    if loopback_only:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(
+        num_cpus=num_cpus,
+        _temp_dir=tmp,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
+    )
+    try:
+        yield tmp
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def ray_session(cfg: Config) -> Iterator[None]:
     """Attach to `ray.address` / $RAY_ADDRESS, or start an embedded Ray bound to 127.0.0.1
     in its own temp dir (never the machine's default session), and stop it afterwards.
@@ -40,26 +64,12 @@ def ray_session(cfg: Config) -> Iterator[None]:
         yield
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    tmp = None
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # Short path: Ray's unix sockets live under it and must stay < 108 chars.
-        tmp = tempfile.mkdtemp(prefix="rls-ray-", dir="/tmp")
-        # Bind every Ray listener to loopback (not just advertise 127.0.0.1); embedded only.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(requested_cpus(cfg)))
-        ray.init(
-            num_cpus=num_cpus,
-            _temp_dir=tmp,
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
-        )
-    try:
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    with local_ray(cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(requested_cpus(cfg))), loopback_only=True):
         yield
-    finally:
-        ray.shutdown()
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)

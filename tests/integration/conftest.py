@@ -7,6 +7,7 @@ ZMQ socket files in $TMPDIR). Set at import, before any test imports vllm or ray
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,9 @@ def tiny_model_dir() -> Path:
     from rl_service.models.build import ensure_model
 
     return ensure_model(tiny_model_config(), AdditionConfig(), seed=0, progress=False)
+
+
+def train_command(*overrides: str, config: Path = REPO / "configs" / "ci" / "tiny.yaml") -> list[str]:
+    """`python -m rl_service.cli train CONFIG overrides...`, the command a user runs, for subprocess
+    tests of the whole loop (configs/ci/tiny.yaml by default)."""
+    return [sys.executable, "-m", "rl_service.cli", "train", str(config), *overrides]

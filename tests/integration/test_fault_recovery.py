@@ -23,13 +23,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from rl_service.controller import checkpoint
+from tests.integration.conftest import train_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = f"{Path(__file__).parent / 'partial_credit.py'}:leading_digits"
@@ -44,12 +44,7 @@ def _train(
     fault: str = "",
 ) -> tuple[subprocess.CompletedProcess, float]:
     # 1-digit task with 52 eval problems: 48 training prompts, one data epoch = 3 steps of 16.
-    args = [
-        sys.executable,
-        "-m",
-        "rl_service.cli",
-        "train",
-        str(ROOT / "configs/ci/tiny.yaml"),
+    args = train_command(
         f"name={name}",
         f"run_root={run_root}",
         f"model.path={model_dir}",
@@ -62,7 +57,7 @@ def _train(
         "tracking.ray_metrics=false",
         f"reward.fn={PLUGIN}",
         *extra,
-    ]
+    )
     env = {k: v for k, v in os.environ.items() if k != "RL_SERVICE_FAULT"}
     if fault:
         env["RL_SERVICE_FAULT"] = fault

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from rl_service.controller import checkpoint
+from tests.integration.conftest import train_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,19 +29,14 @@ def huge_reward(prompt: str, completion: str, **_) -> float:
 
 
 def _train(run_root: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
-    args = [
-        sys.executable,
-        "-m",
-        "rl_service.cli",
-        "train",
-        str(ROOT / "configs/ci/tiny.yaml"),
+    args = train_command(
         f"run_root={run_root}",
         "train.steps=5",
         "train.max_policy_lag=0",
         "rollout.num_workers=1",
         "tracking.ray_metrics=false",
         *extra,
-    ]
+    )
     t0 = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     return proc, time.perf_counter() - t0

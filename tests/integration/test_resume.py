@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import psutil
 import pytest
 
 from rl_service.controller import checkpoint
+from tests.integration.conftest import train_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = f"{Path(__file__).parent / 'partial_credit.py'}:leading_digits"
@@ -38,12 +38,7 @@ def _train(
 ) -> tuple[subprocess.CompletedProcess, float]:
     # task.num_eval=52 of the 100 one-digit pairs leaves 48 training prompts: one data epoch
     # is exactly 3 steps of 16 prompts, so step 2's checkpoint sits on the epoch boundary.
-    args = [
-        sys.executable,
-        "-m",
-        "rl_service.cli",
-        "train",
-        str(ROOT / "configs/ci/tiny.yaml"),
+    args = train_command(
         f"name={name}",
         f"run_root={run_root}",
         f"model.path={model_dir}",
@@ -57,7 +52,7 @@ def _train(
         "tracking.ray_metrics=false",
         f"reward.fn={PLUGIN}",
         *extra,
-    ]
+    )
     if resume:
         args += ["--resume", resume]
     t0 = time.perf_counter()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from rl_service.preference.train import train_preferences
 from rl_service.reward.scorer import RewardScorer
 from rl_service.rollout.worker import RolloutWorker
 from rl_service.types import Prompt, PromptBatch
-from tests.integration.conftest import tiny_model_config
+from tests.integration.conftest import tiny_model_config, train_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,19 +69,14 @@ def test_scorer_rewards_are_the_reward_models_scores(tiny_model_dir: Path, rm_di
 @pytest.mark.slow
 def test_ppo_two_steps_with_reward_model(tiny_model_dir: Path, rm_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rl_service.cli",
-            "train",
-            str(ROOT / "configs/ci/tiny.yaml"),
+        train_command(
             f"run_root={tmp_path}",
             "train.steps=2",
             f"model.path={tiny_model_dir}",
             f"reward.model={rm_dir}",
             "rollout.engine=hf",
             "rollout.num_workers=1",
-        ],
+        ),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -103,15 +97,10 @@ def test_ppo_two_steps_with_reward_model(tiny_model_dir: Path, rm_dir: Path, tmp
 
     with pytest.raises(subprocess.CalledProcessError) as err:  # exclusive with a custom function: one line, exit 2
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rl_service.cli",
-                "train",
-                str(ROOT / "configs/ci/tiny.yaml"),
+            train_command(
                 f"reward.model={rm_dir}",
                 "reward.fn=zero",
-            ],
+            ),
             capture_output=True,
             text=True,
             cwd=ROOT,

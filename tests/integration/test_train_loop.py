@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import train_command
+
 ROOT = Path(__file__).resolve().parents[2]
 
 REQUIRED = [
@@ -36,17 +38,12 @@ REQUIRED = [
 def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
     steps = 3
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rl_service.cli",
-            "train",
-            str(ROOT / "configs/ci/tiny.yaml"),
+        train_command(
             f"run_root={tmp_path}",
             f"train.steps={steps}",
             f"model.path={tiny_model_dir}",
             f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits",
-        ],
+        ),
         capture_output=True,
         text=True,
         cwd=ROOT,
