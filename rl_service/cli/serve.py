@@ -13,7 +13,6 @@ and `ray:` sections are used. Flags override the file. Also runnable without the
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -115,14 +114,3 @@ def register(subparsers) -> None:
     ep.add_argument("--db", default=None, help="SQLite file (default serve.feedback_db)")
     ep.add_argument("--config", default=None, help="experiment YAML whose serve: section applies")
     ep.set_defaults(fn=cmd_feedback_export)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m` entry: the main `rl-service` CLI, which registers these commands too."""
-    from rl_service.cli.main import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,6 @@ routes as ingress (serve_app), and VersionBoard the small actor replicas follow 
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,7 +27,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl_service.config import Config, Resources, ServeConfig
-from rl_service.infra.env import engine_env
+from rl_service.infra.env import engine_env, free_port
 from rl_service.infra.queues import RayBatchQueue
 from rl_service.testing import faults
 
@@ -116,10 +115,9 @@ def make_queues(cfg: Config) -> tuple[RayBatchQueue, RayBatchQueue, RayBatchQueu
 
 @ray.remote(num_cpus=0)
 def _rendezvous_address() -> tuple[str, int]:
-    """Runs on learner rank 0's node: its IP and a free port for torch.distributed."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return ray.util.get_node_ip_address(), s.getsockname()[1]
+    """Runs on learner rank 0's node: its IP and a port free on every interface there (the other
+    ranks may sit on other nodes) for torch.distributed's rendezvous."""
+    return ray.util.get_node_ip_address(), free_port(host="")
 
 
 def _learner_actor_class():

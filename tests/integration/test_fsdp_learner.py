@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from rl_service.config import AdditionConfig, LearnerConfig, ModelConfig, SFTConfig, TinyModelConfig
+from rl_service.infra.env import free_port
 from rl_service.learner.learner import Learner
 from rl_service.rollout.weight_sync import state_dict_checksum
 from rl_service.types import Sample, ScoredBatch
@@ -41,12 +41,6 @@ def model_dir(request) -> Path:
             sft=SFTConfig(max_steps=50),
         )
         return ensure_model(cfg, AdditionConfig(), seed=0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batches(model_dir: Path) -> list[ScoredBatch]:
@@ -162,7 +156,7 @@ def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path) -> dict[int, l
             _worker,
             nprocs=world_size,
             join=False,
-            args=(world_size, _free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}")),
+            args=(world_size, free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}")),
         )
     for ctx in contexts.values():
         while not ctx.join():  # raises with the child's traceback if a rank failed
@@ -306,7 +300,7 @@ def _two_updates(
             _check_every_worker,
             nprocs=1,
             join=False,
-            args=(_free_port(), str(model_dir), cfg, batches, str(tmp_path / f"run{key}.pt")),
+            args=(free_port(), str(model_dir), cfg, batches, str(tmp_path / f"run{key}.pt")),
         )
         while not ctx.join():
             pass
@@ -357,7 +351,7 @@ def _sum_by_name_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_metrics_are_summed_over_ranks_by_name(tmp_path: Path) -> None:
-    mp.spawn(_sum_by_name_worker, nprocs=2, args=(_free_port(), str(tmp_path)))
+    mp.spawn(_sum_by_name_worker, nprocs=2, args=(free_port(), str(tmp_path)))
     for rank in (0, 1):
         summed = torch.load(tmp_path / f"rank{rank}.pt")
         assert summed == {"entropy/mean": 1.0, "loss/policy": 3.0, "tokens": 30.0}
