@@ -79,6 +79,14 @@ def _pick(cfg_dump: dict, key: str):
     return cfg_dump
 
 
+def _same(now, then) -> bool:
+    """Equal in every field today's config has. Keys only the checkpoint has are ignored: a
+    checkpoint of the older flat layout also dumped the other task variant's (unused) fields."""
+    if isinstance(now, dict) and isinstance(then, dict):
+        return all(k in then and _same(v, then[k]) for k, v in now.items())
+    return now == then
+
+
 def load_resumable(ckpt: Path | None, cfg: Config) -> dict | None:
     """The controller state of checkpoint `ckpt` (None for a fresh start); CheckpointError if
     `cfg` differs from the checkpoint's config in a key of MUST_MATCH."""
@@ -86,7 +94,7 @@ def load_resumable(ckpt: Path | None, cfg: Config) -> dict | None:
         return None
     saved = checkpoint.load_controller_state(ckpt)
     now = cfg.model_dump(mode="json")
-    bad = [k for k in MUST_MATCH if _pick(now, k) != _pick(saved["config"], k)]
+    bad = [k for k in MUST_MATCH if not _same(_pick(now, k), _pick(saved["config"], k))]
     if bad:
         raise checkpoint.CheckpointError(f"{ckpt}: config differs from the checkpoint's in {bad}")
     return saved

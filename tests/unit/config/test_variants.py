@@ -20,6 +20,7 @@ from rl_service.config import (
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+LEGACY = Path(__file__).parent / "legacy_quickstart.yaml"
 
 
 def test_legacy_flat_gae_fields_fold_into_the_estimator():
@@ -32,9 +33,14 @@ def test_legacy_flat_gae_fields_fold_into_the_estimator():
     assert flat.learner.advantage.gamma == 0.9 and flat.learner.advantage.whiten is False
 
 
+def test_a_config_written_for_the_old_tree_loads_the_same():
+    """legacy_quickstart.yaml is configs/quickstart.yaml as the flat layout had it (a5ea2fa)."""
+    assert load_config(LEGACY) == load_config(QUICKSTART)
+
+
 def test_legacy_gae_fields_are_ignored_by_a_group_estimator_as_before():
-    # quickstart.yaml sets learner.critic_lr (flat); switching the estimator by override still loads
-    cfg = load_config(QUICKSTART, ["learner.advantage=grpo"])
+    # the old quickstart sets learner.critic_lr (flat); switching the estimator by override still loads
+    cfg = load_config(LEGACY, ["learner.advantage=grpo"])
     assert cfg.learner.advantage == GroupAdvantageConfig(type="grpo")
     assert not cfg.learner.advantage.uses_critic
 

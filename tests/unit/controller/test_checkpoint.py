@@ -165,3 +165,41 @@ def test_small_lr_never_trips_the_kl_guards():
     m = _update(models, data, lr=1e-6, num_minibatches=4, ppo_epochs=3, target_kl=0.01, kl_hard_limit=0.05)
     assert m["policy/early_stop"] == 0 and m["policy/kl_hard_limit_hit"] == 0
     assert m["train/optimizer_steps"] == 12
+
+
+def test_a_checkpoint_of_the_old_config_layout_resumes(tmp_path):
+    """controller.json written before the config had variants (flat task with the guess fields,
+    `advantage: gae` beside the GAE fields) passes the must-match check of today's config."""
+    from rl_service.config import load_config
+    from rl_service.controller.state import load_resumable
+
+    old_layout = {
+        "seed": 0,
+        "task": {
+            "name": "addition",
+            "digits": 1,
+            "num_eval": 52,
+            "seed": 1234,
+            "guess_low": 0,
+            "guess_high": 9,
+            "max_turns": 4,
+            "turn_penalty": 0.0,
+        },
+        "rollout": {"samples_per_prompt": 4, "prompts_per_batch": 16, "engine": "hf", "dtype": "float32"},
+        "learner": {"advantage": "gae", "gamma": 1.0, "critic_lr": 1e-3},
+        "train": {"prompts_per_step": 16, "queue_size": 8},
+    }
+    ckpt = tmp_path / "step-000002"
+    ckpt.mkdir()
+    (ckpt / "controller.json").write_text(json.dumps({"step": 2, "config": old_layout}))
+    cfg = load_config(
+        None, ["task.digits=1", "task.num_eval=52", "rollout.samples_per_prompt=4", "train.prompts_per_step=16"]
+    )
+    assert load_resumable(ckpt, cfg)["step"] == 2
+    with pytest.raises(checkpoint.CheckpointError, match="task"):
+        load_resumable(
+            ckpt,
+            load_config(
+                None, ["task.digits=2", "task.num_eval=52", "rollout.samples_per_prompt=4", "train.prompts_per_step=16"]
+            ),
+        )
