@@ -19,7 +19,8 @@ class GAEConfig(Section):
     lam: float = Field(0.95, ge=0, le=1)
     """GAE lambda."""
     whiten: bool = True
-    """Whiten the advantages over the whole batch (all learner processes)."""
+    """Whiten the advantages over the whole batch (all learner processes). Group estimators
+    normalise within their groups instead (whitening would undo dr_grpo's choice)."""
     critic_lr: float = Field(1e-3, gt=0)
     """Critic learning rate (AdamW)."""
     value_clip_eps: float = Field(0.2, gt=0)

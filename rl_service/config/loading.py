@@ -9,12 +9,15 @@ second (the CLI turns ConfigError into `error: <line>`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rl_service.config.learner import GAEConfig, GroupAdvantageConfig
+from rl_service.config.preference import DPO_ONLY_FIELDS, RM_ONLY_FIELDS, DPOTrainConfig, RMTrainConfig
 from rl_service.config.run import Config, PreferenceRunConfig
+from rl_service.config.task import AdditionConfig, GuessNumberConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -74,7 +77,19 @@ def _first_error(err: ValidationError) -> str:
     return f"{loc}: {msg}"
 
 
-_VARIANT_TAGS = {"addition", "guess_number", "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "rm", "dpo"}
+# The tags of every variant (what pydantic puts in an error's location), from their Literal types.
+_VARIANT_TAGS = {
+    tag
+    for cls, key in (
+        (AdditionConfig, "name"),
+        (GuessNumberConfig, "name"),
+        (GAEConfig, "type"),
+        (GroupAdvantageConfig, "type"),
+        (RMTrainConfig, "type"),
+        (DPOTrainConfig, "type"),
+    )
+    for tag in get_args(cls.model_fields[key].annotation)
+}
 
 
 def _is_variant_tag(part: Any) -> bool:
@@ -132,6 +147,9 @@ def load_preference_config(
         given = (pref or {}).get("type")
         if given is not None and given != kind:
             raise ConfigError(f"preference.type: {given!r}, but this command trains {kind!r} (train-{kind})")
+        if given is None:  # the old layout, one section for both kinds: the other kind's fields were ignored
+            other = RM_ONLY_FIELDS if kind == "dpo" else DPO_ONLY_FIELDS
+            pref = {k: v for k, v in (pref or {}).items() if k not in other}
         data = {**data, "preference": {**(pref or {}), "type": kind}}
     return validate(PreferenceRunConfig, data)
 

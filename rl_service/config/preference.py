@@ -65,5 +65,10 @@ class DPOTrainConfig(_PairTraining):
     """Strength of the implicit KL to the frozen reference."""
 
 
+# What only one kind has: a section without `type` (the old layout, shared by both commands)
+# loads for either command, the other kind's fields ignored as they were then.
+RM_ONLY_FIELDS = frozenset(RMTrainConfig.model_fields) - frozenset(_PairTraining.model_fields) - {"type"}
+DPO_ONLY_FIELDS = frozenset(DPOTrainConfig.model_fields) - frozenset(_PairTraining.model_fields) - {"type"}
+
 PreferenceConfig = Annotated[RMTrainConfig | DPOTrainConfig, Field(discriminator="type")]
 """The variant named by `preference.type`; the command (train-rm / train-dpo) sets it when absent."""

@@ -92,6 +92,12 @@ class PreferenceRunConfig(RunHeader):
 
     name: str = "rm"
     """Run name: the model and metrics go to `<run_root>/<name>/`."""
+    seed: int = 0
+    """Seed for init, data order and synthetic wrong answers."""
+    task: AdditionConfig = AdditionConfig()
+    """The addition task (synthetic preference data, held-out split)."""
+    model: ModelConfig = ModelConfig()
+    """The policy the reward model / DPO starts from (same cache as `train`)."""
     preference: PreferenceConfig = RMTrainConfig()
     """The preference training loop (variant by `preference.type`: rm | dpo)."""
 

@@ -77,7 +77,8 @@ def make_rollout_worker(cfg: Config, model_path: str, index: int):
 
     name = f"rollout-{index}"
     opts = actor_options(cfg.rollout.resources, name, max_concurrency=4)
-    opts["runtime_env"]["env_vars"].update(engine_env())
+    # the actor options (OMP threads, PASSIVE wait, fault plan) win over what the driver passes
+    opts["runtime_env"]["env_vars"] = {**engine_env(), **opts["runtime_env"]["env_vars"]}
     # Same seed everywhere: sampling is seeded per batch id, so a batch's samples do not depend
     # on which worker happens to take it (exact resume with a different worker count).
     return create_named(ray.remote(RolloutWorker), opts, cfg.rollout, model_path, cfg.seed, name)
@@ -110,7 +111,7 @@ def make_queues(cfg: Config) -> tuple[RayBatchQueue, RayBatchQueue, RayBatchQueu
     """The prompt, rollout and scored queues, `cfg.train.queue_size` batches each (also used to
     replace them all after one died)."""
     prompt_q, rollout_q, scored_q = (named(lambda n=n: RayBatchQueue(cfg.train.queue_size, n)) for n in QUEUE_NAMES)
-    return prompt_q, rollout_q, scored_q
+    return prompt_q, rollout_q, scored_q  # unpacked: exactly three
 
 
 @ray.remote(num_cpus=0)

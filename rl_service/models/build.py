@@ -23,11 +23,21 @@ FORMAT_VERSION = 1
 BUILD_INFO = "build_info.json"
 
 
+def _task_key(task_cfg: TaskConfig) -> dict:
+    """The task's part of the key, as the flat pre-variant TaskConfig dumped it (so models built
+    before the task had variants are reused): addition without the env fields, any other task
+    with the addition default `digits: 2` it then carried."""
+    task = task_cfg.model_dump(mode="json")
+    if task["name"] != "addition":
+        task.setdefault("digits", 2)
+    return task
+
+
 def cache_key(model_cfg: ModelConfig, task_cfg: TaskConfig, seed: int) -> str:
     payload = {
         "build": model_cfg.build.model_dump(mode="json"),
         "sft": model_cfg.sft.model_dump(mode="json"),
-        "task": task_cfg.model_dump(mode="json"),
+        "task": _task_key(task_cfg),
         "seed": seed,
         "format": FORMAT_VERSION,
     }

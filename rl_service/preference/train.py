@@ -43,7 +43,7 @@ _SKIP_FILES = ("model.safetensors", "config.json", "build_info.json")
 
 def encode_texts(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
     """Whole sequences for the reward model: BOS + prompt + completion, right-padded. -> ids, mask: [N, L].
-    The same encoding scores rollouts in PPO (`reward.model`, rl_service/reward/models.py)."""
+    The same encoding scores rollouts in PPO (`reward.model`, rl_service/reward/learned.py)."""
     return rm_inputs(tokenizer, texts)
 
 

@@ -96,8 +96,8 @@ def _kill_actor(actor) -> None:
 
 # What a fault does at its point; the keyword names the target the point passes.
 _AT_POINT: dict[str, Callable[..., None]] = {
-    "kill_scorer": lambda: _kill_self(),  # the scorer dies holding the batch
-    "kill_in_checkpoint": lambda: _kill_self(),  # the driver dies between shards and commit
+    "kill_scorer": _kill_self,  # the scorer dies holding the batch
+    "kill_in_checkpoint": _kill_self,  # the driver dies between shards and commit
     "kill_queue": lambda queue: queue.kill(),  # the queue actor dies, the handle stays
     "kill_learner": lambda learner: _after(0.1, lambda: _kill_actor(learner)),  # dies mid-step
 }

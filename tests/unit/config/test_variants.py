@@ -73,8 +73,12 @@ def test_preference_variant_from_the_command(tmp_path):
     dpo = load_preference_config(ROOT / "configs" / "dpo.yaml", kind="dpo")
     assert isinstance(rm.preference, RMTrainConfig) and rm.preference.rm_lm_coef == 1.0
     assert isinstance(dpo.preference, DPOTrainConfig) and dpo.preference.beta == 0.2
+    # a typed section is strict; the old untyped one ignores the other kind's fields, as it did
     with pytest.raises(ConfigError, match=r"preference.beta: unknown key"):
-        load_preference_config(ROOT / "configs" / "rm.yaml", ["preference.beta=0.3"], kind="rm")
+        load_preference_config(ROOT / "configs" / "rm.yaml", ["preference.type=rm", "preference.beta=0.3"], kind="rm")
+    assert load_preference_config(ROOT / "configs" / "rm.yaml", kind="dpo").preference == DPOTrainConfig(
+        **{k: v for k, v in rm.preference.model_dump().items() if k in DPOTrainConfig.model_fields and k != "type"}
+    )
     (tmp_path / "p.yaml").write_text("preference: {type: dpo}\n")
     with pytest.raises(ConfigError, match=r"preference.type: 'dpo', but this command trains 'rm'"):
         load_preference_config(tmp_path / "p.yaml", kind="rm")
@@ -93,3 +97,15 @@ def test_every_shipped_config_validates(name):
             load_config(path)
     except ConfigError as err:
         assert "is not an HF model directory" in str(err), err
+
+
+@pytest.mark.parametrize(
+    "name, key",  # cache keys of the shipped configs as the flat pre-variant schema computed them (a5ea2fa)
+    [("quickstart", "a24de7204bd7"), ("guess_number", "74afcd39080b"), ("rm", "09b417fcfb74"), ("dpo", "a24de7204bd7")],
+)
+def test_built_models_are_reused_across_the_redesign(name, key):
+    from rl_service.models.build import cache_key
+
+    path = ROOT / "configs" / f"{name}.yaml"
+    cfg = load_preference_config(path, kind=name) if name in ("rm", "dpo") else load_config(path)
+    assert cache_key(cfg.model, cfg.task, cfg.seed) == key
