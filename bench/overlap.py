@@ -19,6 +19,10 @@ FULL = dict(steps=20, rounds=2, overrides=[])
 QUICK = dict(steps=2, rounds=1, overrides=["train.prompts_per_step=16"])
 
 
+# Per-stage timings of a step (seconds), in the order the tables show them.
+STAGES = ("generate_s", "reward_s", "wait_s", "train_s", "weight_sync_s", "train_compute_s", "publish_s", "load_s")
+
+
 def step_bounds(t: dict) -> dict:
     """Sum and max of the component times of a step (medians from timing_summary). The learn
     side uses the components' own timers when logged: the learner's compute
@@ -39,21 +43,7 @@ def lag_side(lag: int, s: dict, i: int) -> dict:
     b = step_bounds(t)
     o = overhead_of(run["rows"], lag) if t.get("train_compute_s") is not None else {"share": None}
     return {
-        **{
-            k: t[k]
-            for k in (
-                "step_s",
-                "generate_s",
-                "reward_s",
-                "wait_s",
-                "train_s",
-                "weight_sync_s",
-                "train_compute_s",
-                "publish_s",
-                "load_s",
-                "tokens_per_s",
-            )
-        },
+        **{k: t[k] for k in ("step_s", *STAGES, "tokens_per_s")},
         "overhead_share": o["share"],
         **b,
         "step_over_sum": t["step_s"] / b["sum_s"],
@@ -72,14 +62,7 @@ def run(quick: bool) -> dict:
         "max_s",
         "step_over_sum",
         "step_over_max",
-        "generate_s",
-        "reward_s",
-        "wait_s",
-        "train_s",
-        "weight_sync_s",
-        "train_compute_s",
-        "publish_s",
-        "load_s",
+        *STAGES,
         "overhead_share",
         "tokens_per_s",
         "accuracy_end",
