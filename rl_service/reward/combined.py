@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rl_service.config.reward import RewardConfig
-from rl_service.reward.functions import InvalidReward, RewardFn, checked_reward, resolve_reward_fn, reward_spec_problem
+from rl_service.reward.functions import (
+    BUILTIN_NAMES,
+    MOVED,
+    InvalidReward,
+    RewardFn,
+    checked_reward,
+    resolve_reward_fn,
+    reward_spec_problem,
+)
 from rl_service.reward.verifiable import ARG_CHECKS
 
 
@@ -66,10 +74,11 @@ class Reward:
 
 def _args_problem(spec: str, fn: RewardFn, args: dict[str, Any]) -> str | None:
     """Why `args` cannot be passed to `fn`, or None. A built-in takes its keyword-only
-    parameters (required ones must be given) with values ARG_CHECKS accepts; a user function
-    takes its named parameters, or anything when it has **kwargs."""
+    parameters (required ones must be given) with values ARG_CHECKS accepts, and nothing else;
+    a user function takes its named parameters, or anything when it has **kwargs."""
     params = inspect.signature(fn).parameters.values()
-    if spec in ARG_CHECKS:
+    spec = MOVED.get(spec, spec)
+    if spec in BUILTIN_NAMES:
         named = {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
         missing = [n for n, p in named.items() if p.default is inspect.Parameter.empty and n not in args]
         if missing:
