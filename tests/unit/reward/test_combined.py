@@ -8,11 +8,11 @@ import pytest
 
 from rl_service.config import ConfigError, RewardConfig, load_config
 from rl_service.config.reward import RESERVED_PART_NAMES
-from rl_service.controller.step_metrics import StepTimer, SyncResult, step_metrics
 from rl_service.reward.combined import build_reward
 from rl_service.reward.functions import InvalidReward
 from rl_service.reward.scorer import RewardFunctionError, RewardScorer
 from rl_service.types import BatchSummary
+from tests.unit.controller.test_step_metrics import halted_step_row
 from tests.unit.reward.test_functions import make_batch
 
 REPO = Path(__file__).resolve().parents[3]
@@ -184,22 +184,7 @@ def test_single_fn_scorer_carries_no_parts():
 
 
 def _row(summaries):
-    timer = StepTimer()
-    for stage in ("wait", "train", "weight_sync"):
-        with timer(stage):
-            pass
-    return step_metrics(
-        step=1,
-        version=1,
-        learner={"reward/mean": 0.5},
-        summaries=summaries,
-        timer=timer,
-        sync=SyncResult(),
-        accuracy=None,
-        num_workers=1,
-        num_scorers=1,
-        gauges={},
-    )
+    return halted_step_row(summaries, learner={"reward/mean": 0.5})
 
 
 def test_parts_reach_the_step_metrics_as_means_over_kept_samples():
