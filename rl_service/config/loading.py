@@ -33,7 +33,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. learner.lr=1e-5)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:  # e.g. `"\d+"`: YAML double quotes take escapes; use '\d+'
+            raise ConfigError(f"override {key!r}: not valid YAML ({str(err).splitlines()[0]})") from None
         # YAML reads "1e-5" as a string; accept float-looking strings as floats.
         if isinstance(value, str):
             try:

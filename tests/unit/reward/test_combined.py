@@ -202,3 +202,10 @@ def test_parts_reach_the_step_metrics_as_means_over_kept_samples():
 def test_single_fn_adds_no_metric_keys():
     summaries = [BatchSummary.of(RewardScorer(RewardConfig()).score(make_batch(["13", "12"])))]
     assert [k for k in _row(summaries) if k.startswith("reward/")] == ["reward/mean"]
+
+
+def test_an_override_that_is_not_yaml_is_a_config_error(tmp_path):
+    line = _bad(['reward.fns=[{fn: regex_format, args: {pattern: "\\d+"}}]'], tmp_path)  # YAML "\d": bad escape
+    assert line == "override 'reward.fns': not valid YAML (while scanning a double-quoted scalar)"
+    cfg = load_config(QUICKSTART, ["reward.fns=[{fn: regex_format, args: {pattern: '\\d+'}}]"])
+    assert cfg.reward.fns[0].args == {"pattern": "\\d+"}
