@@ -76,7 +76,7 @@ def test_failing_entry_is_named(user_rewards):
         reward.score("q", "ok", {})
 
 
-def _bad(overrides, tmp_path):
+def _bad(overrides):
     with pytest.raises(ConfigError) as err:
         load_config(QUICKSTART, overrides)
     line = str(err.value)
@@ -122,19 +122,19 @@ def _bad(overrides, tmp_path):
         ("[{fn: exact_match}]", ["reward.fn=numeric_match"], "reward.fns: give either fn ('numeric_match') or fns"),
     ],
 )
-def test_bad_fns_is_one_config_error_line_naming_the_key(fns, extra, message, tmp_path):
-    assert message in _bad([f"reward.fns={fns}", *extra], tmp_path)
+def test_bad_fns_is_one_config_error_line_naming_the_key(fns, extra, message):
+    assert message in _bad([f"reward.fns={fns}", *extra])
 
 
 def test_fns_with_a_reward_model_is_an_error(tmp_path):
     (tmp_path / "rm").mkdir()
     (tmp_path / "rm" / "config.json").write_text("{}")
-    line = _bad([f"reward.model={tmp_path / 'rm'}", "reward.fns=[{fn: exact_match}]"], tmp_path)
+    line = _bad([f"reward.model={tmp_path / 'rm'}", "reward.fns=[{fn: exact_match}]"])
     assert line == "reward.fns: a reward model (model) replaces the reward functions; give one or the other"
 
 
-def test_user_fn_args_checked_against_its_parameters(user_rewards, tmp_path):
-    line = _bad([f"reward.fns=[{{fn: '{user_rewards}:strict', args: {{limit: 3}}}}]"], tmp_path)
+def test_user_fn_args_checked_against_its_parameters(user_rewards):
+    line = _bad([f"reward.fns=[{{fn: '{user_rewards}:strict', args: {{limit: 3}}}}]"])
     assert "reward.fns.0.args:" in line and "takes no argument 'limit' (it takes: answer)" in line
     cfg = load_config(QUICKSTART, [f"reward.fns=[{{fn: '{user_rewards}:length_penalty', args: {{anything: 1}}}}]"])
     assert cfg.reward.fns[0].part_name == "length_penalty"  # **meta takes any argument
@@ -204,8 +204,8 @@ def test_single_fn_adds_no_metric_keys():
     assert [k for k in _row(summaries) if k.startswith("reward/")] == ["reward/mean"]
 
 
-def test_an_override_that_is_not_yaml_is_a_config_error(tmp_path):
-    line = _bad(['reward.fns=[{fn: regex_format, args: {pattern: "\\d+"}}]'], tmp_path)  # YAML "\d": bad escape
+def test_an_override_that_is_not_yaml_is_a_config_error():
+    line = _bad(['reward.fns=[{fn: regex_format, args: {pattern: "\\d+"}}]'])  # YAML "\d": bad escape
     assert line == "override 'reward.fns': not valid YAML (while scanning a double-quoted scalar)"
     cfg = load_config(QUICKSTART, ["reward.fns=[{fn: regex_format, args: {pattern: '\\d+'}}]"])
     assert cfg.reward.fns[0].args == {"pattern": "\\d+"}
