@@ -76,7 +76,10 @@ def _args_problem(spec: str, fn: RewardFn, args: dict[str, Any]) -> str | None:
     """Why `args` cannot be passed to `fn`, or None. A built-in takes its keyword-only
     parameters (required ones must be given) with values ARG_CHECKS accepts, and nothing else;
     a user function takes its named parameters, or anything when it has **kwargs."""
-    params = inspect.signature(fn).parameters.values()
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature (a C function): take it on trust
+        return None
     spec = MOVED.get(spec, spec)
     if spec in BUILTIN_NAMES:
         named = {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
