@@ -82,6 +82,9 @@ class ScoredBatch:
     """Optional per-token reward of each kept sample, one per response token (aligned with its
     response_ids), added by the learner on top of the scalar reward (on-policy distillation:
     teacher logprob - student logprob). None = scalar rewards only."""
+    reward_parts: dict[str, tuple[float, ...]] | None = None
+    """`reward.fns`: each entry's unweighted value per kept sample (aligned with samples), by
+    entry name; `rewards` is their weighted sum. None = one reward function (`reward.fn`)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class BatchSummary:
     num_response_tokens: int
     generate_s: float
     reward_s: float
+    reward_part_sums: dict[str, float] | None = None
+    """`reward.fns`: each entry's value summed over the kept samples (ScoredBatch.reward_parts)."""
 
     @staticmethod
     def of(batch: ScoredBatch) -> BatchSummary:
@@ -114,6 +119,9 @@ class BatchSummary:
             num_response_tokens=sum(len(s.response_ids) for s in batch.samples),
             generate_s=batch.generate_s,
             reward_s=batch.reward_s,
+            reward_part_sums=None
+            if batch.reward_parts is None
+            else {name: sum(values) for name, values in batch.reward_parts.items()},
         )
 
 

@@ -5,7 +5,7 @@
     model.py       model:    HF directory or the tiny model's shape and SFT warm start
     engine.py      rollout.engine / serve.engine: EngineConfig (shared)
     rollout.py     rollout:  workers, sampling, batch size, sync tolerance
-    reward.py      reward:   function | reward model, teacher, error policy
+    reward.py      reward:   function | weighted functions (fns) | reward model, teacher, error policy
     learner.py     learner:  FSDP2 learner; advantage GAEConfig | GroupAdvantageConfig (by `type`)
     train.py       train:    the loop; ray: how to reach Ray
     serve.py       serve:    the OpenAI endpoint
@@ -32,7 +32,7 @@ from rl_service.config.loading import (
 )
 from rl_service.config.model import ModelConfig, SFTConfig, TinyModelConfig
 from rl_service.config.preference import DPOTrainConfig, PreferenceConfig, RMTrainConfig
-from rl_service.config.reward import RewardConfig
+from rl_service.config.reward import RewardConfig, RewardTermConfig
 from rl_service.config.rollout import RolloutConfig
 from rl_service.config.run import Config, PreferenceRunConfig, RunHeader
 from rl_service.config.serve import ServeConfig
@@ -60,6 +60,7 @@ __all__ = [
     "RayConfig",
     "Resources",
     "RewardConfig",
+    "RewardTermConfig",
     "RolloutConfig",
     "RunHeader",
     "SFTConfig",

@@ -33,7 +33,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. learner.lr=1e-5)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:  # e.g. `"\d+"`: YAML double quotes take escapes; use '\d+'
+            raise ConfigError(f"override {key!r}: not valid YAML ({str(err).splitlines()[0]})") from None
         # YAML reads "1e-5" as a string; accept float-looking strings as floats.
         if isinstance(value, str):
             try:
@@ -72,6 +75,9 @@ def _first_error(err: ValidationError) -> str:
         return f"{loc}: unknown key (check the spelling; see rl_service/config/)"
     if e["type"] in ("value_error", "assertion_error") and not e["loc"]:
         return msg
+    head = msg.split(":", 1)[0]
+    if e["type"] == "value_error" and isinstance(e.get("input"), dict) and head.split(".")[0] in e["input"]:
+        return f"{loc}.{msg}"  # a section's validator naming one of its keys: `reward.fns.1.name: ...`
     if "input" in e and not isinstance(e.get("input"), dict):
         return f"{loc}: {msg} (got {e.get('input')!r})"
     return f"{loc}: {msg}"
@@ -122,13 +128,13 @@ def read_config_data(path: str | Path | None, overrides: list[str] | None = None
 
 
 def build_config(data: dict[str, Any]) -> Config:
-    """Validate `rl-service train` data and check its reward function resolves."""
-    from rl_service.reward.functions import reward_spec_problem  # imports nothing heavy
+    """Validate `rl-service train` data and check its reward functions resolve and take their args."""
+    from rl_service.reward.combined import reward_config_problem  # imports nothing heavy
 
     cfg = validate(Config, data)
-    problem = reward_spec_problem(cfg.reward.fn)
+    problem = reward_config_problem(cfg.reward)
     if problem:
-        raise ConfigError(f"reward.fn: {problem}")
+        raise ConfigError(problem)
     return cfg
 
 

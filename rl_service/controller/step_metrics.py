@@ -4,8 +4,9 @@
     with timer("train"): ...             `timing_s/train` = the seconds inside the block
     step_metrics(...)                    the row metrics.jsonl gets for the step
 
-The row is the learner's own metrics (loss, KL, rewards...), then `eval/accuracy` when the step
-evaluated, then what the controller saw: timings, throughput, policy lag, queue depths, the
+The row is the learner's own metrics (loss, KL, rewards...), then `reward/<name>` per
+`reward.fns` entry (its mean over the step's kept samples, unweighted), then `eval/accuracy` when
+the step evaluated, then what the controller saw: timings, throughput, policy lag, queue depths, the
 sample ledger's books and the fault counters. Where a name is in both, the controller's value
 wins and the learner's compute time moves to `timing_s/train_compute`.
 """
@@ -52,6 +53,19 @@ class SyncResult:
     """The slowest worker's checksum + load + probe."""
 
 
+def reward_part_means(summaries: list[BatchSummary]) -> dict[str, float]:
+    """`reward/<name>`: each reward.fns entry's mean over the step's kept samples (0.0 when none
+    were kept, like reward/mean); {} under reward.fn (its batches carry no parts)."""
+    if all(s.reward_part_sums is None for s in summaries):
+        return {}
+    n = sum(len(s.sample_ids) for s in summaries)
+    sums: dict[str, float] = {}
+    for s in summaries:
+        for name, total in (s.reward_part_sums or {}).items():
+            sums[name] = sums.get(name, 0.0) + total
+    return {f"reward/{name}": total / n if n else 0.0 for name, total in sums.items()}
+
+
 def step_metrics(
     *,
     step: int,
@@ -74,6 +88,7 @@ def step_metrics(
     lag = sum(version - 1 - s.policy_version for s in summaries) / len(summaries)
     return {
         **learner,
+        **reward_part_means(summaries),
         **({"eval/accuracy": accuracy} if accuracy is not None else {}),
         "step": step,
         "policy_version": version,

@@ -1,5 +1,9 @@
 """Reward functions: built-in verifiers by name, or user code as `module:fn` / `file.py:fn`.
 
+The built-ins for verifiable data (exact_match, numeric_match, math_verify, regex_format)
+live in verifiable.py; combined.py turns a RewardConfig (`reward.fn` or `reward.fns`) into
+the one Reward object the scorer and the evaluation call.
+
 A reward function has the signature ``fn(prompt: str, completion: str, **metadata) -> float``;
 `metadata` is the prompt's task data (e.g. ``answer``). This module imports nothing heavy
 so the config can check a reward spec before Ray starts.
@@ -14,6 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rl_service.reward.verifiable import VERIFIABLE
 
 RewardFn = Callable[..., float]
 
@@ -37,7 +43,12 @@ def env_return(prompt: str, completion: str, env_return: float | None = None, **
     return float(env_return)
 
 
-BUILTINS: dict[str, RewardFn] = {"addition_exact": addition_exact, "zero": zero, "env_return": env_return}
+BUILTINS: dict[str, RewardFn] = {
+    "addition_exact": addition_exact,
+    "zero": zero,
+    "env_return": env_return,
+    **VERIFIABLE,  # exact_match, numeric_match, math_verify, regex_format
+}
 BUILTIN_NAMES = frozenset(BUILTINS)
 # Specs written before a function moved into this module, and the built-in each one is now.
 MOVED = {"rl_service.envs.rewards:env_return": "env_return"}

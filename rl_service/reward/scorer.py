@@ -2,6 +2,8 @@
 
 Where the reward comes from (RewardConfig):
     fn       a function per sample (built-in verifier, `module:fn`, `file.py:fn`);
+    fns      a weighted sum of such functions (combined.Reward); each one's unweighted value per
+             sample rides along in `ScoredBatch.reward_parts` (logged as reward/<name>);
     model    a learned reward model (`rl-service train-rm`): one batched forward per batch;
     teacher  on-policy distillation: a per-token reward, teacher logprob - student logprob of
              each generated token (`ScoredBatch.token_rewards`), on top of the scalar one.
@@ -17,7 +19,8 @@ import math
 import time
 
 from rl_service.config import RewardConfig
-from rl_service.reward.functions import InvalidReward, checked_reward, resolve_reward_fn
+from rl_service.reward.combined import build_reward
+from rl_service.reward.functions import InvalidReward
 from rl_service.types import BatchSummary, RolloutBatch, Sample, ScoredBatch
 
 
@@ -32,7 +35,7 @@ class RewardScorer:
         self.cfg = cfg
         self.name = name
         self.whole_groups = whole_groups
-        self.fn = resolve_reward_fn(cfg.fn)
+        self.reward = build_reward(cfg)
         self.reward_model = self.teacher = None
         if cfg.model is not None or cfg.teacher is not None:
             from rl_service.reward.learned import RewardModel, TeacherLM  # torch + transformers: only when used
@@ -42,20 +45,22 @@ class RewardScorer:
         self._stop = False
 
     def _source(self) -> str:
-        return f"reward.model {self.cfg.model!r}" if self.reward_model is not None else f"reward.fn {self.cfg.fn!r}"
+        if self.reward_model is not None:
+            return f"reward.model {self.cfg.model!r}"
+        return "reward.fns" if self.cfg.fns is not None else f"reward.fn {self.cfg.fn!r}"
 
-    def _raw_rewards(self, samples: tuple[Sample, ...]) -> list[float | InvalidReward]:
-        """One reward per sample, or the InvalidReward saying why there is none."""
+    def _raw_rewards(self, samples: tuple[Sample, ...]) -> list[tuple[float, dict[str, float]] | InvalidReward]:
+        """(reward, its parts by name) per sample, or the InvalidReward saying why there is none."""
         if self.reward_model is None:
-            out: list[float | InvalidReward] = []
+            out: list[tuple[float, dict[str, float]] | InvalidReward] = []
             for s in samples:
                 try:
-                    out.append(checked_reward(self.fn, s.prompt_text, s.response_text, s.metadata))
+                    out.append(self.reward.score(s.prompt_text, s.response_text, s.metadata))
                 except InvalidReward as err:
                     out.append(err)
             return out
         scores = self.reward_model.score([s.prompt_text for s in samples], [s.response_text for s in samples])
-        return [r if math.isfinite(r) else InvalidReward(f"reward model returned {r}") for r in scores]
+        return [(r, {}) if math.isfinite(r) else InvalidReward(f"reward model returned {r}") for r in scores]
 
     def _token_rewards(self, samples: list[Sample]) -> tuple[tuple[float, ...], ...] | None:
         """teacher_coef * (teacher logprob - engine logprob) per response token; 0 on environment
@@ -71,7 +76,7 @@ class RewardScorer:
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
         start = time.perf_counter()
-        kept, rewards, dropped = [], [], []
+        kept, rewards, parts, dropped = [], [], [], []
         for s, r in zip(batch.samples, self._raw_rewards(batch.samples)):
             if isinstance(r, InvalidReward):
                 if self.cfg.on_error == "fail":
@@ -81,12 +86,13 @@ class RewardScorer:
                 dropped.append((s.sample_id, f"invalid_reward: {r}"))
                 continue
             kept.append(s)
-            rewards.append(r)
+            rewards.append(r[0])
+            parts.append(r[1])
         if self.whole_groups and dropped:
             bad = {sid.split("/")[0] for sid, _ in dropped}
             keep = [i for i, s in enumerate(kept) if str(s.prompt_id) not in bad]
             dropped += [(kept[i].sample_id, "incomplete_group") for i in range(len(kept)) if i not in set(keep)]
-            kept, rewards = [kept[i] for i in keep], [rewards[i] for i in keep]
+            kept, rewards, parts = [kept[i] for i in keep], [rewards[i] for i in keep], [parts[i] for i in keep]
         return ScoredBatch(
             batch_id=batch.batch_id,
             samples=tuple(kept),
@@ -96,6 +102,7 @@ class RewardScorer:
             generate_s=batch.generate_s,
             reward_s=time.perf_counter() - start,
             token_rewards=self._token_rewards(kept),
+            reward_parts={n: tuple(p[n] for p in parts) for n in self.reward.names} if self.reward.log_parts else None,
         )
 
     def run(self, rollout_q, scored_q, poll_s: float = 0.2) -> int:

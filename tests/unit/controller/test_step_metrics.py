@@ -32,6 +32,26 @@ def _summary(batch_id: int, version: int, tokens: int) -> BatchSummary:
     return BatchSummary(batch_id, (batch_id,), (f"{batch_id}/0", f"{batch_id}/1"), (), version, tokens, 2.0, 0.5)
 
 
+def halted_step_row(summaries: list[BatchSummary], learner: dict | None = None) -> dict:
+    """The row of step 1 that did not sync nor evaluate, over `summaries`."""
+    timer = StepTimer()
+    for stage in ("wait", "train", "weight_sync"):
+        with timer(stage):
+            pass
+    return step_metrics(
+        step=1,
+        version=1,
+        learner=learner or {},
+        summaries=summaries,
+        timer=timer,
+        sync=SyncResult(),
+        accuracy=None,
+        num_workers=1,
+        num_scorers=1,
+        gauges={},
+    )
+
+
 def test_timer_times_stages_and_the_step_until_stop():
     timer = StepTimer()
     with timer("wait"):
@@ -81,22 +101,7 @@ def test_row_keeps_names_order_and_values():
 
 
 def test_row_of_a_halted_step_has_no_sync_and_no_eval():
-    timer = StepTimer()
-    for stage in ("wait", "train", "weight_sync"):
-        with timer(stage):
-            pass
-    row = step_metrics(
-        step=1,
-        version=1,
-        learner={},
-        summaries=[_summary(0, 0, 5)],
-        timer=timer,
-        sync=SyncResult(),
-        accuracy=None,
-        num_workers=1,
-        num_scorers=1,
-        gauges={},
-    )
+    row = halted_step_row([_summary(0, 0, 5)])
     assert "eval/accuracy" not in row and math.isnan(row["timing_s/train_compute"])
     assert row["timing_s/publish"] == 0.0 and row["timing_s/load"] == 0.0
     assert math.isnan(row["weight_sync/probe_max_diff"])
