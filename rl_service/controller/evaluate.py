@@ -17,7 +17,8 @@ import math
 import ray
 
 from rl_service.config import Config
-from rl_service.reward.functions import InvalidReward, checked_reward, resolve_reward_fn
+from rl_service.reward.combined import build_reward
+from rl_service.reward.functions import InvalidReward
 from rl_service.tasks.dataset import DatasetTask
 from rl_service.types import Prompt
 
@@ -66,11 +67,11 @@ class EvalReward:
     """The run's reward of one eval completion, or None when the function raises / returns junk."""
 
     def __init__(self, cfg: Config):
-        self.fn = resolve_reward_fn(cfg.reward.fn)
+        self.reward = build_reward(cfg.reward)  # reward.fn or the weighted reward.fns, as the scorers
 
     def __call__(self, prompt: Prompt, completion: str) -> float | None:
         try:
-            return checked_reward(self.fn, prompt.text, completion, prompt.metadata)
+            return self.reward.score(prompt.text, completion, prompt.metadata)[0]
         except InvalidReward:
             return None
 
