@@ -20,6 +20,9 @@ class Prompt:
     """Prompt string fed to the engine, e.g. `37+48=`."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Task data handed to the reward function as keyword args (e.g. `answer`)."""
+    token_ids: tuple[int, ...] | None = None
+    """The prompt as token ids, given to the engine as is (a dataset task's chat-template ids:
+    never re-tokenised from `text`). None = the engine tokenizes `text` (BOS added)."""
 
 
 @dataclass(frozen=True)

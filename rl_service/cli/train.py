@@ -22,18 +22,23 @@ def cmd_train(args) -> int:
     from rl_service.controller.run_dir import open_run_dir, summary_lines
     from rl_service.infra.session import ray_session
     from rl_service.models.build import ensure_model, load_build_info
+    from rl_service.tasks import bind_task, make_task
 
-    run_dir, resume_from = open_run_dir(cfg, args.resume)
+    task = make_task(cfg.task)  # a dataset task reads and checks its rows: DataError -> exit 2
+    model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
+    bind_task(task, str(model_path), cfg.rollout.max_new_tokens)  # tokenized; DataError -> exit 2
+    run_dir, resume_from = open_run_dir(cfg, args.resume)  # only now is an older run dir moved aside
     if resume_from is not None:
         print(f"resuming from {resume_from}")
-    model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
     info = load_build_info(model_path) or {}
     print(
         f"policy: {model_path} ({info.get('num_params', '?')} params, "
         f"warm-start accuracy {info.get('base_accuracy', 'n/a')})"
     )
+    if hasattr(task, "summary"):
+        print("data: " + ", ".join(f"{k.removeprefix('data/')} {v}" for k, v in task.summary().items()))
     with ray_session(cfg):
-        summary = train(cfg, run_dir, str(model_path), resume_from=resume_from)
+        summary = train(cfg, run_dir, str(model_path), resume_from=resume_from, task=task)
     print("\n".join(summary_lines(summary, run_dir)))
     return 0
 

@@ -1,7 +1,7 @@
 """The experiment config: one pydantic section per component, variants keyed on their type.
 
     base.py        Section (unknown keys are errors, docstrings are descriptions), Resources
-    task.py        task:     AdditionConfig | GuessNumberConfig          (by `name`)
+    task.py        task:     AdditionConfig | GuessNumberConfig | DatasetConfig (by `name`)
     model.py       model:    HF directory or the tiny model's shape and SFT warm start
     engine.py      rollout.engine / serve.engine: EngineConfig (shared)
     rollout.py     rollout:  workers, sampling, batch size, sync tolerance
@@ -36,7 +36,7 @@ from rl_service.config.reward import RewardConfig
 from rl_service.config.rollout import RolloutConfig
 from rl_service.config.run import Config, PreferenceRunConfig, RunHeader
 from rl_service.config.serve import ServeConfig
-from rl_service.config.task import AdditionConfig, GuessNumberConfig, TaskConfig
+from rl_service.config.task import AdditionConfig, DatasetConfig, GuessNumberConfig, TaskConfig
 from rl_service.config.tracking import TrackingConfig
 from rl_service.config.train import RayConfig, TrainConfig
 
@@ -49,6 +49,7 @@ __all__ = [
     "EngineConfig",
     "GAEConfig",
     "GroupAdvantageConfig",
+    "DatasetConfig",
     "GuessNumberConfig",
     "KLConfig",
     "LearnerConfig",

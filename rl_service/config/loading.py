@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from rl_service.config.learner import GAEConfig, GroupAdvantageConfig
 from rl_service.config.preference import DPO_ONLY_FIELDS, RM_ONLY_FIELDS, DPOTrainConfig, RMTrainConfig
 from rl_service.config.run import Config, PreferenceRunConfig
-from rl_service.config.task import AdditionConfig, GuessNumberConfig
+from rl_service.config.task import AdditionConfig, DatasetConfig, GuessNumberConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -83,6 +83,7 @@ _VARIANT_TAGS = {
     for cls, key in (
         (AdditionConfig, "name"),
         (GuessNumberConfig, "name"),
+        (DatasetConfig, "name"),
         (GAEConfig, "type"),
         (GroupAdvantageConfig, "type"),
         (RMTrainConfig, "type"),

@@ -48,7 +48,49 @@ class GuessNumberConfig(_TaskCommon):
         return self
 
 
-TaskConfig = Annotated[AdditionConfig | GuessNumberConfig, Field(discriminator="name")]
+class DatasetConfig(Section):
+    """Your own data: one row per prompt in local JSONL / Parquet / CSV files (docs/data.md).
+
+    Every field of a row other than the prompt reaches the reward function as a keyword
+    argument (`fn(prompt, completion, answer=..., **metadata)`), on training and eval prompts alike.
+    """
+
+    name: Literal["dataset"] = "dataset"
+    """`dataset`: prompts read from `train` / `eval` files."""
+    train: str
+    """Training rows: a `.jsonl`/`.json`, `.parquet` or `.csv` file (read with HF `datasets`)."""
+    eval: str | None = None
+    """Held-out rows (same format). None = hold out `num_eval` rows of `train` (seeded by `seed`)."""
+    num_eval: int | None = Field(None, ge=1)
+    """Use at most this many eval rows (the first ones; None = all). Required when `eval` is None."""
+    seed: int = 1234
+    """Seed of the held-out split when `eval` is None (independent of the run seed)."""
+    prompt_key: str = "prompt"
+    """Column holding the prompt as a string."""
+    messages_key: str = "messages"
+    """Column holding the prompt as an OpenAI-style list of `{role, content}` (used when the row
+    has no `prompt_key`). A trailing assistant turn is the row's response (SFT target), not prompt."""
+    response_key: str = "response"
+    """Column holding the SFT target for a string prompt (`rl-service sft`)."""
+    chat_template: bool | None = None
+    """Render string prompts with the tokenizer's chat template (as one user turn) too.
+    None = only messages are (they always are, with the generation prompt)."""
+    max_prompt_tokens: int | None = Field(None, ge=1)
+    """Drop (and count) rows whose prompt is longer than this many tokens; never truncated.
+    Rows that leave no room for rollout.max_new_tokens in the model's context are dropped too."""
+    success_threshold: float = 1.0
+    """An eval completion counts as solved when its reward is >= this (`eval/accuracy`)."""
+    eval_samples: int = Field(1, ge=1, le=64)
+    """k > 1: also sample k completions per eval prompt (rollout.temperature) for `eval/pass@k`."""
+
+    @model_validator(mode="after")
+    def _eval_source(self) -> DatasetConfig:
+        if self.eval is None and self.num_eval is None:
+            raise ValueError("task.eval: give an eval file, or task.num_eval rows to hold out of task.train")
+        return self
+
+
+TaskConfig = Annotated[AdditionConfig | GuessNumberConfig | DatasetConfig, Field(discriminator="name")]
 """The task variant named by `task.name` (default `addition`)."""
 
 

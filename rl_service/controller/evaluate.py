@@ -1,35 +1,103 @@
 """What the controller measures on the rollout workers' current policy.
 
-    evaluate(workers, task, max_new_tokens)   held-out accuracy, the eval set split across workers
-    probe_sequences(model_path, task)         fixed token sequences every weight sync is verified on
+    evaluate(workers, task, cfg)          held-out metrics, the eval set split across workers
+    probe_sequences(model_path, task)     fixed token sequences every weight sync is verified on
 
-Both are task-shaped: an environment task (multi-turn episodes) is scored by the share of
-held-out episodes solved and probed with whole transcripts; a single-turn task by greedy exact
-match and probed with prompt + answer + EOS.
+Both are task-shaped. `eval/accuracy` keeps one meaning on every task, the share of held-out
+prompts the greedy policy solves: an environment task's episodes solved; the addition task's exact
+matches; a dataset task's completions whose reward (the run's reward function) is at least
+`task.success_threshold`, with `eval/reward_mean` beside it and `eval/pass@k` when
+`task.eval_samples` k > 1 (k completions sampled at rollout.temperature, solved if any one is).
 """
 
 from __future__ import annotations
 
+import math
+
 import ray
 
+from rl_service.config import Config
+from rl_service.reward.functions import InvalidReward, checked_reward, resolve_reward_fn
+from rl_service.tasks.dataset import DatasetTask
+from rl_service.types import Prompt
 
-def evaluate(workers: list, task, max_new_tokens: int) -> float:
-    """Greedy exact match on the fixed held-out set, split across the rollout workers.
-    Environment tasks: the share of held-out episodes the greedy policy solves."""
+
+def evaluate(workers: list, task, cfg: Config) -> dict[str, float]:
+    """Held-out metrics of the policy the workers hold now (`eval/accuracy` always)."""
+    max_new_tokens = cfg.rollout.max_new_tokens
     if getattr(task, "is_env", False):
         metas = [p.metadata for p in task.eval_prompts]
-        chunks = [metas[i :: len(workers)] for i in range(len(workers))]
+        chunks = _split(metas, len(workers))
         results = ray.get([w.evaluate_episodes.remote(c, max_new_tokens) for w, c in zip(workers, chunks)])
-        return sum(r["env_success"] for rs in results for r in rs) / len(metas)
+        return {"eval/accuracy": sum(r["env_success"] for rs in results for r in rs) / len(metas)}
+    if isinstance(task, DatasetTask):
+        return evaluate_dataset(workers, task, cfg)
     problems = task.eval_problems
-    chunks = [problems[i :: len(workers)] for i in range(len(workers))]
+    chunks = _split(problems, len(workers))
     texts = ray.get([w.evaluate.remote([p.prompt for p in c], max_new_tokens) for w, c in zip(workers, chunks)])
     correct = sum(task.verify(t, p.answer) for c, ts in zip(chunks, texts) for p, t in zip(c, ts))
-    return correct / len(problems)
+    return {"eval/accuracy": correct / len(problems)}
+
+
+def evaluate_dataset(workers: list, task: DatasetTask, cfg: Config) -> dict[str, float]:
+    """Greedy completions of the eval rows scored by the run's reward (a reward that raises or is
+    not a finite number counts as unsolved, and in `eval/invalid`); pass@k from k samples."""
+    score = EvalReward(cfg)
+    prompts, k, thr = task.eval_prompts, task.cfg.eval_samples, task.cfg.success_threshold
+    greedy = [group[0] for group in _completions(workers, prompts, cfg.rollout.max_new_tokens)]
+    rewards = [score(p, text) for p, text in zip(prompts, greedy)]
+    valid = [r for r in rewards if r is not None]
+    out = {
+        "eval/accuracy": sum(r is not None and r >= thr for r in rewards) / len(prompts),
+        "eval/reward_mean": sum(valid) / len(valid) if valid else math.nan,
+        "eval/invalid": float(len(rewards) - len(valid)),
+    }
+    if k > 1:
+        rc = cfg.rollout
+        sampled = _completions(
+            workers, prompts, rc.max_new_tokens, n=k, temperature=rc.temperature, top_p=rc.top_p, seed=cfg.seed
+        )
+        solved = [any((r := score(p, t)) is not None and r >= thr for t in group) for p, group in zip(prompts, sampled)]
+        out[f"eval/pass@{k}"] = sum(solved) / len(prompts)
+    return out
+
+
+class EvalReward:
+    """The run's reward of one eval completion, or None when the function raises / returns junk."""
+
+    def __init__(self, cfg: Config):
+        self.fn = resolve_reward_fn(cfg.reward.fn)
+
+    def __call__(self, prompt: Prompt, completion: str) -> float | None:
+        try:
+            return checked_reward(self.fn, prompt.text, completion, prompt.metadata)
+        except InvalidReward:
+            return None
+
+
+def _completions(workers: list, prompts: list[Prompt], max_new_tokens: int, **sampling) -> list[list[str]]:
+    """Completion texts per prompt (in order), each worker generating from its share's token ids."""
+    shares = _split(list(range(len(prompts))), len(workers))
+    refs = [
+        w.evaluate_ids.remote([list(prompts[i].token_ids) for i in share], max_new_tokens, **sampling)
+        for w, share in zip(workers, shares)
+    ]
+    out: list[list[str]] = [[] for _ in prompts]
+    for share, groups in zip(shares, ray.get(refs)):
+        for i, group in zip(share, groups):
+            out[i] = group
+    return out
+
+
+def _split(items: list, n: int) -> list[list]:
+    """Round-robin shares of `items` for `n` workers."""
+    return [items[i::n] for i in range(n)]
 
 
 def probe_sequences(model_path: str, task, count: int = 4) -> list[list[int]]:
     """Fixed token sequences (held-out prompt + answer + EOS) for verifying weight syncs."""
+    if isinstance(task, DatasetTask):  # already tokenized with the policy's tokenizer
+        return task.probe_sequences(count)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)

@@ -48,7 +48,7 @@ from rl_service.controller.recovery import FaultLog, Recovery, restart_learners
 from rl_service.controller.state import RunState, load_resumable
 from rl_service.controller.step_metrics import StepTimer, SyncResult, step_metrics
 from rl_service.infra.components import Components, LearnerFailure
-from rl_service.tasks import PromptStream, make_task
+from rl_service.tasks import PromptStream, prepare_task
 from rl_service.testing import faults
 from rl_service.tracking.run import ConsumedLog, RunTracker, truncate_logs
 
@@ -57,16 +57,17 @@ class TrainingHalted(RuntimeError):
     """A health guard stopped the run; a checkpoint of the state at the halt was written."""
 
 
-def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None = None) -> dict:
+def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None = None, task=None) -> dict:
     """Run PPO updates up to `cfg.train.steps`; returns the summary (also written to summary.json).
 
     resume_from: a complete checkpoint dir; the run continues from its step exactly.
+    task: the task already made (tasks.prepare_task), or None to make it here.
     A learner failure restarts the run from its latest checkpoint (or from the start if it has
     none yet), at most train.max_restarts times; the summary counts the restarts."""
     faults.arm(run_dir)
     flog = FaultLog()
     return restart_learners(
-        lambda ckpt: Controller(cfg, run_dir, model_path, flog).run(ckpt),
+        lambda ckpt: Controller(cfg, run_dir, model_path, flog, task).run(ckpt),
         resume_from,
         run_dir / "checkpoints",
         flog,
@@ -77,9 +78,9 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
 class Controller:
     """One attempt of a run: start the components, run the steps, finish, tear down."""
 
-    def __init__(self, cfg: Config, run_dir: Path, model_path: str, flog: FaultLog):
+    def __init__(self, cfg: Config, run_dir: Path, model_path: str, flog: FaultLog, task=None):
         self.cfg, self.run_dir, self.model_path, self.flog = cfg, run_dir, model_path, flog
-        self.task = make_task(cfg.task)
+        self.task = task if task is not None else prepare_task(cfg.task, model_path, cfg.rollout.max_new_tokens)
         self.comps: Components | None = None
         self.follower = self.tracker = self.consumed = None
         self.state: RunState  # set by _start, like the recovery and the probe sequences
@@ -117,7 +118,8 @@ class Controller:
                 sync = self.sync(timer)
                 self.refill()
         evaluated = halt is None and _every(tc.eval_every, st.step) and st.step < tc.steps
-        accuracy = self.evaluate() if evaluated else None
+        evaluation = self.evaluate() if evaluated else {}
+        accuracy = evaluation.get("eval/accuracy")
         timer.stop()  # timing_s/step ends here; a checkpoint is timed on its own
         metrics = step_metrics(
             step=st.step,
@@ -131,6 +133,7 @@ class Controller:
             num_scorers=self.cfg.reward.num_scorers,
             gauges={**self.comps.queue_depths(), **st.ledger.counts(), **self.flog.counts},
         )
+        metrics.update({k: v for k, v in evaluation.items() if k != "eval/accuracy"})  # a dataset task's others
         if halt is not None or _every(tc.checkpoint_every, st.step):
             with timer("checkpoint"):
                 path = self.checkpoint()
@@ -189,11 +192,13 @@ class Controller:
         if st.step + tc.max_policy_lag < tc.steps:
             st.pipe.issue(st.pipe.batches_per_step)
 
-    def evaluate(self) -> float:
-        """Held-out accuracy of the policy just synced. Waits for every rollout worker's greedy
-        pass over its share of the eval set (generation of training batches waits with it)."""
-        self.state.accuracy = evaluate(self.comps.workers, self.task, self.cfg.rollout.max_new_tokens)
-        return self.state.accuracy
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of the policy just synced (`eval/accuracy`, and a dataset task's reward
+        mean and pass@k). Waits for every rollout worker's pass over its share of the eval set
+        (generation of training batches waits with it)."""
+        evaluation = evaluate(self.comps.workers, self.task, self.cfg)
+        self.state.accuracy = evaluation["eval/accuracy"]
+        return evaluation
 
     def checkpoint(self) -> Path:
         """Checkpoint this step boundary: learner shards, then the driver's state, committed.
@@ -228,7 +233,7 @@ class Controller:
             comps.publish(st.version, self.probes)
             self.recovery.retrying(st.pipe, comps.load_published)
         else:
-            st.accuracy_start = st.accuracy = evaluate(comps.workers, self.task, cfg.rollout.max_new_tokens)
+            st.accuracy_start = self.evaluate()["eval/accuracy"]
         truncate_logs(self.run_dir, st.step)  # rows of steps after the checkpoint are redone
         comps.start_loops()
         self.tracker = RunTracker(self.run_dir, cfg.train.steps, start_step=st.step, accuracy=st.accuracy, cfg=cfg)
@@ -246,7 +251,8 @@ class Controller:
         self.comps.stop_loops()
         if st.last_saved != tc.steps:
             self.checkpoint()
-        acc_end = evaluate(self.comps.workers, self.task, self.cfg.rollout.max_new_tokens)
+        end = evaluate(self.comps.workers, self.task, self.cfg)
+        acc_end = end["eval/accuracy"]
         self.comps.save_final(self.run_dir / "final")
         summary = {
             "steps": tc.steps,
@@ -261,6 +267,8 @@ class Controller:
             **st.ledger.check(),
             **self.flog.summary(),
             "faults/restarted_from_steps": self.flog.restarted_from,
+            **{f"{k}_end": v for k, v in end.items() if k != "eval/accuracy"},
+            **(self.task.summary() if hasattr(self.task, "summary") else {}),
         }
         self.tracker.write_summary(summary)
         return summary

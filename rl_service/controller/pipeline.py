@@ -24,11 +24,21 @@ from rl_service.types import BatchSummary, Prompt, PromptBatch
 
 
 def batch_to_json(b: PromptBatch) -> dict:
-    return {"batch_id": b.batch_id, "prompts": [[p.prompt_id, p.text, p.metadata] for p in b.prompts]}
+    """A pending batch as a checkpoint stores it: [id, text, metadata] per prompt, plus its token
+    ids when the task gave them (so a resumed run generates from the very same ids)."""
+    return {
+        "batch_id": b.batch_id,
+        "prompts": [
+            [p.prompt_id, p.text, p.metadata] + ([] if p.token_ids is None else [list(p.token_ids)]) for p in b.prompts
+        ],
+    }
 
 
 def batch_from_json(d: dict) -> PromptBatch:
-    return PromptBatch(int(d["batch_id"]), tuple(Prompt(int(i), t, dict(m)) for i, t, m in d["prompts"]))
+    def prompt(i, text, metadata, token_ids=None) -> Prompt:
+        return Prompt(int(i), text, dict(metadata), None if token_ids is None else tuple(int(t) for t in token_ids))
+
+    return PromptBatch(int(d["batch_id"]), tuple(prompt(*p) for p in d["prompts"]))
 
 
 class BatchPipeline:

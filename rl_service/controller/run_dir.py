@@ -41,13 +41,20 @@ def open_run_dir(cfg, resume: str | None = None) -> tuple[Path, Path | None]:
 
 def summary_lines(summary: dict, run_dir: Path) -> list[str]:
     """The lines a finished training run prints: accuracy, sample accounting, survived faults."""
+    dataset = "data/train_rows" in summary  # a dataset task: solved = reward >= task.success_threshold
+    metric = "accuracy" if dataset else "exact match"
     lines = [
-        f"\nheld-out exact match: {summary['eval/accuracy_start']:.3f} -> {summary['eval/accuracy_end']:.3f} "
+        f"\nheld-out {metric}: {summary['eval/accuracy_start']:.3f} -> {summary['eval/accuracy_end']:.3f} "
         f"({100 * summary['eval/accuracy_gain']:+.1f} points) in {summary['steps']} steps, "
         f"{summary['wall_s']:.0f} s",
         f"samples: trained {summary['samples/trained']}, dropped stale {summary['samples/dropped_stale']}, "
         f"dropped invalid {summary['samples/dropped_invalid']}, lost {summary['samples/lost']}",
     ]
+    if dataset:
+        lines.append(
+            f"data: {summary['data/train_rows']} train rows, {summary['data/eval_rows']} eval rows; dropped as too "
+            f"long: {summary['data/dropped_long_train']} train, {summary['data/dropped_long_eval']} eval"
+        )
     restarts = {k.split("_", 1)[1]: int(v) for k, v in summary.items() if k.startswith("faults/restarts_") and v}
     if restarts:
         lines.append(

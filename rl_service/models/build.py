@@ -96,8 +96,11 @@ def _build_into(out: Path, model_cfg: ModelConfig, task_cfg: TaskConfig, seed: i
         f"vocab {len(tokenizer)}) + SFT to {model_cfg.sft.target_accuracy:.0%} held-out accuracy",
         flush=True,
     )
-    with torch.random.fork_rng(devices=[]):
-        result = sft_warm_start(model, tokenizer, task, model_cfg.sft, seed, progress=progress)
+    if task_cfg.name == "dataset":  # random init: the warm start on your data is `rl-service sft`
+        result = {"accuracy": None, "steps": 0, "loss": None, "threads": torch.get_num_threads()}
+    else:
+        with torch.random.fork_rng(devices=[]):
+            result = sft_warm_start(model, tokenizer, task, model_cfg.sft, seed, progress=progress)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     info = {
@@ -109,9 +112,9 @@ def _build_into(out: Path, model_cfg: ModelConfig, task_cfg: TaskConfig, seed: i
         "build_seconds": round(time.perf_counter() - start, 2),
         "vocab_size": len(tokenizer),
     }
+    accuracy = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
     print(
-        f"[models] built: {result['steps']} SFT steps, held-out accuracy {result['accuracy']:.3f}, "
-        f"{info['build_seconds']:.0f}s",
+        f"[models] built: {result['steps']} SFT steps, held-out accuracy {accuracy}, {info['build_seconds']:.0f}s",
         flush=True,
     )
     return info

@@ -9,14 +9,13 @@ must equal the learner's.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
-from pathlib import Path
 
 from rl_service.config import RolloutConfig
 from rl_service.envs import is_env_prompt, run_episodes
+from rl_service.models.context import context_length
 from rl_service.rollout.engine import make_engine
 from rl_service.rollout.weight_sync import load_verified
 from rl_service.types import PolicyVersion, PromptBatch, RolloutBatch, Sample
@@ -31,8 +30,7 @@ class RolloutWorker:
         threads = max(1, math.floor(cfg.resources.num_cpus))
         self.engine = make_engine(cfg.engine, model_path, seed, threads=threads, gpu=cfg.resources.num_gpus > 0)
         # Token budget of one multi-turn episode: the model's context length.
-        model_cfg = json.loads((Path(model_path) / "config.json").read_text())
-        self.max_tokens = int(model_cfg.get("max_position_embeddings", 2048))
+        self.max_tokens = context_length(model_path)
         self._lock = threading.Lock()
         self._stop = False
         self._calls = 0
@@ -56,8 +54,8 @@ class RolloutWorker:
                     policy_version=version,
                     generate_s=time.perf_counter() - start,
                 )
-            outs = self.engine.generate(
-                [p.text for p in batch.prompts],
+            outs = self._generate(
+                batch.prompts,
                 n=cfg.samples_per_prompt,
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
@@ -84,6 +82,16 @@ class RolloutWorker:
         return RolloutBatch(
             batch_id=batch.batch_id, samples=samples, worker=self.name, policy_version=version, generate_s=elapsed
         )
+
+    def _generate(self, prompts, **sampling):
+        """Completions from the prompts' token ids when the task gave them (a dataset task's chat
+        template ids, used as is), else from their text (the engine tokenizes it, BOS added)."""
+        with_ids = [p.token_ids is not None for p in prompts]
+        if all(with_ids):
+            return self.engine.generate_ids([list(p.token_ids) for p in prompts], **sampling)
+        if any(with_ids):
+            raise ValueError("a prompt batch mixes token-id and text prompts")
+        return self.engine.generate([p.text for p in prompts], **sampling)
 
     def _episode_samples(self, batch: PromptBatch, version: int) -> tuple[Sample, ...]:
         """One Sample per environment episode, n episodes per prompt (caller holds the lock)."""
@@ -152,6 +160,16 @@ class RolloutWorker:
         with self._lock:
             outs = self.engine.generate(prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
         return [group[0].text for group in outs]
+
+    def evaluate_ids(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, n: int = 1, temperature: float = 0.0, **sampling
+    ) -> list[list[str]]:
+        """Completion texts from token-id prompts: greedy (n copies) or n samples per prompt."""
+        with self._lock:
+            outs = self.engine.generate_ids(
+                prompt_ids, n=n, max_new_tokens=max_new_tokens, temperature=temperature, **sampling
+            )
+        return [[c.text for c in group] for group in outs]
 
     def evaluate_episodes(self, metadatas: list[dict], max_new_tokens: int) -> list[dict]:
         """Greedy episodes (one per env prompt) -> each episode's summary (`env_success`, `env_return`...)."""
