@@ -61,3 +61,10 @@ def sft_tensors(examples: Sequence[Example], pad_id: int) -> tuple[Tensor, Tenso
 def response_tokens(examples: Sequence[Example]) -> int:
     """Tokens the loss is averaged over (all response tokens of `examples`)."""
     return sum(len(e.response_ids) for e in examples)
+
+
+def fit_context(examples: Sequence[Example], max_tokens: int) -> tuple[list[Example], int]:
+    """(examples whose prompt + response fit in `max_tokens`, how many did not): a row longer
+    than the model's context is dropped and counted, never truncated."""
+    kept = [e for e in examples if len(e.prompt_ids) + len(e.response_ids) <= max_tokens]
+    return kept, len(examples) - len(kept)

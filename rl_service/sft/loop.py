@@ -16,37 +16,32 @@ tracking.wandb), the result to summary.json.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from rl_service.config import Config, RewardConfig
+from rl_service.config import Config
+from rl_service.controller.evaluate import EvalReward
 from rl_service.infra import placement
 from rl_service.infra.components import learner_results
-from rl_service.reward.functions import InvalidReward, checked_reward, resolve_reward_fn
-from rl_service.sft.batches import batch_order
+from rl_service.sft.batches import Example, batch_order
 from rl_service.tracking.run import RunTracker
 
-Score = Callable[[str, str, dict[str, Any]], float]
-"""score(prompt_text, completion_text, metadata) -> reward; raises InvalidReward."""
 
+def run_sft(
+    cfg: Config, run_dir: Path, model_path: str, examples: Sequence[Example], task, extra: dict | None = None
+) -> dict[str, Any]:
+    """Fine-tune `model_path` on `examples` inside a connected Ray, evaluating on `task`'s
+    `eval_prompts` (token ids) against `task.cfg.success_threshold`; returns the summary (also
+    written to `run_dir/summary.json`, with `extra` in it)."""
+    from transformers import AutoTokenizer
 
-def eval_reward(cfg: RewardConfig) -> Score:
-    """The run's reward as one callable (the same function `train` scores samples with)."""
-    fn = resolve_reward_fn(cfg.fn)
-    return lambda prompt, completion, metadata: checked_reward(fn, prompt, completion, metadata)
-
-
-def run_sft(cfg: Config, run_dir: Path, model_path: str, task, tokenizer) -> dict[str, Any]:
-    """Fine-tune `model_path` on `task` (bound to `tokenizer`: it has `sft_examples()`,
-    `eval_prompts` with token ids, `cfg.success_threshold`) inside a connected Ray; returns the
-    summary (also written to `run_dir/summary.json`)."""
     t_start = time.perf_counter()
     sc = cfg.model.sft
-    examples = task.sft_examples()
-    evaluator = _Evaluator(task, tokenizer, eval_reward(cfg.reward), cfg.reward.on_error, cfg.rollout.max_new_tokens)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    evaluator = _Evaluator(task, tokenizer, EvalReward(cfg), cfg.rollout.max_new_tokens)
     learners, pg = placement.make_sft_learners(cfg, model_path)
     tracker = None
     try:
@@ -56,8 +51,10 @@ def run_sft(cfg: Config, run_dir: Path, model_path: str, task, tokenizer) -> dic
             f"on {len(learners)} learner process(es) ({info['backend']})",
             flush=True,
         )
+        setup_s = time.perf_counter() - t_start  # actors started, policy loaded and sharded
         start = evaluator(learners)
         tracker = RunTracker(run_dir, sc.max_steps, accuracy=start["eval/accuracy"], cfg=cfg)
+        tracker.bar.set_description("sft")
         last, step, train_s = start, 0, 0.0
         stream = batch_order(len(examples), sc.batch_size, cfg.seed)
         while step < sc.max_steps and last["eval/accuracy"] < sc.target_accuracy:
@@ -86,10 +83,13 @@ def run_sft(cfg: Config, run_dir: Path, model_path: str, task, tokenizer) -> dic
             "examples": len(examples),
             "eval_prompts": len(evaluator.prompt_ids),
             "learner_processes": len(learners),
+            "timing_s/setup": setup_s,
             "timing_s/train": train_s,
             "timing_s/eval": evaluator.seconds,
             "wall_s": time.perf_counter() - t_start,
             "final_dir": str(final_dir),
+            **(task.summary() if hasattr(task, "summary") else {}),
+            **(extra or {}),
         }
         tracker.write_summary(summary)
         return summary
@@ -106,41 +106,37 @@ def run_sft(cfg: Config, run_dir: Path, model_path: str, task, tokenizer) -> dic
 
 
 class _Evaluator:
-    """Greedy completions of the eval prompts on the learners, scored in the driver."""
+    """Greedy completions of the eval prompts on the learners (rank 0), scored in the driver with
+    the run's reward as `train` scores its evals (controller/evaluate.py EvalReward)."""
 
-    def __init__(self, task, tokenizer, score: Score, on_error: str, max_new_tokens: int):
+    def __init__(self, task, tokenizer, score: EvalReward, max_new_tokens: int):
         self.prompts = list(task.eval_prompts)
         if not self.prompts:
             raise ValueError("the task has no eval prompts")
         self.prompt_ids = [list(p.token_ids) for p in self.prompts]
-        self.tokenizer, self.score, self.on_error = tokenizer, score, on_error
+        self.tokenizer, self.score = tokenizer, score
         self.threshold = float(task.cfg.success_threshold)
         self.max_new_tokens = max_new_tokens
         self.seconds = 0.0
         self._ids_ref = None
 
     def __call__(self, learners: Sequence) -> dict[str, float]:
-        """`eval/accuracy` (share with reward >= threshold; an invalid reward counts as a miss),
-        `eval/reward_mean` (over valid rewards), `eval/reward_invalid`, `timing_s/eval`."""
+        """`eval/accuracy` (share of prompts with reward >= threshold; a reward that raises or is
+        not a finite number counts as unsolved), `eval/reward_mean` (over valid rewards),
+        `eval/invalid`, `timing_s/eval`."""
         t0 = time.perf_counter()
         if self._ids_ref is None:
             self._ids_ref = ray.put(self.prompt_ids)
         calls = [a.generate.remote(self._ids_ref, self.max_new_tokens) for a in learners]
         completions = learner_results(list(learners), calls, "generate")[0]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
-        rewards, invalid = [], 0
-        for prompt, text in zip(self.prompts, texts):
-            try:
-                rewards.append(self.score(prompt.text, text, dict(prompt.metadata)))
-            except InvalidReward as err:
-                if self.on_error == "fail":
-                    raise InvalidReward(f"eval prompt {prompt.prompt_id}: reward {err}") from err
-                invalid += 1
+        scored = [self.score(p, text) for p, text in zip(self.prompts, texts)]
+        valid = [r for r in scored if r is not None]
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         return {
-            "eval/accuracy": sum(r >= self.threshold for r in rewards) / len(self.prompts),
-            "eval/reward_mean": sum(rewards) / len(rewards) if rewards else float("nan"),
-            "eval/reward_invalid": float(invalid),
+            "eval/accuracy": sum(r >= self.threshold for r in valid) / len(self.prompts),
+            "eval/reward_mean": sum(valid) / len(valid) if valid else float("nan"),
+            "eval/invalid": float(len(scored) - len(valid)),
             "timing_s/eval": seconds,
         }
