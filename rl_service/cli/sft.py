@@ -51,7 +51,12 @@ def cmd_sft(args) -> int:
 
 
 def register(subparsers) -> None:
-    sp = subparsers.add_parser("sft", help="supervised fine-tuning on a dataset task (warm start before RL)")
+    sp = subparsers.add_parser(
+        "sft",
+        help="supervised fine-tuning on a dataset task (warm start before RL)",
+        description="Fine-tune model.path (or the built tiny model) on the prompt/response rows of a dataset "
+        "task, on the learner processes; writes runs/<name>/final for model.path.",
+    )
     sp.add_argument("config", help="experiment YAML with task.name: dataset")
     sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.sft.max_steps=200")
     sp.set_defaults(fn=cmd_sft)
