@@ -2,6 +2,7 @@
 the exit codes. The commands live one group per module:
 
     train.py        train, build-model
+    sft.py          sft                               (supervised fine-tuning, warm start before RL)
     jobs.py         submit, status, logs, stop, list   (Ray Jobs on a cluster)
     cluster.py      cluster up|down|status            (a loopback Ray cluster on this machine)
     report.py       report                            (PNG plots of a run)
@@ -18,7 +19,7 @@ import argparse
 import sys
 import traceback
 
-from rl_service.cli import cluster, jobs, preference, report, serve, train
+from rl_service.cli import cluster, jobs, preference, report, serve, sft, train
 from rl_service.config import ConfigError
 from rl_service.controller.checkpoint import CheckpointError
 from rl_service.infra.env import project_env
@@ -26,7 +27,7 @@ from rl_service.infra.jobs import JobsError
 
 # In `rl-service --help` order. Each module's register(subparsers) adds its commands and sets
 # `fn=handler(args) -> exit code` on their parsers.
-COMMAND_GROUPS = (train, jobs, cluster, report, serve, preference)
+COMMAND_GROUPS = (train, sft, jobs, cluster, report, serve, preference)
 # Problems the user fixes in what they typed or where they point: exit 2, one line, no traceback.
 USAGE_ERRORS = (ConfigError, CheckpointError, JobsError)
 

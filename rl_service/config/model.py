@@ -27,16 +27,19 @@ class TinyModelConfig(Section):
 
 
 class SFTConfig(Section):
-    """Warm start: supervised fine-tuning on the task until a base accuracy is reached."""
+    """Supervised fine-tuning until a base accuracy is reached: the built model's warm start on
+    the addition / guess_number task, and `rl-service sft` on a dataset task (any model)."""
 
     max_steps: int = Field(3000, ge=0)
     """Upper bound on SFT optimizer steps (0 = keep the random init)."""
     batch_size: int = Field(128, ge=1)
-    """Examples per SFT step."""
+    """Examples per SFT step (split over the learner processes under `rl-service sft`)."""
     lr: float = Field(1e-3, gt=0)
     """AdamW learning rate for SFT."""
     target_accuracy: float = Field(0.3, ge=0, le=1)
-    """Stop SFT once held-out greedy exact match reaches this (leaves RL room to improve)."""
+    """Stop SFT once held-out greedy accuracy reaches this (leaves RL room to improve): exact
+    match on the built-in tasks; on a dataset task the share of eval completions whose reward is
+    >= task.success_threshold."""
     eval_every: int = Field(25, ge=1)
     """Steps between held-out accuracy checks during SFT."""
 
@@ -49,7 +52,8 @@ class ModelConfig(Section):
     build: TinyModelConfig = TinyModelConfig()
     """Shape of the built model (ignored when `path` is set)."""
     sft: SFTConfig = SFTConfig()
-    """Warm start of the built model (ignored when `path` is set)."""
+    """Warm start of the built model (ignored by `train` when `path` is set), and the settings of
+    `rl-service sft` (which fine-tunes `path`, or the built model, on a dataset task)."""
 
     @model_validator(mode="after")
     def _path_exists(self) -> ModelConfig:

@@ -4,6 +4,7 @@
     put_prompts, next_scored, queue_depths           the controller's end of the queues
     train_step, publish, load_published,             one call fanned out to every learner rank
       save_checkpoint, load_checkpoint, save_final     or rollout worker
+    learner_results(learners, refs, what)            ray.get of one call on every learner rank (also sft/loop.py)
     dead_actors, dead_queues, drop_queues,           the steps rl_service/controller/recovery.py
       replace_actor, new_queues, ready, catch_up       composes to replace what died
 
@@ -167,21 +168,7 @@ class Components:
 
     # ------------------------------------------------------------------ learner group and weights
     def _learner_get(self, refs: list, what: str) -> list:
-        """ray.get that fails as soon as one rank fails (its peers may wait forever in a collective);
-        a dead learner process raises LearnerFailure."""
-        waiting = list(refs)
-        try:
-            while waiting:
-                done, waiting = ray.wait(waiting, num_returns=1)
-                ray.get(done)
-            return ray.get(refs)
-        except Exception as err:
-            pings = [learner.__ray_ready__.remote() for learner in self.learners]
-            ray.wait(pings, num_returns=len(pings), timeout=5)
-            dead = [rank for rank, p in enumerate(pings) if _died(p)]
-            if isinstance(err, _CRASHED) or dead:
-                raise LearnerFailure(f"learner {what} failed (dead ranks: {dead}): {_first_line(err)}") from err
-            raise
+        return learner_results(self.learners, refs, what)
 
     def train_step(self, refs: list, group_size: int) -> dict:
         # Every learner rank gets the same list of refs; Ray resolves them in each process.
@@ -235,6 +222,24 @@ class Components:
             if q is not None:
                 q.shutdown()
         placement.release(self.pg)
+
+
+def learner_results(learners: list, refs: list, what: str) -> list:
+    """ray.get that fails as soon as one rank fails (its peers may wait forever in a collective);
+    a dead learner process raises LearnerFailure."""
+    waiting = list(refs)
+    try:
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            ray.get(done)
+        return ray.get(refs)
+    except Exception as err:
+        pings = [learner.__ray_ready__.remote() for learner in learners]
+        ray.wait(pings, num_returns=len(pings), timeout=5)
+        dead = [rank for rank, p in enumerate(pings) if _died(p)]
+        if isinstance(err, _CRASHED) or dead:
+            raise LearnerFailure(f"learner {what} failed (dead ranks: {dead}): {_first_line(err)}") from err
+        raise
 
 
 def _answers(ref) -> bool:

@@ -1,11 +1,12 @@
 """The one place where `ray.remote(...)` and resource options are applied.
 
-Actor bodies (RolloutWorker, RewardScorer, Learner) are plain classes; this module turns
+Actor bodies (RolloutWorker, RewardScorer, Learner, SFTLearner) are plain classes; this module turns
 each into named Ray actors with the resources its config section asks for:
 
     rollout-0..N-1   RolloutWorker   cfg.rollout.resources   (one vLLM engine each)
     reward-0..M-1    RewardScorer    cfg.reward.resources
     learner-0..K-1   Learner         cfg.learner.resources, gang scheduled in one placement group
+                     (SFTLearner on the same processes for `rl-service sft`: make_sft_learners)
     prompt-queue, rollout-queue, scored-queue   RayBatchQueue (no CPU of their own)
 
 A rollout worker, scorer or queue that died is replaced by a new actor of the same name and
@@ -26,7 +27,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rl_service.config import Config, Resources, ServeConfig
+from rl_service.config import Config, LearnerConfig, Resources, ServeConfig
 from rl_service.infra.env import engine_env, free_port
 from rl_service.infra.queues import RayBatchQueue
 from rl_service.testing import faults
@@ -134,9 +135,31 @@ def _learner_actor_class():
 
 
 def make_learners(cfg: Config, model_path: str):
-    """K learner processes in one placement group (all or nothing). Returns (actors, pg)."""
+    """K PPO learner processes in one placement group (all or nothing). Returns (actors, pg)."""
+    lc = cfg.learner
+    return _learner_gang(
+        lc,
+        ray.remote(_learner_actor_class()),
+        lambda rank, addr, port: (lc, model_path, rank, lc.num_workers, addr, port, cfg.seed),
+    )
+
+
+def make_sft_learners(cfg: Config, model_path: str):
+    """The same K processes (learner.num_workers x learner.resources) running SFTLearner
+    (rl_service/sft/learner.py) for `rl-service sft`. Returns (actors, pg)."""
+    from rl_service.sft.learner import SFTLearner
 
     lc = cfg.learner
+    return _learner_gang(
+        lc,
+        ray.remote(SFTLearner),
+        lambda rank, addr, port: (lc, cfg.model.sft, model_path, rank, lc.num_workers, addr, port, cfg.seed),
+    )
+
+
+def _learner_gang(lc: LearnerConfig, actor_cls, args_of: Callable[[int, str, int], tuple]):
+    """`learner-<rank>` actors of `actor_cls`, one per bundle of a PACK placement group, created
+    with `args_of(rank, rendezvous_addr, rendezvous_port)`. Returns (actors, pg)."""
     bundle = {"CPU": lc.resources.num_cpus, "GPU": lc.resources.num_gpus, **lc.resources.custom}
     bundle = {k: v for k, v in bundle.items() if v}
     pg = placement_group([dict(bundle) for _ in range(lc.num_workers)], strategy="PACK", name="learners")
@@ -146,12 +169,11 @@ def make_learners(cfg: Config, model_path: str):
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
         ).remote()
     )
-    cls = ray.remote(_learner_actor_class())
     actors = []
     for rank in range(lc.num_workers):
         opts = actor_options(lc.resources, f"learner-{rank}")
         opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)
-        actors.append(create_named(cls, opts, lc, model_path, rank, lc.num_workers, addr, port, cfg.seed))
+        actors.append(create_named(actor_cls, opts, *args_of(rank, addr, port)))
     return actors, pg
 
 

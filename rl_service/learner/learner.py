@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -27,25 +26,13 @@ from torch import Tensor
 from rl_service.algo.kl import make_kl_controller
 from rl_service.algo.masking import masked_mean, right_pad
 from rl_service.config import LearnerConfig
-from rl_service.learner import fsdp
+from rl_service.learner import export, fsdp
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
 from rl_service.learner.forward import Models, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
 from rl_service.learner.update import ppo_update
 from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
 from rl_service.types import PolicyVersion, Sample, ScoredBatch
-
-# Tokenizer and generation files of the source directory, copied as is by save_hf so the
-# exported directory tokenizes exactly like the source.
-_COPIED_PREFIXES = (
-    "tokenizer",
-    "special_tokens_map",
-    "added_tokens",
-    "vocab",
-    "merges",
-    "chat_template",
-    "generation_config",
-)
 
 
 class Learner:
@@ -241,22 +228,8 @@ class Learner:
 
     def save_hf(self, out_dir: str) -> None:
         """Rank 0 writes an HF directory (config, safetensors, tokenizer files); collective."""
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         assert self.models is not None, "call setup() first"
-        state_dict = fsdp.full_state_dict(self.models.policy)
-        if self.rank == 0:
-            out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            src = Path(self.model_path)
-            for f in src.iterdir():  # tokenizer, generation config, chat template...
-                if f.is_file() and f.name.startswith(_COPIED_PREFIXES):
-                    shutil.copy2(f, out / f.name)
-            config = AutoConfig.from_pretrained(self.model_path)
-            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            plain.load_state_dict(state_dict, strict=True)
-            plain.save_pretrained(out)
-        fsdp.barrier()  # every rank returns only once the directory is complete
+        export.save_hf(self.models.policy, self.model_path, out_dir, self.rank)
 
     # ------------------------------------------------------------ checkpoint
 

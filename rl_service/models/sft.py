@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +28,19 @@ from rl_service.tasks.addition import AdditionTask
 WARMUP_STEPS = 20
 PROBE_STEPS = 6
 """Steps timed per thread count when picking torch threads (see `_pick_threads`)."""
+
+
+def warmup_cosine(max_steps: int) -> Callable[[int], float]:
+    """LR factor of step s: linear warmup (WARMUP_STEPS, at most a tenth of the run), then cosine
+    to 10% over max_steps. SFT usually stops early, long before the decay matters."""
+    warmup = min(WARMUP_STEPS, max(max_steps // 10, 1))
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(max_steps - warmup, 1)))
+
+    return factor
 
 
 def make_sft_batch(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
@@ -84,16 +98,7 @@ def sft_warm_start(
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    warmup = min(WARMUP_STEPS, max(cfg.max_steps // 10, 1))
-    # Linear warmup then cosine to 10% over max_steps: we usually stop early, long before decay matters.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(cfg.max_steps - warmup, 1)))
-        ),
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.max_steps))
     model.train()
     threads_before = torch.get_num_threads()
     step_times: dict[int, list[float]] = {}

@@ -2,13 +2,14 @@
 
 import pytest
 
-from rl_service.cli import cluster, jobs, preference, report, serve, train
+from rl_service.cli import cluster, jobs, preference, report, serve, sft, train
 from rl_service.cli.main import build_parser, main
 from rl_service.config import Config
 from rl_service.controller.run_dir import prepare_run_dir, summary_lines
 
 GROUPS = {
     train: ["train", "build-model"],
+    sft: ["sft"],
     jobs: ["submit", "status", "logs", "stop", "list"],
     cluster: ["cluster"],
     report: ["report"],
@@ -38,7 +39,7 @@ def test_commands_in_help_order_each_handled_by_its_group_module():
                 argv = ["feedback", "export", "--out", "x"]
             elif name in ARGS:
                 argv = [name, *ARGS[name]]
-            elif name in ("submit", "train", "build-model", "train-rm", "train-dpo"):
+            elif name in ("submit", "train", "build-model", "sft", "train-rm", "train-dpo"):
                 argv = [name, "c.yaml"]
             else:
                 argv = [name]
