@@ -42,6 +42,8 @@ class RowPrompt:
     """SFT target: the `response_key` field, or the trailing assistant turn of messages."""
     metadata: dict[str, Any]
     """Every field of the row but the prompt's: keyword arguments of the reward function."""
+    where: str = ""
+    """`file: row N`, for errors found later (no SFT target, a missing chat template)."""
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
@@ -145,7 +147,7 @@ def row_prompt(row: dict[str, Any], cfg: DatasetConfig, where: str) -> RowPrompt
         json.dumps(metadata)
     except (TypeError, ValueError) as err:  # checkpoints store in-flight prompts as JSON
         raise DataError(f"{where}: a field is not JSON-serialisable ({err})") from None
-    return RowPrompt(text, messages, response, metadata)
+    return RowPrompt(text, messages, response, metadata, where)
 
 
 def _string(row: dict[str, Any], key: str, where: str, empty_ok: bool = False) -> str:

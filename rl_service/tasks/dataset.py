@@ -106,8 +106,8 @@ class DatasetTask:
         if turns is None:
             return _Encoded(row.text, tuple(tok(row.text)["input_ids"]))
         if not getattr(tok, "chat_template", None):
-            what = "messages" if row.messages is not None else "task.chat_template: true"
-            raise DataError(f"{self.cfg.train}: {what} needs a chat template, and the model's tokenizer has none")
+            what = "messages need" if row.messages is not None else "task.chat_template: true needs"
+            raise DataError(f"{row.where}: {what} a chat template, and the model's tokenizer has none")
         text = tok.apply_chat_template(list(turns), tokenize=False, add_generation_prompt=True)
         return _Encoded(text, template_ids(tok, list(turns), add_generation_prompt=True))
 
@@ -157,12 +157,11 @@ class DatasetTask:
         no response (task.response_key, or a trailing assistant turn)."""
         rows = self._train_rows_kept if split == "train" else self._eval_rows_kept
         encoded = self._train if split == "train" else [_Encoded(p.text, p.token_ids) for p in self.eval_prompts]
-        path = self.cfg.train if split == "train" else self.cfg.eval or self.cfg.train
         out = []
         for enc, row in zip(encoded, rows):
             if row.response is None:
                 raise DataError(
-                    f"{path}: a row has no response for SFT (field {self.cfg.response_key!r}, or messages "
+                    f"{row.where}: no response for SFT (field {self.cfg.response_key!r}, or messages "
                     "ending in an assistant turn)"
                 )
             out.append(SFTExample(enc.ids, self._response_ids(row, enc)))

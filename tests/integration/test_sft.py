@@ -151,7 +151,7 @@ def test_bad_input_exits_2_with_one_line_before_ray(tmp_path: Path) -> None:
     # so transformers' "Writing model shards" bar may precede the error line)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and proc.stderr.rstrip("\n").endswith(errors[0]) and "Traceback" not in proc.stderr
-    assert "train.jsonl: a row has no response" in errors[0]
+    assert "train.jsonl: row 21: no response for SFT" in errors[0]
     assert not (tmp_path / "runs" / "rev").exists()  # stopped before the run dir (and Ray)
     (tmp_path / "addition.yaml").write_text(f"name: rev\nrun_root: {tmp_path / 'runs'}\n")  # not a dataset task
     proc = _cli("sft", str(tmp_path / "addition.yaml"))
