@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rl_service.config import dump_config
+from rl_service.config import ConfigError, dump_config
 from rl_service.controller.checkpoint import resolve_resume
 
 
@@ -23,6 +23,13 @@ def prepare_run_dir(cfg, keep: bool = False) -> Path:
     if keep and run_dir.is_dir():
         dump_config(cfg, run_dir / "config.yaml")
         return run_dir
+    model_path = getattr(getattr(cfg, "model", None), "path", None)
+    if model_path and run_dir.exists() and run_dir.resolve() in Path(model_path).resolve().parents:
+        # e.g. `rl-service train` with the name of the `rl-service sft` run whose final/ it starts from
+        raise ConfigError(
+            f"model.path {model_path!r} is inside {run_dir}, which this run would move aside: give the run "
+            f"another name (name=...)"
+        )
     if run_dir.exists():  # keep the previous run's outputs: move them aside, never delete
         run_dir.rename(run_dir.with_name(f"{cfg.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}"))
     run_dir.mkdir(parents=True)

@@ -4,7 +4,7 @@ import pytest
 
 from rl_service.cli import cluster, jobs, preference, report, serve, sft, train
 from rl_service.cli.main import build_parser, main
-from rl_service.config import Config
+from rl_service.config import Config, ConfigError
 from rl_service.controller.run_dir import prepare_run_dir, summary_lines
 
 GROUPS = {
@@ -71,6 +71,18 @@ def test_fresh_run_moves_the_previous_one_aside_and_resume_continues_in_place(tm
     assert fresh == first and not (fresh / "metrics.jsonl").exists()
     (moved,) = [p for p in tmp_path.iterdir() if p.name.startswith("exp.prev-")]
     assert (moved / "metrics.jsonl").read_text() == "old\n"
+
+
+def test_a_run_starting_from_a_model_inside_its_own_run_dir_is_refused(tmp_path):
+    sft = Config(name="exp", run_root=str(tmp_path))
+    final = prepare_run_dir(sft) / "final"  # what `rl-service sft` leaves, reused as model.path
+    final.mkdir()
+    (final / "config.json").write_text("{}")
+    rl = Config(name="exp", run_root=str(tmp_path), model={"path": str(final)})
+    with pytest.raises(ConfigError, match="inside .*exp, which this run would move aside"):
+        prepare_run_dir(rl)
+    assert (final / "config.json").is_file() and not [p for p in tmp_path.iterdir() if ".prev-" in p.name]
+    assert prepare_run_dir(Config(name="exp-rl", run_root=str(tmp_path), model={"path": str(final)})).is_dir()
 
 
 def test_summary_lines_report_restarts_only_when_there_were_some(tmp_path):
