@@ -24,16 +24,15 @@ tests/integration/test_engine.py):
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
+from rl_service.models.hf_config import context_length
 from rl_service.rollout.engine import Completion, TokenDelta
 
 
@@ -82,7 +81,7 @@ class VLLMEngine:
         from vllm import LLM
 
         _eager_logprob_ranks()
-        max_len = json.loads((Path(model_path) / "config.json").read_text())["max_position_embeddings"]
+        max_len = context_length(model_path)
         start = time.perf_counter()
         real_set_num_threads = torch.set_num_threads
         try:

@@ -9,14 +9,13 @@ must equal the learner's.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
-from pathlib import Path
 
 from rl_service.config import RolloutConfig
 from rl_service.envs import is_env_prompt, run_episodes
+from rl_service.models.hf_config import context_length
 from rl_service.rollout.engine import make_engine
 from rl_service.rollout.weight_sync import load_verified
 from rl_service.types import PolicyVersion, PromptBatch, RolloutBatch, Sample
@@ -31,8 +30,7 @@ class RolloutWorker:
         threads = max(1, math.floor(cfg.resources.num_cpus))
         self.engine = make_engine(cfg.engine, model_path, seed, threads=threads, gpu=cfg.resources.num_gpus > 0)
         # Token budget of one multi-turn episode: the model's context length.
-        model_cfg = json.loads((Path(model_path) / "config.json").read_text())
-        self.max_tokens = int(model_cfg.get("max_position_embeddings", 2048))
+        self.max_tokens = context_length(model_path)
         self._lock = threading.Lock()
         self._stop = False
         self._calls = 0

@@ -25,16 +25,15 @@ for the stream's generation to end and never changes a response half way.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
-from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from rl_service.config import ServeConfig
+from rl_service.models.hf_config import context_length
 from rl_service.rollout.weight_sync import WeightSyncError, load_verified
 from rl_service.serving import protocol as P
 from rl_service.serving.admission import Admission, EngineSlot, Ticket
@@ -62,7 +61,7 @@ class PolicyServer:
         self.cfg = ServeConfig.model_validate(cfg)
         self.engine = _make_engine(self.cfg, model_path)
         self.tokenizer = self.engine.tokenizer
-        self.context = json.loads((Path(model_path) / "config.json").read_text())["max_position_embeddings"]
+        self.context = context_length(model_path)
         self.store = FeedbackStore(self.cfg.feedback_db, self.cfg.feedback_dsn)
         self.api_key = self.cfg.api_key
         limit = self.cfg.max_ongoing_requests + self.cfg.max_queued_requests
