@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, GenerationConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from rl_service.config import TinyModelConfig
+from rl_service.models.tokenizer import DEFAULT_CHAT_TEMPLATE, build_tokenizer
 
 ARCHITECTURE_NAMES = {"llama": "Llama", "qwen2": "Qwen2", "gpt2": "GPT-2", "mistral": "Mistral"}
 """Display name of each `model.build.architecture`."""
@@ -72,3 +76,23 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
 
 def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def save_random_model(
+    out_dir: str | Path,
+    cfg: TinyModelConfig,
+    corpus: Iterable[str],
+    vocab_size: int = 320,
+    chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+    seed: int = 0,
+) -> Path:
+    """Write a random-init tiny model of `cfg.architecture` and its tokenizer (trained on `corpus`,
+    with `chat_template`) as an HF directory that `model.path` accepts -> `out_dir`."""
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(corpus, vocab_size, chat_template=chat_template)
+    with torch.random.fork_rng(devices=[]):  # seeded init without clobbering the caller's RNG
+        torch.manual_seed(seed)
+        model = build_tiny_model(cfg, tokenizer)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

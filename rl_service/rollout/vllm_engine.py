@@ -186,7 +186,7 @@ class VLLMEngine:
 
     def stream(
         self,
-        prompts: list[str],
+        prompts: list[str] | list[list[int]],
         n: int,
         max_new_tokens: int,
         temperature: float = 1.0,
@@ -219,8 +219,9 @@ class VLLMEngine:
                     detokenize=False,
                     output_kind=RequestOutputKind.DELTA,
                 )
-                # Tokenized here exactly as `generate`'s string prompts are (BOS added).
-                engine.add_request(f"{tag}-{i}", tokens_input(self.tokenizer(prompt)["input_ids"]), params)
+                # A text prompt is tokenized exactly as `generate`'s are (BOS added); ids are used as given.
+                ids = self.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
+                engine.add_request(f"{tag}-{i}", tokens_input(ids), params)
                 running[f"{tag}-{i}"] = i
             while running:
                 for out in engine.step():

@@ -191,14 +191,18 @@ class PolicyServer:
         req = P.parse(P.ChatRequest if chat else P.CompletionRequest, await read_body(request, self.cfg.max_body_bytes))
         check_model(req.model, self.cfg.model_name)
         P.check_sampling(req, self.cfg.max_tokens, self.cfg.max_n)
+        # The engine gets token ids: a chat's are its template's own (P.chat_prompt_ids), so
+        # re-tokenising rendered text can never change them; the text is what gets recorded.
         if chat:
             prompts = [P.render_chat(req.messages, self.tokenizer)]
+            prompt_ids = [P.chat_prompt_ids(req.messages, self.tokenizer)]
         else:
             prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
             if not prompts:
                 raise P.APIError(400, "prompt must not be empty", param="prompt")
+            prompt_ids = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
         max_tokens, prompt_tokens = fit_context(
-            self.tokenizer, self.context, prompts, P.requested_max_tokens(req), self.cfg.default_max_tokens
+            self.context, prompt_ids, P.requested_max_tokens(req), self.cfg.default_max_tokens
         )
         sampling = dict(
             n=req.n,
@@ -211,7 +215,7 @@ class PolicyServer:
         per_choice = [p for p in prompts for _ in range(req.n)]
         if req.stream:
             include_usage = req.stream_options is not None and req.stream_options.include_usage
-            feed, version = await open_stream(self.engine, self.slot, ticket, prompts, sampling)
+            feed, version = await open_stream(self.engine, self.slot, ticket, prompt_ids, sampling)
             model = P.served_model(self.cfg.model_name, version)
 
             async def record(choices: list[tuple[str, str]]) -> None:
@@ -233,7 +237,7 @@ class PolicyServer:
         engine = self.engine
 
         def generate():
-            return engine.generate(prompts, **sampling), engine.version
+            return engine.generate_ids(prompt_ids, **sampling), engine.version
 
         groups, version = await self.slot.call(generate)
         comps = [c for g in groups for c in g]
