@@ -22,7 +22,7 @@ def cmd_sft(args) -> int:
     from rl_service.controller.run_dir import open_run_dir
     from rl_service.infra.session import ray_session
     from rl_service.models.build import ensure_model
-    from rl_service.models.context import context_length
+    from rl_service.models.hf_config import context_length
     from rl_service.sft.batches import fit_context
     from rl_service.sft.loop import run_sft
     from rl_service.tasks import bind_task, make_task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -10,8 +11,13 @@ from rl_service.config.base import Section
 
 
 class TinyModelConfig(Section):
-    """Shape of the small Llama-style model the project builds itself."""
+    """Shape of the small model the project builds itself (random init, then SFT)."""
 
+    architecture: Literal["llama", "qwen2", "gpt2", "mistral"] = "llama"
+    """HF architecture of the built model (`AutoConfig.for_model` name). The fields below map
+    onto each one's config (GPT-2: n_embd, n_layer, n_head, n_inner, n_positions); word
+    embeddings are tied or untied as the architecture defaults (GPT-2 ties them; Llama, Qwen2
+    and Mistral do not)."""
     hidden_size: int = 128
     """Width of the residual stream."""
     num_layers: int = 4

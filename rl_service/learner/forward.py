@@ -59,7 +59,7 @@ def critic_values(critic: nn.Module, input_ids: Tensor, attention_mask: Tensor) 
     """
     T = input_ids.shape[1]
     ids, am, L = _trimmed(input_ids, attention_mask)
-    values = critic(input_ids=ids, attention_mask=am, use_cache=False).logits[:, :-1, 0].float()
+    values = critic(input_ids=ids, attention_mask=am)[:, :-1]  # ValueModel: [b, L] -> [b, L-1]
     return F.pad(values, (0, T - L))
 
 

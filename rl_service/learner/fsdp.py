@@ -54,21 +54,39 @@ def init_distributed(
     return device, mesh
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of an HF model (`model.model.layers` for Llama-style heads)."""
-    layers = getattr(model.base_model, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"{type(model).__name__}: cannot find decoder layers at base_model.layers")
-    return layers
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a model, whatever its architecture, in module order.
+
+    HF models name their block classes in `_no_split_modules` (Llama: LlamaDecoderLayer,
+    GPT-2: GPT2Block); the outermost modules of those classes are the blocks. A model that
+    names none falls back to its longest ModuleList of same-class children (the layer stack).
+    """
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
+    blocks: list[nn.Module] = []
+    inside: set[int] = set()  # ids of modules under a block already taken
+    for m in model.modules():
+        if id(m) in inside:
+            continue
+        if type(m).__name__ in names:
+            blocks.append(m)
+            inside.update(id(sub) for sub in m.modules())
+    if blocks:
+        return blocks
+    stacks = [
+        m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1
+    ]
+    if not stacks:
+        raise TypeError(f"{type(model).__name__}: no decoder blocks found (no _no_split_modules, no ModuleList)")
+    return list(max(stacks, key=len))
 
 
 def shard(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
-    """fully_shard each decoder layer, then the root (embeddings, final norm, head).
+    """fully_shard each decoder block, then the root (embeddings, final norm, heads).
 
-    Per-layer units let FSDP gather one block at a time instead of the whole model.
+    Per-block units let FSDP gather one block at a time instead of the whole model.
     """
-    for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh)
+    for block in decoder_layers(model):
+        fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 

@@ -28,6 +28,7 @@ from rl_service.algo.masking import masked_mean, right_pad
 from rl_service.config import LearnerConfig
 from rl_service.learner import export, fsdp
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
+from rl_service.learner.critic import load_value_model
 from rl_service.learner.forward import Models, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
 from rl_service.learner.update import ppo_update
@@ -66,7 +67,7 @@ class Learner:
 
     def setup(self) -> dict:
         """Join the process group, load and shard policy / reference / critic, build optimizers."""
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+        from transformers import AutoModelForCausalLM
 
         # FSDP2 warns that the critic's output is a view (in-place ops on it would skip a hook);
         # the learner never modifies model outputs in place.
@@ -83,16 +84,8 @@ class Learner:
         if self.cfg.kl.penalised or self.cfg.kl.measure_every > 0:
             reference = copy.deepcopy(policy).requires_grad_(False)
         critic = None
-        if self.cfg.advantage.uses_critic:
-            # Same backbone weights, a new 1-output `score` head; no dropout before the head.
-            critic_config = AutoConfig.from_pretrained(self.model_path, num_labels=1, classifier_dropout=0.0)
-            critic = AutoModelForTokenClassification.from_pretrained(
-                self.model_path, config=critic_config, dtype=torch.float32
-            )
-            with torch.no_grad():  # V = 0 at the start: no bias toward any return scale
-                critic.score.weight.zero_()
-                if critic.score.bias is not None:
-                    critic.score.bias.zero_()
+        if self.cfg.advantage.uses_critic:  # same backbone weights, a new zero value head
+            critic = load_value_model(self.model_path, torch.float32)
         num_params = sum(p.numel() for p in policy.parameters())
         for m in (policy, reference, critic):
             if m is not None:

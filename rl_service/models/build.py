@@ -1,4 +1,4 @@
-"""Build (or reuse) the tiny model: tokenizer -> random Llama -> SFT -> HF directory.
+"""Build (or reuse) the tiny model: tokenizer -> random model (model.build.architecture) -> SFT -> HF directory.
 
 The cache key hashes everything that changes the weights (task, shape, SFT, seed,
 FORMAT_VERSION), so `<cache_dir>/tiny-<key>` is a pure function of the config. Builds
@@ -33,9 +33,18 @@ def _task_key(task_cfg: TaskConfig) -> dict:
     return task
 
 
+def _build_key(model_cfg: ModelConfig) -> dict:
+    """The model shape's part of the key; the default architecture (llama) is left out, so the
+    keys of models built before `architecture` existed stay the same."""
+    build = model_cfg.build.model_dump(mode="json")
+    if build["architecture"] == "llama":
+        del build["architecture"]
+    return build
+
+
 def cache_key(model_cfg: ModelConfig, task_cfg: TaskConfig, seed: int) -> str:
     payload = {
-        "build": model_cfg.build.model_dump(mode="json"),
+        "build": _build_key(model_cfg),
         "sft": model_cfg.sft.model_dump(mode="json"),
         "task": _task_key(task_cfg),
         "seed": seed,
@@ -79,7 +88,7 @@ def _build_into(out: Path, model_cfg: ModelConfig, task_cfg: TaskConfig, seed: i
     import torch  # heavy imports only when actually building
 
     from rl_service.models.sft import sft_warm_start
-    from rl_service.models.tiny import build_tiny_model, num_params
+    from rl_service.models.tiny import ARCHITECTURE_NAMES, build_tiny_model, num_params
     from rl_service.models.tokenizer import build_tokenizer
     from rl_service.tasks import make_task
 
@@ -92,7 +101,8 @@ def _build_into(out: Path, model_cfg: ModelConfig, task_cfg: TaskConfig, seed: i
     n = num_params(model)
     b = model_cfg.build
     print(
-        f"[models] building tiny Llama ({n / 1e6:.2f}M params, hidden {b.hidden_size}, {b.num_layers} layers, "
+        f"[models] building tiny {ARCHITECTURE_NAMES[b.architecture]} ({n / 1e6:.2f}M params, "
+        f"hidden {b.hidden_size}, {b.num_layers} layers, "
         f"vocab {len(tokenizer)}) + SFT to {model_cfg.sft.target_accuracy:.0%} held-out accuracy",
         flush=True,
     )

@@ -110,7 +110,7 @@ class RewardModelWithLM(torch.nn.Module):
         self.rm, self.lm_head = rm, lm_head
 
     @property
-    def base_model(self):  # where fsdp.decoder_layers looks for the blocks
+    def base_model(self):  # the backbone, as on an HF model
         return self.rm.base_model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,7 +83,7 @@ class Engine(Protocol):
 
     def stream(
         self,
-        prompts: list[str],
+        prompts: list[str] | list[list[int]],
         n: int,
         max_new_tokens: int,
         temperature: float = 1.0,
@@ -91,7 +91,9 @@ class Engine(Protocol):
         seed: int | None = None,
     ) -> Iterator[TokenDelta]:
         """`generate`, yielding each choice's new tokens as the engine produces them. Greedy
-        gives the same tokens as `generate`. Closing the iterator early aborts the requests."""
+        gives the same tokens as `generate`. Closing the iterator early aborts the requests.
+        A prompt is a text (tokenized as `generate` does) or token ids (used as given, as
+        `generate_ids` does)."""
         ...
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:

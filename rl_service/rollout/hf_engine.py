@@ -115,7 +115,7 @@ class HFEngine:
     @torch.no_grad()
     def stream(
         self,
-        prompts: list[str],
+        prompts: list[str] | list[list[int]],
         n: int,
         max_new_tokens: int,
         temperature: float = 1.0,
@@ -128,7 +128,8 @@ class HFEngine:
         reproducible with `seed` but not draw-for-draw equal to `generate`'s sampler."""
         greedy = temperature == 0
         per_prompt = 1 if greedy else n
-        rows = [ids for ids in self.tokenizer(prompts)["input_ids"] for _ in range(per_prompt)]
+        prompt_ids = [self.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
+        rows = [ids for ids in prompt_ids for _ in range(per_prompt)]
         ids, mask = left_pad(rows, self.pad_id)  # [R, P]
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [R, P]: padding does not shift positions

@@ -24,16 +24,15 @@ tests/integration/test_engine.py):
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
+from rl_service.models.hf_config import context_length
 from rl_service.rollout.engine import Completion, TokenDelta
 
 
@@ -82,7 +81,7 @@ class VLLMEngine:
         from vllm import LLM
 
         _eager_logprob_ranks()
-        max_len = json.loads((Path(model_path) / "config.json").read_text())["max_position_embeddings"]
+        max_len = context_length(model_path)
         start = time.perf_counter()
         real_set_num_threads = torch.set_num_threads
         try:
@@ -187,7 +186,7 @@ class VLLMEngine:
 
     def stream(
         self,
-        prompts: list[str],
+        prompts: list[str] | list[list[int]],
         n: int,
         max_new_tokens: int,
         temperature: float = 1.0,
@@ -220,8 +219,9 @@ class VLLMEngine:
                     detokenize=False,
                     output_kind=RequestOutputKind.DELTA,
                 )
-                # Tokenized here exactly as `generate`'s string prompts are (BOS added).
-                engine.add_request(f"{tag}-{i}", tokens_input(self.tokenizer(prompt)["input_ids"]), params)
+                # A text prompt is tokenized exactly as `generate`'s are (BOS added); ids are used as given.
+                ids = self.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
+                engine.add_request(f"{tag}-{i}", tokens_input(ids), params)
                 running[f"{tag}-{i}"] = i
             while running:
                 for out in engine.step():

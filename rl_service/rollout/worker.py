@@ -15,7 +15,7 @@ import time
 
 from rl_service.config import RolloutConfig
 from rl_service.envs import is_env_prompt, run_episodes
-from rl_service.models.context import context_length
+from rl_service.models.hf_config import context_length
 from rl_service.rollout.engine import make_engine
 from rl_service.rollout.weight_sync import load_verified
 from rl_service.types import PolicyVersion, PromptBatch, RolloutBatch, Sample

@@ -56,10 +56,10 @@ def check_model(name: str, served: str) -> None:
         )
 
 
-def fit_context(tokenizer, context: int, prompts: list[str], asked: int | None, default: int) -> tuple[int, int]:
+def fit_context(context: int, prompt_ids: list[list[int]], asked: int | None, default: int) -> tuple[int, int]:
     """-> (max_tokens, prompt tokens of all prompts); 400 when the longest prompt plus max_tokens
     exceeds the model's `context`. `asked` None: `default`, cut to the room left."""
-    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    lengths = [len(ids) for ids in prompt_ids]
     longest = max(lengths)
     room = context - longest
     if room < 1:

@@ -25,16 +25,15 @@ for the stream's generation to end and never changes a response half way.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
-from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from rl_service.config import ServeConfig
+from rl_service.models.hf_config import context_length
 from rl_service.rollout.weight_sync import WeightSyncError, load_verified
 from rl_service.serving import protocol as P
 from rl_service.serving.admission import Admission, EngineSlot, Ticket
@@ -62,7 +61,7 @@ class PolicyServer:
         self.cfg = ServeConfig.model_validate(cfg)
         self.engine = _make_engine(self.cfg, model_path)
         self.tokenizer = self.engine.tokenizer
-        self.context = json.loads((Path(model_path) / "config.json").read_text())["max_position_embeddings"]
+        self.context = context_length(model_path)
         self.store = FeedbackStore(self.cfg.feedback_db, self.cfg.feedback_dsn)
         self.api_key = self.cfg.api_key
         limit = self.cfg.max_ongoing_requests + self.cfg.max_queued_requests
@@ -192,14 +191,18 @@ class PolicyServer:
         req = P.parse(P.ChatRequest if chat else P.CompletionRequest, await read_body(request, self.cfg.max_body_bytes))
         check_model(req.model, self.cfg.model_name)
         P.check_sampling(req, self.cfg.max_tokens, self.cfg.max_n)
+        # The engine gets token ids: a chat's are its template's own (P.chat_prompt_ids), so
+        # re-tokenising rendered text can never change them; the text is what gets recorded.
         if chat:
             prompts = [P.render_chat(req.messages, self.tokenizer)]
+            prompt_ids = [P.chat_prompt_ids(req.messages, self.tokenizer)]
         else:
             prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
             if not prompts:
                 raise P.APIError(400, "prompt must not be empty", param="prompt")
+            prompt_ids = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
         max_tokens, prompt_tokens = fit_context(
-            self.tokenizer, self.context, prompts, P.requested_max_tokens(req), self.cfg.default_max_tokens
+            self.context, prompt_ids, P.requested_max_tokens(req), self.cfg.default_max_tokens
         )
         sampling = dict(
             n=req.n,
@@ -212,7 +215,7 @@ class PolicyServer:
         per_choice = [p for p in prompts for _ in range(req.n)]
         if req.stream:
             include_usage = req.stream_options is not None and req.stream_options.include_usage
-            feed, version = await open_stream(self.engine, self.slot, ticket, prompts, sampling)
+            feed, version = await open_stream(self.engine, self.slot, ticket, prompt_ids, sampling)
             model = P.served_model(self.cfg.model_name, version)
 
             async def record(choices: list[tuple[str, str]]) -> None:
@@ -234,7 +237,7 @@ class PolicyServer:
         engine = self.engine
 
         def generate():
-            return engine.generate(prompts, **sampling), engine.version
+            return engine.generate_ids(prompt_ids, **sampling), engine.version
 
         groups, version = await self.slot.call(generate)
         comps = [c for g in groups for c in g]

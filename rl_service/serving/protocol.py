@@ -185,15 +185,32 @@ SIMPLE_CHAT_TEMPLATE = "{role}: {content}\n"
 then `assistant:` to cue the reply."""
 
 
+def _turns(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.text()} for m in messages]
+
+
 def render_chat(messages: list[ChatMessage], tokenizer) -> str:
     """Prompt text for a chat: the tokenizer's chat template, else SIMPLE_CHAT_TEMPLATE.
     The template's BOS is not repeated: the engine's tokenizer adds its own."""
-    turns = [{"role": m.role, "content": m.text()} for m in messages]
+    turns = _turns(messages)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         bos = tokenizer.bos_token
         return text[len(bos) :] if bos and text.startswith(bos) else text
     return "".join(SIMPLE_CHAT_TEMPLATE.format(**t) for t in turns) + "assistant:"
+
+
+def chat_prompt_ids(messages: list[ChatMessage], tokenizer) -> list[int]:
+    """The prompt token ids of a chat, as the engine gets them. With a chat template: exactly
+    `tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)` (the
+    template's own special tokens, nothing re-tokenised, so no doubled BOS); without one:
+    SIMPLE_CHAT_TEMPLATE's text tokenised as a completion prompt is."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            _turns(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return [int(t) for t in ids]
+    return list(tokenizer(render_chat(messages, tokenizer))["input_ids"])
 
 
 def apply_stop(text: str, stop: str | list[str] | None, finish_reason: str) -> tuple[str, str]:

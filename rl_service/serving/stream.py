@@ -55,11 +55,11 @@ class DeltaFeed:
         return await self.queue.get()
 
 
-async def open_stream(engine, slot: EngineSlot, ticket: Ticket, prompts: list[str], sampling: dict):
-    """Start `engine.stream(prompts, **sampling)` in a pool thread holding the engine slot, and
-    return once it holds the engine: (feed of its deltas, the policy version producing them).
-    The stream owns `ticket` from here: it is released when the generation ends, sent or not.
-    500 envelope when the engine fails before its first delta."""
+async def open_stream(engine, slot: EngineSlot, ticket: Ticket, prompts: list[str] | list[list[int]], sampling: dict):
+    """Start `engine.stream(prompts, **sampling)` (prompts: texts or token ids) in a pool thread
+    holding the engine slot, and return once it holds the engine: (feed of its deltas, the
+    policy version producing them). The stream owns `ticket` from here: it is released when the
+    generation ends, sent or not. 500 envelope when the engine fails before its first delta."""
 
     def produce(put: Put, cancel: threading.Event) -> None:
         try:

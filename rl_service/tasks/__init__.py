@@ -29,7 +29,7 @@ def bind_task(task, model_path: str, max_new_tokens: int):
     if isinstance(task, DatasetTask):
         from transformers import AutoTokenizer
 
-        from rl_service.models.context import context_length
+        from rl_service.models.hf_config import context_length
 
         room = context_length(model_path) - max_new_tokens
         task.bind(AutoTokenizer.from_pretrained(model_path), max_prompt_tokens=max(room, 1))

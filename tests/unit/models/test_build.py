@@ -88,3 +88,17 @@ def test_model_path_is_passed_through(tmp_path):
     assert ensure_model(cfg, TASK, seed=0) == tmp_path
     assert not (tmp_path / "cache").exists()
     assert load_build_info(tmp_path) is None
+
+
+def test_architecture_is_in_the_key_except_the_default_llama(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path)
+    llama = cfg.model_copy(update={"build": cfg.build.model_copy(update={"architecture": "llama"})})
+    assert cache_key(llama, TASK, 0) == cache_key(cfg, TASK, 0)  # keys of pre-architecture builds kept
+    keys = {cache_key(cfg.model_copy(update={"build": cfg.build.model_copy(update={"architecture": a})}), TASK, 0)
+            for a in ("llama", "qwen2", "gpt2", "mistral")}  # fmt: skip
+    assert len(keys) == 4
+    gpt2 = cfg.model_copy(update={"build": cfg.build.model_copy(update={"architecture": "gpt2"})})
+    path = ensure_model(gpt2, TASK, seed=0, progress=False)
+    assert "building tiny GPT-2" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert type(model).__name__ == "GPT2LMHeadModel" and load_build_info(path)["sft_steps"] == 20

@@ -114,3 +114,52 @@ def test_thread_probe_keeps_the_faster_count():
         assert _pick_threads(3, 1, {}) == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "arch, cls, tied",
+    [
+        ("llama", "LlamaForCausalLM", False),
+        ("qwen2", "Qwen2ForCausalLM", False),
+        ("gpt2", "GPT2LMHeadModel", True),
+        ("mistral", "MistralForCausalLM", False),
+    ],
+)
+def test_builds_every_architecture_with_the_same_shape_fields(arch, cls, tied, tok, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl_service.models.tiny import save_random_model
+
+    cfg = CFG.model_copy(update={"architecture": arch})
+    torch.manual_seed(0)
+    model = build_tiny_model(cfg, tok)
+    c = model.config
+    assert type(model).__name__ == cls and c.model_type == arch
+    # The HF attribute map reads GPT-2's n_embd / n_layer / n_head / n_positions under these names.
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.max_position_embeddings) == (32, 2, 1, 32)
+    assert c.tie_word_embeddings == tied and (model.lm_head.weight is model.get_input_embeddings().weight) == tied
+    assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model(torch.tensor([tok("3+4=").input_ids])).logits.shape == (1, 5, c.vocab_size)
+    out = save_random_model(tmp_path / arch, cfg, ["3+4=7"], seed=0)
+    again = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert type(again).__name__ == cls and AutoTokenizer.from_pretrained(out).chat_template
+
+
+def test_llama_build_is_the_model_built_before_architectures(tok):
+    """The default architecture builds exactly the Llama it always did (cached builds stay valid)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=(len(tok) + 7) // 8 * 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=32, max_position_embeddings=32,
+        tie_word_embeddings=False, rms_norm_eps=1e-5, dtype="float32", **ids,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    before = LlamaForCausalLM(config).to(torch.float32)
+    before.generation_config = GenerationConfig(**ids)
+    torch.manual_seed(0)
+    now = build_tiny_model(CFG, tok)
+    assert now.config.to_dict() == before.config.to_dict()
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in now.state_dict().items())

@@ -41,3 +41,24 @@ def test_save_and_reload_with_auto_tokenizer(tok, tmp_path):
     )
     batch = loaded(["1+2=", "37+48="], padding=True, padding_side="left")
     assert batch.input_ids[0][:2] == [loaded.pad_token_id] * 2 and batch.attention_mask[0][:2] == [0, 0]
+
+
+def test_no_chat_template_unless_asked(tok):
+    assert tok.chat_template is None
+
+
+def test_default_chat_template_ids(tmp_path):
+    from rl_service.models.tokenizer import DEFAULT_CHAT_TEMPLATE
+
+    tok = build_tokenizer(CORPUS + ["system user assistant"] * 5, vocab_size=300, chat_template=DEFAULT_CHAT_TEMPLATE)
+    chat = [{"role": "system", "content": "add"}, {"role": "user", "content": "12+34="}]
+    text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert text == "<s>system:\nadd\nuser:\n12+34=\nassistant:\n"
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert ids == tok(text, add_special_tokens=False).input_ids and ids.count(tok.bos_token_id) == 1
+    # An assistant turn ends with EOS, and the generation prompt's ids are a prefix of the full chat's.
+    full = tok.apply_chat_template(chat + [{"role": "assistant", "content": "46"}], tokenize=True, return_dict=False)
+    assert full[: len(ids)] == ids and tok.decode(full[len(ids) :]) == "46</s>\n"
+    assert full[-2] == tok.eos_token_id
+    tok.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).chat_template == DEFAULT_CHAT_TEMPLATE

@@ -1,0 +1,262 @@
+"""Any HF causal LM that vLLM runs: Llama, Qwen2, GPT-2 and Mistral, each a random-init tiny model
+with a chat-template tokenizer (models/tiny.save_random_model), through every component.
+
+Per architecture (module-scoped fixtures, so each engine and the learner run start once):
+vLLM generates from chat-template ids and scores like transformers; the FSDP2 learner (1 gloo
+rank, a spawned process) trains one GAE step with its critic and one GRPO step; the published
+state dict loads into vLLM and into the HF engine with the weight-sync probe within
+`rollout.verify_tolerance`; the export (Learner.save_hf) loads in transformers, and in vLLM as the
+engine of a Serve replica (`rl-service serve`'s app) that answers a chat completion with the
+model's own template ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rl_service.config import LearnerConfig, RolloutConfig, ServeConfig, TinyModelConfig
+from rl_service.infra.env import free_port
+from rl_service.models.tiny import save_random_model
+from rl_service.rollout.weight_sync import WeightSyncError, load_verified, max_probe_diff
+from rl_service.types import Sample, ScoredBatch
+
+ARCHITECTURES = ["llama", "qwen2", "gpt2", "mistral"]
+GROUP = 4
+TOLERANCE = RolloutConfig().verify_tolerance
+CHAT = [{"role": "system", "content": "add the numbers"}, {"role": "user", "content": "12+34="}]
+CORPUS = [f"{a}+{b}={a + b}" for a in range(40) for b in range(40)] + ["system user assistant add the numbers"]
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model_dir(arch, tmp_path_factory) -> Path:
+    shape = TinyModelConfig(architecture=arch, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+    return save_random_model(tmp_path_factory.mktemp(arch) / "model", shape, CORPUS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def template_ids(tokenizer, messages=CHAT) -> list[int]:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+
+def probes(tokenizer) -> list[list[int]]:
+    """Two probe sequences: the chat prompt with an answer, and a plain one."""
+    answer = tokenizer("46", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return [template_ids(tokenizer) + answer, tokenizer("7+8=15")["input_ids"]]
+
+
+def _batches(tokenizer) -> list[ScoredBatch]:
+    """4 chat prompts x GROUP random responses (ending in EOS), 0/1 rewards."""
+    rng = random.Random(0)
+    samples, rewards = [], []
+    for pid in range(4):
+        text = f"{rng.randrange(40)}+{rng.randrange(40)}="
+        prompt_ids = tuple(template_ids(tokenizer, [{"role": "user", "content": text}]))
+        for k in range(GROUP):
+            resp = tuple(rng.randrange(3, len(tokenizer)) for _ in range(rng.randint(1, 5))) + (tokenizer.eos_token_id,)
+            samples.append(
+                Sample(
+                    sample_id=f"{pid}/{k}",
+                    prompt_id=pid,
+                    prompt_text=text,
+                    prompt_ids=prompt_ids,
+                    response_ids=resp,
+                    response_logprobs=tuple(-1.0 for _ in resp),
+                    response_text="x",
+                    policy_version=0,
+                    finish_reason="stop",
+                )
+            )
+            rewards.append(float(rng.random() < 0.5))
+    return [
+        ScoredBatch(
+            batch_id=0,
+            samples=tuple(samples),
+            rewards=tuple(rewards),
+            dropped=(),
+            policy_version=0,
+            generate_s=0.0,
+            reward_s=0.0,
+        )
+    ]
+
+
+def _learner_config(advantage: str) -> LearnerConfig:
+    kind = {"type": "gae", "critic_lr": 5e-4} if advantage == "gae" else {"type": "grpo"}
+    return LearnerConfig(
+        num_workers=1,
+        backend="gloo",
+        advantage=kind,
+        lr=5e-4,
+        ppo_epochs=1,
+        num_minibatches=1,
+        micro_batch_size=16,
+        kl={"estimator": "k3", "placement": "loss", "coef": 0.05},
+        behavior_logprobs="learner",
+    )
+
+
+def _learn(rank: int, model_dir: str, out: str) -> None:
+    """Spawned: one GAE learner (train step, publish, export) then one GRPO learner (train step,
+    publish), each on its own 1-rank gloo group."""
+    from transformers import AutoTokenizer
+
+    from rl_service.learner.learner import Learner
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    batches, result = _batches(tok), {}
+    for advantage in ("gae", "grpo"):
+        learner = Learner(_learner_config(advantage), model_dir, 0, 1, "127.0.0.1", free_port(), seed=0)
+        try:
+            info = learner.setup()
+            metrics = learner.train_step(batches, GROUP)
+            version, state_dict = learner.publish(1, probes(tok))
+            if advantage == "gae":
+                learner.save_hf(str(Path(out) / "export"))
+            result[advantage] = {"info": info, "metrics": metrics, "version": version, "state_dict": state_dict}
+        finally:
+            learner.shutdown()
+    torch.save(result, Path(out) / "learned.pt")
+
+
+@pytest.fixture(scope="module")
+def learned(arch, model_dir, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp(f"{arch}-learner")
+    ctx = mp.spawn(_learn, nprocs=1, join=False, args=(str(model_dir), str(out)))
+    while not ctx.join():  # raises with the child's traceback if it failed
+        pass
+    result = torch.load(out / "learned.pt", weights_only=False)
+    result["export"] = out / "export"
+    return result
+
+
+@pytest.fixture(scope="module")
+def vllm(arch, model_dir):
+    from rl_service.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(str(model_dir), kv_cache_gib=0.0625, seed=0, cpu_threads=1, block_size=32)
+    yield engine
+    del engine
+
+
+@pytest.fixture(scope="module")
+def serve_url():
+    """A private Ray + Serve for the module (one app per architecture is deployed on it)."""
+    from ray import serve
+
+    from rl_service.infra.session import local_ray
+
+    with local_ray(num_cpus=2, prefix="rls-arch-"):
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            serve.shutdown()
+
+
+def test_learner_trains_gae_with_critic_and_grpo(arch, learned, model_dir):
+    from safetensors.torch import load_file
+
+    initial = load_file(str(model_dir / "model.safetensors"))
+    for advantage in ("gae", "grpo"):
+        res = learned[advantage]
+        m, sd = res["metrics"], res["state_dict"]
+        assert res["info"]["critic"] == (advantage == "gae")
+        assert m["train/optimizer_steps"] == 1 and m["train/skipped_steps"] == 0, (advantage, m)
+        assert ("loss/value" in m) == (advantage == "gae")
+        assert all(math.isfinite(v) for v in m.values()), m
+        moved = max(float((sd[k] - initial[k]).abs().max()) for k in initial)
+        assert moved > 1e-4, (advantage, moved)  # one AdamW step at lr 5e-4 moves every weight ~lr
+        assert set(initial) <= set(sd)
+
+
+def test_vllm_generates_and_scores_like_transformers(arch, vllm, tokenizer, model_dir):
+    from transformers import AutoModelForCausalLM
+
+    prompt = template_ids(tokenizer)
+    (group,) = vllm.generate_ids([prompt], n=2, max_new_tokens=8, seed=3)
+    assert [c.prompt_ids for c in group] == [tuple(prompt)] * 2
+    assert all(1 <= len(c.token_ids) <= 8 and len(c.logprobs) == len(c.token_ids) for c in group)
+    # The engine's logprobs of what it generated are the model's (transformers on the same weights).
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    seq = prompt + list(group[0].token_ids)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0, :-1], -1)
+    ref = logp.gather(-1, torch.tensor(seq[1:])[:, None])[:, 0][len(prompt) - 1 :]
+    assert max(abs(a - b) for a, b in zip(group[0].logprobs, ref.tolist())) < TOLERANCE
+
+
+def test_weight_sync_probe_holds_in_vllm_and_hf(arch, learned, vllm, model_dir):
+    from rl_service.rollout.hf_engine import HFEngine
+
+    hf = HFEngine(str(model_dir), device="cpu")
+    for engine in (vllm, hf):
+        for version, advantage in enumerate(("gae", "grpo"), start=1):
+            pv, sd = learned[advantage]["version"], learned[advantage]["state_dict"]
+            pv = dataclasses.replace(pv, version=version)
+            stale = max_probe_diff(pv.probe_logprobs, engine.score([list(p) for p in pv.probe_ids]))
+            assert stale > TOLERANCE  # the trained weights really differ from what the engine holds
+            got = load_verified(engine, sd, pv, TOLERANCE, f"{arch} {type(engine).__name__}")
+            assert got["probe_max_diff"] <= TOLERANCE and engine.version == version
+    # The probe bites: the GAE weights (right checksum) against the GRPO learner's probe logprobs.
+    wrong = dataclasses.replace(learned["gae"]["version"], version=3, probe_logprobs=pv.probe_logprobs)
+    with pytest.raises(WeightSyncError, match="probe logprobs differ"):
+        load_verified(hf, learned["gae"]["state_dict"], wrong, TOLERANCE, "hf")
+
+
+def test_export_loads_in_transformers(arch, learned, tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    export = learned["export"]
+    model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
+    sd = learned["gae"]["state_dict"]
+    assert all(torch.equal(model.state_dict()[k], sd[k]) for k in sd)
+    assert model.config.tie_word_embeddings == (arch == "gpt2")
+    exported_tok = AutoTokenizer.from_pretrained(export)
+    assert exported_tok.chat_template == tokenizer.chat_template
+    assert template_ids(exported_tok) == template_ids(tokenizer)
+
+
+def test_serve_answers_chat_through_the_template_on_the_export(arch, learned, serve_url):
+    """The export loads in vLLM (the replica's engine) and a chat completion's prompt is exactly
+    the template's ids; greedy, its answer equals the HF engine's from those ids."""
+    from ray import serve
+    from transformers import AutoTokenizer
+
+    from rl_service.infra.placement import serve_app
+    from rl_service.rollout.hf_engine import HFEngine
+
+    export = str(learned["export"])
+    cfg = ServeConfig(engine={"name": "vllm", "kv_cache_gib": 0.0625}, feedback_db=str(Path(export) / "fb.sqlite"))
+    serve.run(serve_app(cfg, export), name=f"arch-{arch}", route_prefix="/")
+    try:
+        body = {"model": "policy", "messages": CHAT, "max_tokens": 6, "temperature": 0}
+        resp = httpx.post(f"{serve_url}/v1/chat/completions", json=body, timeout=120)
+        assert resp.status_code == 200, resp.text
+    finally:
+        serve.delete(f"arch-{arch}")
+    ids = template_ids(AutoTokenizer.from_pretrained(export))
+    answer = resp.json()
+    assert answer["usage"]["prompt_tokens"] == len(ids)
+    (expected,) = HFEngine(export, device="cpu").generate_ids([ids], n=1, max_new_tokens=6, temperature=0)[0]
+    assert answer["choices"][0]["message"]["content"] == expected.text
+    assert answer["usage"]["completion_tokens"] == len(expected.token_ids)
