@@ -21,14 +21,21 @@ from rl_service.config import ModelConfig, TaskConfig
 FORMAT_VERSION = 1
 """Bump when the build recipe changes so old cached models are not reused."""
 BUILD_INFO = "build_info.json"
+DATASET_RECIPE = 1
+"""Bump when the random-init build of a dataset task changes (its keys only)."""
+ROLE_WORDS = "system:\nuser:\nassistant:\n"
+"""Added to a dataset task's tokenizer corpus so the chat template's role markers are few tokens."""
 
 
 def _task_key(task_cfg: TaskConfig) -> dict:
     """The task's part of the key, as the flat pre-variant TaskConfig dumped it (so models built
-    before the task had variants are reused): addition without the env fields, any other task
-    with the addition default `digits: 2` it then carried."""
+    before the task had variants are reused): addition without the env fields, guess_number
+    with the addition default `digits: 2` it then carried; a dataset task with its data's hash."""
     task = task_cfg.model_dump(mode="json")
-    if task["name"] != "addition":
+    if task["name"] == "dataset":  # the tokenizer is trained on the rows: their bytes are in the key
+        task["train_sha256"] = hashlib.sha256(Path(task_cfg.train).read_bytes()).hexdigest()
+        task["recipe"] = DATASET_RECIPE
+    elif task["name"] != "addition":
         task.setdefault("digits", 2)
     return task
 
@@ -89,24 +96,33 @@ def _build_into(out: Path, model_cfg: ModelConfig, task_cfg: TaskConfig, seed: i
 
     from rl_service.models.sft import sft_warm_start
     from rl_service.models.tiny import ARCHITECTURE_NAMES, build_tiny_model, num_params
-    from rl_service.models.tokenizer import build_tokenizer
+    from rl_service.models.tokenizer import DEFAULT_CHAT_TEMPLATE, build_tokenizer
     from rl_service.tasks import make_task
 
     start = time.perf_counter()
     task = make_task(task_cfg)
-    tokenizer = build_tokenizer(task.corpus(), model_cfg.build.vocab_size)
+    dataset = task_cfg.name == "dataset"
+    if dataset:  # your rows may be chat messages: the tokenizer gets a template, its role words merged
+        corpus = task.corpus() + [ROLE_WORDS] * 200
+        tokenizer = build_tokenizer(corpus, model_cfg.build.vocab_size, chat_template=DEFAULT_CHAT_TEMPLATE)
+    else:
+        tokenizer = build_tokenizer(task.corpus(), model_cfg.build.vocab_size)
     with torch.random.fork_rng(devices=[]):  # seeded init without clobbering the caller's RNG
         torch.manual_seed(seed)
         model = build_tiny_model(model_cfg.build, tokenizer)
     n = num_params(model)
     b = model_cfg.build
+    sft_target = f"{model_cfg.sft.target_accuracy:.0%}"
     print(
         f"[models] building tiny {ARCHITECTURE_NAMES[b.architecture]} ({n / 1e6:.2f}M params, "
         f"hidden {b.hidden_size}, {b.num_layers} layers, "
-        f"vocab {len(tokenizer)}) + SFT to {model_cfg.sft.target_accuracy:.0%} held-out accuracy",
+        f"vocab {len(tokenizer)}) + "
+        + (
+            "nothing: random init (warm start: rl-service sft)" if dataset else f"SFT to {sft_target} held-out accuracy"
+        ),
         flush=True,
     )
-    if task_cfg.name == "dataset":  # random init: the warm start on your data is `rl-service sft`
+    if dataset:  # random init: the warm start on your data is `rl-service sft`
         result = {"accuracy": None, "steps": 0, "loss": None, "threads": torch.get_num_threads()}
     else:
         with torch.random.fork_rng(devices=[]):

@@ -102,3 +102,25 @@ def test_architecture_is_in_the_key_except_the_default_llama(tmp_path, capsys):
     assert "building tiny GPT-2" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     assert type(model).__name__ == "GPT2LMHeadModel" and load_build_info(path)["sft_steps"] == 20
+
+
+def test_a_dataset_task_builds_a_random_init_of_its_architecture_with_a_chat_template(tmp_path):
+    from rl_service.config import DatasetConfig
+    from rl_service.tasks.dataset import DatasetTask
+
+    data = tmp_path / "d.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"{i}-1="}], "answer": str(i - 1)} for i in range(1, 30)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = DatasetConfig(train=str(data), num_eval=5)
+    cfg = tiny_cfg(tmp_path)
+    cfg.build.architecture = "qwen2"
+    path = ensure_model(cfg, task, seed=0, progress=False)
+    assert load_build_info(path)["sft_steps"] == 0  # the warm start is `rl-service sft`
+    assert AutoModelForCausalLM.from_pretrained(path).config.model_type == "qwen2"
+    tok = AutoTokenizer.from_pretrained(path)
+    bound = DatasetTask(task).bind(tok)  # messages need the template the build gave the tokenizer
+    assert tok.decode(bound.eval_prompts[0].token_ids).endswith("assistant:\n")
+    assert len(tok("assistant", add_special_tokens=False).input_ids) == 1, "role words merged into one token"
+    key = cache_key(cfg, task, 0)
+    data.write_text(data.read_text() + json.dumps({"prompt": "9-9=", "answer": "0"}) + "\n")
+    assert cache_key(cfg, task, 0) != key, "new rows, new tokenizer: the cache key must change"
