@@ -44,3 +44,21 @@ def train_command(*overrides: str, config: Path = REPO / "configs" / "ci" / "tin
     """`python -m rl_service.cli train CONFIG overrides...`, the command a user runs, for subprocess
     tests of the whole loop (configs/ci/tiny.yaml by default)."""
     return [sys.executable, "-m", "rl_service.cli", "train", str(config), *overrides]
+
+
+def tagged_sample(prompt_id: int, k: int, prompt_text: str, prompt_ids: tuple, response_ids: tuple):
+    """The k-th sample of a prompt as a rollout worker tags it (policy version 0, finished by EOS),
+    with engine logprobs of -1: the learner tests' hand-made batches."""
+    from rl_service.types import Sample
+
+    return Sample(
+        sample_id=f"{prompt_id}/{k}",
+        prompt_id=prompt_id,
+        prompt_text=prompt_text,
+        prompt_ids=prompt_ids,
+        response_ids=response_ids,
+        response_logprobs=tuple(-1.0 for _ in response_ids),
+        response_text="x",
+        policy_version=0,
+        finish_reason="stop",
+    )

@@ -26,7 +26,8 @@ from rl_service.config import LearnerConfig, RolloutConfig, ServeConfig, TinyMod
 from rl_service.infra.env import free_port
 from rl_service.models.tiny import save_random_model
 from rl_service.rollout.weight_sync import WeightSyncError, load_verified, max_probe_diff
-from rl_service.types import Sample, ScoredBatch
+from rl_service.types import ScoredBatch
+from tests.integration.conftest import tagged_sample
 
 ARCHITECTURES = ["llama", "qwen2", "gpt2", "mistral"]
 GROUP = 4
@@ -72,19 +73,7 @@ def _batches(tokenizer) -> list[ScoredBatch]:
         prompt_ids = tuple(template_ids(tokenizer, [{"role": "user", "content": text}]))
         for k in range(GROUP):
             resp = tuple(rng.randrange(3, len(tokenizer)) for _ in range(rng.randint(1, 5))) + (tokenizer.eos_token_id,)
-            samples.append(
-                Sample(
-                    sample_id=f"{pid}/{k}",
-                    prompt_id=pid,
-                    prompt_text=text,
-                    prompt_ids=prompt_ids,
-                    response_ids=resp,
-                    response_logprobs=tuple(-1.0 for _ in resp),
-                    response_text="x",
-                    policy_version=0,
-                    finish_reason="stop",
-                )
-            )
+            samples.append(tagged_sample(pid, k, text, prompt_ids, resp))
             rewards.append(float(rng.random() < 0.5))
     return [
         ScoredBatch(

@@ -21,6 +21,7 @@ from rl_service.infra.env import free_port
 from rl_service.learner.learner import Learner
 from rl_service.rollout.weight_sync import state_dict_checksum
 from rl_service.types import Sample, ScoredBatch
+from tests.integration.conftest import tagged_sample
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP = 4
@@ -60,19 +61,7 @@ def _batches(model_dir: Path) -> list[ScoredBatch]:
                 if (pid, k) == (5, 2):
                     continue  # dropped by the scorer
                 resp = tuple(rng.randrange(3, len(tok)) for _ in range(rng.randint(1, 5))) + (tok.eos_token_id,)
-                samples.append(
-                    Sample(
-                        sample_id=f"{pid}/{k}",
-                        prompt_id=pid,
-                        prompt_text=text,
-                        prompt_ids=prompt_ids,
-                        response_ids=resp,
-                        response_logprobs=tuple(-1.0 for _ in resp),
-                        response_text="x",
-                        policy_version=0,
-                        finish_reason="stop",
-                    )
-                )
+                samples.append(tagged_sample(pid, k, text, prompt_ids, resp))
                 rewards.append(float(rng.random() < 0.5))
         batches.append(
             ScoredBatch(
