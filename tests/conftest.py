@@ -1,9 +1,37 @@
-"""Suite-wide environment, set before anything imports torch, ray or vllm."""
+"""Suite-wide environment, set before anything imports torch, ray or vllm, and the one in-process
+Ray (+ Serve) of a test session: Ray refuses a second `ray.init` in a process, so every test that
+needs Ray in the pytest process itself shares these (runs started by the CLI have their own)."""
 
 import os
+
+import pytest
 
 # torch's OpenMP threads spin-wait by default and stall for seconds when another process
 # (a Ray actor, a vLLM engine) holds a core; passive waiting keeps the suite fast here.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def session_ray():
+    """A private Ray on 127.0.0.1 (4 CPUs, own temp dir) for the whole session."""
+    from rl_service.infra.session import local_ray
+
+    with local_ray(num_cpus=4, prefix="rls-test-") as tmp:
+        yield tmp
+
+
+@pytest.fixture(scope="session")
+def serve_port(session_ray):
+    """Port of the Serve HTTP proxy (127.0.0.1) on the session Ray; Serve shut down at session end."""
+    from ray import serve
+
+    from rl_service.infra.env import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield port
+    finally:
+        serve.shutdown()

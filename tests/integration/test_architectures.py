@@ -147,19 +147,9 @@ def vllm(arch, model_dir):
 
 
 @pytest.fixture(scope="module")
-def serve_url():
-    """A private Ray + Serve for the module (one app per architecture is deployed on it)."""
-    from ray import serve
-
-    from rl_service.infra.session import local_ray
-
-    with local_ray(num_cpus=2, prefix="rls-arch-"):
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            serve.shutdown()
+def serve_url(serve_port):
+    """The session's Serve (tests/conftest.py); one app per architecture is deployed on it."""
+    return f"http://127.0.0.1:{serve_port}"
 
 
 def test_learner_trains_gae_with_critic_and_grpo(arch, learned, model_dir):

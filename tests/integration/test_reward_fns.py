@@ -6,7 +6,6 @@ import ray
 
 from rl_service.config import Config
 from rl_service.infra.placement import make_scorer
-from rl_service.infra.session import local_ray
 from rl_service.types import BatchSummary, RolloutBatch, Sample
 
 FORMAT = r".*\\boxed\{.*\}.*"
@@ -27,7 +26,7 @@ def off_main_thread(prompt, completion, **meta):
 """
 
 
-def test_scorer_actor_scores_fns_with_math_verify_in_a_thread(tmp_path):
+def test_scorer_actor_scores_fns_with_math_verify_in_a_thread(tmp_path, session_ray):
     (tmp_path / "where.py").write_text(OFF_MAIN)
     cfg = Config.model_validate(
         {
@@ -43,9 +42,11 @@ def test_scorer_actor_scores_fns_with_math_verify_in_a_thread(tmp_path):
         }
     )
     batch = _batch([r"so \boxed{\frac{1}{2}}", "0.5", r"\boxed{3}"], ["0.5", r"$\frac{1}{2}$", "4"])
-    with local_ray(2, loopback_only=True):
-        scorer = make_scorer(cfg, 0)
+    scorer = make_scorer(cfg, 0)
+    try:
         scored = ray.get(scorer.score.remote(batch), timeout=120)
+    finally:
+        ray.kill(scorer)
     assert scored.dropped == ()
     assert scored.reward_parts["off_main_thread"] == (1.0, 1.0, 1.0)  # the case math-verify's timeout breaks
     assert scored.reward_parts["boxed"] == (1.0, 0.0, 1.0) and scored.reward_parts["math_verify"] == (1.0, 1.0, 0.0)
