@@ -38,8 +38,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two pytest workers, whole files each (module fixtures stay in one process): most of a test's
+# wall time is Ray, vLLM and process start-up waiting, so two at a time fit on 2 cores.
 test: lint
-	$(VPY) -m pytest tests -q -p no:cacheprovider --durations=15
+	$(VPY) -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 test-unit: $(STAMP)
 	$(VPY) -m pytest tests/unit -q
