@@ -118,8 +118,7 @@ class Controller:
                 sync = self.sync(timer)
                 self.refill()
         evaluated = halt is None and _every(tc.eval_every, st.step) and st.step < tc.steps
-        evaluation = self.evaluate() if evaluated else {}
-        accuracy = evaluation.get("eval/accuracy")
+        evaluation = self.evaluate() if evaluated else None
         timer.stop()  # timing_s/step ends here; a checkpoint is timed on its own
         metrics = step_metrics(
             step=st.step,
@@ -128,12 +127,11 @@ class Controller:
             summaries=summaries,
             timer=timer,
             sync=sync,
-            accuracy=accuracy,
+            evaluation=evaluation,
             num_workers=self.cfg.rollout.num_workers,
             num_scorers=self.cfg.reward.num_scorers,
             gauges={**self.comps.queue_depths(), **st.ledger.counts(), **self.flog.counts},
         )
-        metrics.update({k: v for k, v in evaluation.items() if k != "eval/accuracy"})  # a dataset task's others
         if halt is not None or _every(tc.checkpoint_every, st.step):
             with timer("checkpoint"):
                 path = self.checkpoint()

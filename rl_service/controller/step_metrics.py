@@ -74,22 +74,22 @@ def step_metrics(
     summaries: list[BatchSummary],
     timer: StepTimer,
     sync: SyncResult,
-    accuracy: float | None,
+    evaluation: dict[str, float] | None,
     num_workers: int,
     num_scorers: int,
     gauges: dict,
 ) -> dict:
     """The metrics row of `step` (1-based), trained into policy `version`.
 
-    learner: the learner's train_step metrics; summaries: the step's batches; accuracy: the
-    held-out accuracy if this step evaluated; gauges: queue depths, ledger and fault counters,
+    learner: the learner's train_step metrics; summaries: the step's batches; evaluation: the
+    held-out metrics (`eval/accuracy`, ...) if this step evaluated; gauges: queue depths, ledger and fault counters,
     read now. `timing_s/step` (and throughput) is the timer's start to its `stop()`."""
     step_s = timer.step_s if timer.step_s is not None else timer.stop()
     lag = sum(version - 1 - s.policy_version for s in summaries) / len(summaries)
     return {
         **learner,
         **reward_part_means(summaries),
-        **({"eval/accuracy": accuracy} if accuracy is not None else {}),
+        **(evaluation or {}),
         "step": step,
         "policy_version": version,
         "policy/lag_mean": lag,
