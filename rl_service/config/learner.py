@@ -139,6 +139,16 @@ class LearnerConfig(Section):
     """Entropy bonus weight."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping by global norm."""
+    skip_zero_advantage: bool = True
+    """Skip the forward and backward of samples whose advantage is exactly 0 on every token (a
+    group estimator's all-equal-reward groups): their loss and gradient are exactly 0, and their
+    tokens still count in the loss normaliser (token_mean and seq_mean alike), so the update is
+    the same up to float rounding. Only where that is exact: no critic (group estimators), no
+    KL term in the loss (`kl.placement: loss` with a coefficient > 0), `entropy_coef` 0, no
+    `target_kl` nor `kl_hard_limit` (their guards read the approx KL of every token); otherwise
+    every sample runs. The token means policy/approx_kl, policy/clipfrac and entropy/mean then
+    cover the samples that ran; the skipped ones are counted in `samples/skipped_zero_adv` and
+    `tokens/skipped_zero_adv`."""
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Loss aggregation: mean over all response tokens, or mean of per-sequence means."""
     kl: KLConfig = KLConfig()

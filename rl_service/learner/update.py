@@ -13,6 +13,11 @@ Guards (every rank sees the same all-reduced sums and norms, so all decide alike
     - above kl_hard_limit the update ends and `policy/kl_hard_limit_hit` tells the controller
       to halt the run.
 
+Zero-advantage samples (cfg.skip_zero_advantage, where `zero_advantage_skip` says it is exact)
+are left out of the micro-batches but not out of `denom`: their loss and gradient are exactly 0,
+so only the normaliser needs them. The skip list is a function of the batch (identical on
+every rank), so every rank still runs the same number of forward/backward calls.
+
 Metrics travel by name: each micro-batch returns a dict of local sums, fsdp.all_reduce_metrics
 sums them over ranks name by name.
 """
@@ -26,7 +31,7 @@ import torch
 
 from rl_service.algo.kl import kl_penalty
 from rl_service.algo.losses import entropy_bonus, ppo_policy_loss, value_loss
-from rl_service.algo.masking import aggregate_loss, loss_denom, masked_sum
+from rl_service.algo.masking import aggregate_loss, loss_denom, masked_count, masked_sum, zero_signal_rows
 from rl_service.config import LearnerConfig
 from rl_service.learner.batching import epoch_order, minibatches, rank_micro_batches
 from rl_service.learner.forward import Models, active_or_dummy, critic_values, policy_logprobs
@@ -100,12 +105,17 @@ def ppo_update(
     N, W = data.mask.shape[0], models.world_size
     kl_in_loss = cfg.kl.placement == "loss" and kl_coef > 0
     log = _UpdateLog()
+    skip = [False] * N
+    if zero_advantage_skip(cfg, has_critic=models.critic is not None, kl_in_loss=kl_in_loss):
+        skip = zero_signal_rows(data.advantages, data.mask).tolist()
     for epoch in range(cfg.ppo_epochs):
         epoch_kl, epoch_tokens = 0.0, 0.0
         for mb in minibatches(epoch_order(N, seed * 1_000_003 + epoch), cfg.num_minibatches):
-            denom = loss_denom(data.mask[mb], cfg.loss_agg)  # GLOBAL count: every rank sees all rows
+            # GLOBAL count over every row of the minibatch, skipped ones included: every rank sees all rows
+            denom = loss_denom(data.mask[mb], cfg.loss_agg)
+            work = [i for i in mb if not skip[i]]
             local = dict.fromkeys(_STEP_SUMS, 0.0)
-            for raw in rank_micro_batches(mb, models.rank, W, cfg.micro_batch_size):
+            for raw in rank_micro_batches(work, models.rank, W, cfg.micro_batch_size):
                 idx, active = active_or_dummy(raw)
                 for k, v in _micro_step(models, data, cfg, idx, active, denom, kl_coef, kl_in_loss).items():
                     local[k] += v
@@ -129,7 +139,27 @@ def ppo_update(
         ):
             log.early_stop = True
             break
-    return log.metrics(has_critic=models.critic is not None, kl_in_loss=kl_in_loss)
+    skipped_rows = [i for i in range(N) if skip[i]]
+    return {
+        **log.metrics(has_critic=models.critic is not None, kl_in_loss=kl_in_loss),
+        "samples/skipped_zero_adv": float(len(skipped_rows)),
+        "tokens/skipped_zero_adv": float(masked_count(data.mask[skipped_rows])) if skipped_rows else 0.0,
+    }
+
+
+def zero_advantage_skip(cfg: LearnerConfig, has_critic: bool, kl_in_loss: bool) -> bool:
+    """Whether samples with all-zero advantages may skip their forward and backward exactly:
+    their loss is then -0 * ratio on every token. A critic's value loss, a KL term in the loss
+    and an entropy bonus are not zero on them; target_kl / kl_hard_limit decide on the approx
+    KL of every token, which needs their forward."""
+    return (
+        cfg.skip_zero_advantage
+        and not has_critic
+        and not kl_in_loss
+        and cfg.entropy_coef == 0
+        and cfg.target_kl is None
+        and cfg.kl_hard_limit is None
+    )
 
 
 def _optimizer_step(

@@ -136,13 +136,13 @@ def _worker(
         learner.shutdown()
 
 
-def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path) -> dict[int, list[dict]]:
+def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path, worker=_worker) -> dict[int, list[dict]]:
     """The 1-process and the 2-process learner, started together (their start-up overlaps)."""
     contexts = {}
     for world_size in (1, 2):
         (out / f"w{world_size}").mkdir(parents=True, exist_ok=True)
         contexts[world_size] = mp.spawn(
-            _worker,
+            worker,
             nprocs=world_size,
             join=False,
             args=(world_size, free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}")),
@@ -344,3 +344,72 @@ def test_metrics_are_summed_over_ranks_by_name(tmp_path: Path) -> None:
     for rank in (0, 1):
         summed = torch.load(tmp_path / f"rank{rank}.pt")
         assert summed == {"entropy/mean": 1.0, "loss/policy": 3.0, "tokens": 30.0}
+
+
+def _one_update_worker(
+    rank: int, world_size: int, port: int, model_dir: str, cfg: LearnerConfig, batches: list[ScoredBatch], out: str
+) -> None:
+    learner = Learner(cfg, model_dir, rank, world_size, "127.0.0.1", port, seed=0)
+    try:
+        learner.setup()
+        metrics = learner.train_step(batches, GROUP)
+        _, state_dict = learner.publish(1, PROBES)
+        torch.save({"metrics": metrics, "state_dict": state_dict}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        learner.shutdown()
+
+
+def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_path: Path) -> None:
+    """learner.skip_zero_advantage on 1 and 2 gloo ranks: groups whose rewards are all equal
+    (advantage exactly 0) skip their forward/backward, their tokens stay in the normaliser, and
+    the weights equal the full update's. max_grad_norm is huge so that clipping cannot hide a
+    wrong normaliser; 2 minibatches x 2 epochs with different shares of skipped rows, so
+    AdamW's moments see the per-minibatch scale."""
+    batches = _batches(model_dir)
+    flat = [(b, i) for b in range(len(batches)) for i in range(len(batches[b].samples))]
+    pids = [batches[b].samples[i].prompt_id for b, i in flat]
+    # prompts 0, 1 and 5 (the short group) all correct, prompt 6 all wrong: 15 of 31 rows skipped
+    fixed = {0: 1.0, 1: 1.0, 5: 1.0, 6: 0.0}
+    rewards = [[*b.rewards] for b in batches]
+    for (b, i), pid in zip(flat, pids):
+        rewards[b][i] = fixed.get(pid, rewards[b][i])
+    batches = [ScoredBatch(**{**b.__dict__, "rewards": tuple(r)}) for b, r in zip(batches, rewards)]
+    base = LearnerConfig(
+        num_workers=1,
+        backend="gloo",
+        advantage={"type": "grpo"},
+        lr=5e-4,
+        ppo_epochs=2,
+        num_minibatches=2,
+        micro_batch_size=5,
+        max_grad_norm=1e6,
+        behavior_logprobs="learner",
+    )
+    runs = {
+        skip: _run(
+            model_dir,
+            base.model_copy(update={"skip_zero_advantage": skip}),
+            batches,
+            tmp_path / str(skip),
+            _one_update_worker,
+        )
+        for skip in (False, True)
+    }
+    n_skipped = sum(1 for pid in pids if pid in fixed)
+    for world_size in (1, 2):
+        full, lean = runs[False][world_size][0], runs[True][world_size][0]
+        sd_full, sd_lean = full["state_dict"], lean["state_dict"]
+        diff = max(float((sd_full[k] - sd_lean[k]).abs().max()) for k in sd_full)
+        print(f"\n[{world_size} ranks] max |full - skipped| = {diff:.3g}")
+        assert diff < 1e-6
+        assert full["metrics"]["samples/skipped_zero_adv"] == 0
+        assert lean["metrics"]["samples/skipped_zero_adv"] == n_skipped == 15
+        assert lean["metrics"]["tokens/skipped_zero_adv"] > 0
+        assert lean["metrics"]["train/optimizer_steps"] == full["metrics"]["train/optimizer_steps"] == 4
+        assert abs(lean["metrics"]["loss/policy"] - full["metrics"]["loss/policy"]) < 1e-6
+    from safetensors.torch import load_file
+
+    initial = load_file(str(model_dir / "model.safetensors"))
+    one, two = runs[True][1][0]["state_dict"], runs[True][2][0]["state_dict"]
+    assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 9e-4  # 4 AdamW steps moved it
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
