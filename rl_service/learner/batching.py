@@ -1,6 +1,6 @@
 """Samples -> padded tensors, and the deterministic splits of a batch into work units.
 
-Pure: torch + rl_service.types only (no ray, vllm, transformers).
+Pure: torch + rl_service.types and algo only (no ray, vllm, transformers).
 
 Convention: a sequence is `prompt_ids + response_ids`, right-padded with `pad_id` to
 T = the longest sequence. Logits at position t predict token t+1, so every per-token
@@ -14,6 +14,8 @@ Splitting (identical on every process, so collectives line up):
     minibatch --(contiguous)--> one slice per rank
     rank slice --(micro_batch_size)--> micro-batches (padded with empty ones so every
                                        rank runs the same number of forward/backward calls)
+    or, with a token budget (sequence packing):
+    rank slice --(pack_by_tokens)--> micro-batches of <= max_tokens tokens (same padding rule)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from rl_service.algo.packing import pack_by_tokens
 from rl_service.types import Sample, ScoredBatch
 
 
@@ -156,6 +159,39 @@ def rank_micro_batches(indices: Sequence[int], rank: int, world_size: int, micro
     per_rank = split_even(indices, world_size)
     count = num_micro_batches([len(p) for p in per_rank], micro_batch_size)
     return micro_batches(per_rank[rank], micro_batch_size, count)
+
+
+def rank_token_micro_batches(
+    indices: Sequence[int], rank: int, world_size: int, lengths: Sequence[int], max_tokens: int
+) -> list[list[int]]:
+    """This rank's micro-batches of at most `max_tokens` tokens (sequence packing), the same
+    count on every rank: each rank's contiguous share is binned by pack_by_tokens, and every
+    rank pads its list with empty micro-batches to the busiest rank's count (every rank can
+    compute every rank's plan, so no collective is needed). lengths: sequence length of each
+    row of the batch (indices point into it)."""
+    plans = []
+    for share in split_even(indices, world_size):
+        bins = pack_by_tokens([lengths[i] for i in share], max_tokens)
+        plans.append([[share[k] for k in b] for b in bins])
+    count = max(1, max(len(p) for p in plans))
+    return plans[rank] + [[] for _ in range(count - len(plans[rank]))]
+
+
+def plan_micro_batches(
+    indices: Sequence[int],
+    rank: int,
+    world_size: int,
+    micro_batch_size: int,
+    max_tokens: int | None = None,
+    lengths: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """rank_micro_batches (max_tokens None: `micro_batch_size` rows, padded) or
+    rank_token_micro_batches (packed by a token budget, `lengths` needed)."""
+    if max_tokens is None:
+        return rank_micro_batches(indices, rank, world_size, micro_batch_size)
+    if lengths is None:
+        raise ValueError("packing by a token budget needs the sequence lengths")
+    return rank_token_micro_batches(indices, rank, world_size, lengths, max_tokens)
 
 
 def content_length(attention_mask: Tensor) -> int:

@@ -29,7 +29,7 @@ from rl_service.config import LearnerConfig
 from rl_service.learner import export, fsdp
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
 from rl_service.learner.critic import load_value_model
-from rl_service.learner.forward import Models, policy_logprobs
+from rl_service.learner.forward import Models, check_packed_attention, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
 from rl_service.learner.update import ppo_update
 from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
@@ -91,7 +91,10 @@ class Learner:
             if m is not None:
                 m.to(device).eval()
                 fsdp.shard(m, mesh)
-        self.models = Models(policy, reference, critic, device, self.rank, self.world_size)
+        packed = self.cfg.max_tokens_per_microbatch is not None
+        self.models = Models(policy, reference, critic, device, self.rank, self.world_size, packed=packed)
+        if packed:
+            check_packed_attention(policy, device)
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if critic is not None:
             self.critic_opt = torch.optim.AdamW(

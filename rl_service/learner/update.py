@@ -32,8 +32,9 @@ import torch
 from rl_service.algo.kl import kl_penalty
 from rl_service.algo.losses import entropy_bonus, ppo_policy_loss, value_loss
 from rl_service.algo.masking import aggregate_loss, loss_denom, masked_count, masked_sum, zero_signal_rows
+from rl_service.algo.packing import token_slots
 from rl_service.config import LearnerConfig
-from rl_service.learner.batching import epoch_order, minibatches, rank_micro_batches
+from rl_service.learner.batching import epoch_order, minibatches, plan_micro_batches, rank_micro_batches
 from rl_service.learner.forward import Models, active_or_dummy, critic_values, policy_logprobs
 from rl_service.learner.fsdp import all_reduce_metrics, clip_grad_norm
 from rl_service.learner.prepare import RolloutTensors
@@ -92,6 +93,31 @@ class _UpdateLog:
         }
 
 
+@dataclass
+class _PaddingLog:
+    """Token slots of the update's forwards over all ranks (each rank knows every rank's plan)."""
+
+    packed: bool
+    real: int = 0  # sample tokens
+    slots: int = 0  # tokens the forwards compute, padding included
+    padded_slots: int = 0  # what padded micro-batches of micro_batch_size rows would compute
+
+    def add(self, plans: list[list[list[int]]], padded_plans: list[list[list[int]]], lengths: list[int]) -> None:
+        for plan, padded in zip(plans, padded_plans):
+            real, slots = token_slots(plan, lengths, self.packed)
+            self.real += real
+            self.slots += slots
+            self.padded_slots += token_slots(padded, lengths, packed=False)[1]
+
+    def metrics(self) -> dict[str, float]:
+        """perf/pad_frac: share of the computed token slots that are padding; perf/pad_frac_saved:
+        share of the padded path's token slots that packing did not compute (0 when padded)."""
+        return {
+            "perf/pad_frac": 1.0 - self.real / self.slots if self.slots else 0.0,
+            "perf/pad_frac_saved": 1.0 - self.slots / self.padded_slots if self.padded_slots else 0.0,
+        }
+
+
 def ppo_update(
     models: Models,
     policy_opt: torch.optim.Optimizer,
@@ -106,6 +132,9 @@ def ppo_update(
     kl_in_loss = cfg.kl.placement == "loss" and kl_coef > 0
     log = _UpdateLog()
     skip = [False] * N
+    lengths = data.attention_mask.sum(-1).tolist()
+    max_tokens = cfg.max_tokens_per_microbatch
+    slots = _PaddingLog(packed=max_tokens is not None)
     if zero_advantage_skip(cfg, has_critic=models.critic is not None, kl_in_loss=kl_in_loss):
         skip = zero_signal_rows(data.advantages, data.mask).tolist()
     for epoch in range(cfg.ppo_epochs):
@@ -115,7 +144,14 @@ def ppo_update(
             denom = loss_denom(data.mask[mb], cfg.loss_agg)
             work = [i for i in mb if not skip[i]]
             local = dict.fromkeys(_STEP_SUMS, 0.0)
-            for raw in rank_micro_batches(work, models.rank, W, cfg.micro_batch_size):
+            plans = [plan_micro_batches(work, r, W, cfg.micro_batch_size, max_tokens, lengths) for r in range(W)]
+            padded = (
+                plans
+                if max_tokens is None
+                else [rank_micro_batches(work, r, W, cfg.micro_batch_size) for r in range(W)]
+            )
+            slots.add(plans, padded, lengths)
+            for raw in plans[models.rank]:
                 idx, active = active_or_dummy(raw)
                 for k, v in _micro_step(models, data, cfg, idx, active, denom, kl_coef, kl_in_loss).items():
                     local[k] += v
@@ -142,6 +178,7 @@ def ppo_update(
     skipped_rows = [i for i in range(N) if skip[i]]
     return {
         **log.metrics(has_critic=models.critic is not None, kl_in_loss=kl_in_loss),
+        **slots.metrics(),
         "samples/skipped_zero_adv": float(len(skipped_rows)),
         "tokens/skipped_zero_adv": float(masked_count(data.mask[skipped_rows])) if skipped_rows else 0.0,
     }
@@ -199,7 +236,9 @@ def _micro_step(
     mask = data.mask[idx] * float(active)  # a dummy micro-batch weighs 0 but still runs
     ids, am = data.input_ids[idx], data.attention_mask[idx]
     want_entropy_grad = cfg.entropy_coef > 0
-    logprobs, entropy = policy_logprobs(models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad)
+    logprobs, entropy = policy_logprobs(
+        models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad, packed=models.packed
+    )
     loss, pm = ppo_policy_loss(
         logprobs, data.old_logprobs[idx], data.advantages[idx], mask, cfg.clip_eps, cfg.loss_agg, denom
     )
@@ -215,7 +254,7 @@ def _micro_step(
     vl, vm = torch.zeros(()), {"value/clipfrac": 0.0}
     if models.critic is not None:
         gae_cfg = cfg.advantage  # the variant that has a critic carries its value-loss knobs
-        values = critic_values(models.critic, ids, am)
+        values = critic_values(models.critic, ids, am, packed=models.packed)
         vl, vm = value_loss(
             values, data.old_values[idx], data.returns[idx], mask, gae_cfg.value_clip_eps, cfg.loss_agg, denom
         )

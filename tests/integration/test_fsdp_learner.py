@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,44 +110,51 @@ def _with_nan_rewards(batches: list[ScoredBatch]) -> list[ScoredBatch]:
     return [ScoredBatch(**{**b.__dict__, "rewards": tuple(float("nan") for _ in b.rewards)}) for b in batches]
 
 
-def _worker(
-    rank: int, world_size: int, port: int, model_dir: str, cfg: LearnerConfig, batches: list[ScoredBatch], out: str
-) -> None:
+@contextmanager
+def _started(cfg: LearnerConfig, model_dir: str, rank: int, world_size: int, port: int) -> Iterator[Learner]:
+    """A set-up learner process of a `world_size` gloo group, shut down afterwards."""
     learner = Learner(cfg, model_dir, rank, world_size, "127.0.0.1", port, seed=0)
     try:
         learner.setup()
-        metrics = learner.train_step(batches, GROUP)
-        version, state_dict = learner.publish(1, PROBES)
-        learner.save_hf(os.path.join(out, "hf"))
-        # NaN rewards make every gradient NaN: all 4 steps must be skipped, weights untouched
-        # (and the version published above must not change behind its checksum).
-        nan_metrics = learner.train_step(_with_nan_rewards(batches), GROUP)
-        _, after_nan = learner.publish(2, PROBES)
-        learner.train_step(batches, GROUP)  # moves the weights: published dicts must not follow
-        torch.save(
-            {
-                "metrics": metrics,
-                "version": version,
-                "state_dict": state_dict,
-                "nan_metrics": nan_metrics,
-                "after_nan": after_nan,
-            },
-            os.path.join(out, f"rank{rank}.pt"),
-        )
+        yield learner
     finally:
         learner.shutdown()
 
 
-def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path, worker=_worker) -> dict[int, list[dict]]:
+def _worker(
+    rank: int,
+    world_size: int,
+    port: int,
+    model_dir: str,
+    cfg: LearnerConfig,
+    batches: list[ScoredBatch],
+    out: str,
+    full: bool = True,
+) -> None:
+    """One update and its publish (`full`: then the export, a NaN update and one more)."""
+    with _started(cfg, model_dir, rank, world_size, port) as learner:
+        res = {"metrics": learner.train_step(batches, GROUP)}
+        res["version"], res["state_dict"] = learner.publish(1, PROBES)
+        if full:
+            learner.save_hf(os.path.join(out, "hf"))
+            # NaN rewards make every gradient NaN: all 4 steps must be skipped, weights untouched
+            # (and the version published above must not change behind its checksum).
+            res["nan_metrics"] = learner.train_step(_with_nan_rewards(batches), GROUP)
+            _, res["after_nan"] = learner.publish(2, PROBES)
+            learner.train_step(batches, GROUP)  # moves the weights: published dicts must not follow
+        torch.save(res, os.path.join(out, f"rank{rank}.pt"))
+
+
+def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path, full: bool = True) -> dict[int, list[dict]]:
     """The 1-process and the 2-process learner, started together (their start-up overlaps)."""
     contexts = {}
     for world_size in (1, 2):
         (out / f"w{world_size}").mkdir(parents=True, exist_ok=True)
         contexts[world_size] = mp.spawn(
-            worker,
+            _worker,
             nprocs=world_size,
             join=False,
-            args=(world_size, free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}")),
+            args=(world_size, free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}"), full),
         )
     for ctx in contexts.values():
         while not ctx.join():  # raises with the child's traceback if a rank failed
@@ -346,19 +355,6 @@ def test_metrics_are_summed_over_ranks_by_name(tmp_path: Path) -> None:
         assert summed == {"entropy/mean": 1.0, "loss/policy": 3.0, "tokens": 30.0}
 
 
-def _one_update_worker(
-    rank: int, world_size: int, port: int, model_dir: str, cfg: LearnerConfig, batches: list[ScoredBatch], out: str
-) -> None:
-    learner = Learner(cfg, model_dir, rank, world_size, "127.0.0.1", port, seed=0)
-    try:
-        learner.setup()
-        metrics = learner.train_step(batches, GROUP)
-        _, state_dict = learner.publish(1, PROBES)
-        torch.save({"metrics": metrics, "state_dict": state_dict}, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        learner.shutdown()
-
-
 def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_path: Path) -> None:
     """learner.skip_zero_advantage on 1 and 2 gloo ranks: groups whose rewards are all equal
     (advantage exactly 0) skip their forward/backward, their tokens stay in the normaliser, and
@@ -387,11 +383,7 @@ def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_pa
     )
     runs = {
         skip: _run(
-            model_dir,
-            base.model_copy(update={"skip_zero_advantage": skip}),
-            batches,
-            tmp_path / str(skip),
-            _one_update_worker,
+            model_dir, base.model_copy(update={"skip_zero_advantage": skip}), batches, tmp_path / str(skip), False
         )
         for skip in (False, True)
     }
@@ -413,3 +405,31 @@ def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_pa
     one, two = runs[True][1][0]["state_dict"], runs[True][2][0]["state_dict"]
     assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 9e-4  # 4 AdamW steps moved it
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+
+
+def test_sequence_packing_leaves_the_update_unchanged(model_dir: Path, tmp_path: Path) -> None:
+    """learner.max_tokens_per_microbatch on 1 and 2 gloo ranks, GAE (critic, KL in the reward,
+    entropy bonus): micro-batches of <= 40 tokens packed into one row each give the weights of
+    the padded micro-batches (each rank's packed plan is padded to the busiest rank's count)."""
+    batches = _batches(model_dir)
+    base = _config("gae")
+    runs = {
+        budget: _run(
+            model_dir,
+            base.model_copy(update={"max_tokens_per_microbatch": budget}),
+            batches,
+            tmp_path / str(budget),
+            False,
+        )
+        for budget in (None, 40)
+    }
+    for world_size in (1, 2):
+        padded, packed = runs[None][world_size][0], runs[40][world_size][0]
+        sd_padded, sd_packed = padded["state_dict"], packed["state_dict"]
+        diff = max(float((sd_padded[k] - sd_packed[k]).abs().max()) for k in sd_padded)
+        print(f"\n[{world_size} ranks] max |padded - packed| = {diff:.3g}")
+        assert diff < 1e-5
+        assert padded["metrics"]["perf/pad_frac_saved"] == 0 and padded["metrics"]["perf/pad_frac"] > 0
+        assert packed["metrics"]["perf/pad_frac"] == 0 and packed["metrics"]["perf/pad_frac_saved"] > 0
+        for k in ("kl/mean", "value/explained_var", "loss/policy", "loss/value", "grad_norm"):
+            assert abs(padded["metrics"][k] - packed["metrics"][k]) < 1e-4, k
