@@ -94,20 +94,30 @@ class _UpdateLog:
 
 
 @dataclass
-class _PaddingLog:
-    """Token slots of the update's forwards over all ranks (each rank knows every rank's plan)."""
+class _WorkPlan:
+    """Every rank's micro-batches (padded rows, or packed by a token budget) and the token slots
+    their forwards compute, summed over all ranks: every rank knows every rank's plan."""
 
-    packed: bool
+    cfg: LearnerConfig
+    lengths: list[int]  # sequence length of each row of the batch
+    world_size: int
     real: int = 0  # sample tokens
     slots: int = 0  # tokens the forwards compute, padding included
     padded_slots: int = 0  # what padded micro-batches of micro_batch_size rows would compute
 
-    def add(self, plans: list[list[list[int]]], padded_plans: list[list[list[int]]], lengths: list[int]) -> None:
-        for plan, padded in zip(plans, padded_plans):
-            real, slots = token_slots(plan, lengths, self.packed)
-            self.real += real
-            self.slots += slots
-            self.padded_slots += token_slots(padded, lengths, packed=False)[1]
+    def micro_batches(self, work: list[int], rank: int) -> list[list[int]]:
+        """`rank`'s micro-batches of the minibatch rows `work` (the same count on every rank)."""
+        cfg, W, packed = self.cfg, self.world_size, self.cfg.max_tokens_per_microbatch is not None
+        plans = [
+            plan_micro_batches(work, r, W, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, self.lengths)
+            for r in range(W)
+        ]
+        for r, plan in enumerate(plans):
+            padded = rank_micro_batches(work, r, W, cfg.micro_batch_size) if packed else plan
+            real, slots = token_slots(plan, self.lengths, packed)
+            self.real, self.slots = self.real + real, self.slots + slots
+            self.padded_slots += token_slots(padded, self.lengths, packed=False)[1]
+        return plans[rank]
 
     def metrics(self) -> dict[str, float]:
         """perf/pad_frac: share of the computed token slots that are padding; perf/pad_frac_saved:
@@ -132,9 +142,7 @@ def ppo_update(
     kl_in_loss = cfg.kl.placement == "loss" and kl_coef > 0
     log = _UpdateLog()
     skip = [False] * N
-    lengths = data.attention_mask.sum(-1).tolist()
-    max_tokens = cfg.max_tokens_per_microbatch
-    slots = _PaddingLog(packed=max_tokens is not None)
+    plan = _WorkPlan(cfg, data.attention_mask.sum(-1).tolist(), W)
     if zero_advantage_skip(cfg, has_critic=models.critic is not None, kl_in_loss=kl_in_loss):
         skip = zero_signal_rows(data.advantages, data.mask).tolist()
     for epoch in range(cfg.ppo_epochs):
@@ -144,14 +152,7 @@ def ppo_update(
             denom = loss_denom(data.mask[mb], cfg.loss_agg)
             work = [i for i in mb if not skip[i]]
             local = dict.fromkeys(_STEP_SUMS, 0.0)
-            plans = [plan_micro_batches(work, r, W, cfg.micro_batch_size, max_tokens, lengths) for r in range(W)]
-            padded = (
-                plans
-                if max_tokens is None
-                else [rank_micro_batches(work, r, W, cfg.micro_batch_size) for r in range(W)]
-            )
-            slots.add(plans, padded, lengths)
-            for raw in plans[models.rank]:
+            for raw in plan.micro_batches(work, models.rank):
                 idx, active = active_or_dummy(raw)
                 for k, v in _micro_step(models, data, cfg, idx, active, denom, kl_coef, kl_in_loss).items():
                     local[k] += v
@@ -178,7 +179,7 @@ def ppo_update(
     skipped_rows = [i for i in range(N) if skip[i]]
     return {
         **log.metrics(has_critic=models.critic is not None, kl_in_loss=kl_in_loss),
-        **slots.metrics(),
+        **plan.metrics(),
         "samples/skipped_zero_adv": float(len(skipped_rows)),
         "tokens/skipped_zero_adv": float(masked_count(data.mask[skipped_rows])) if skipped_rows else 0.0,
     }
