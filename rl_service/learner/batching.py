@@ -15,7 +15,8 @@ Splitting (identical on every process, so collectives line up):
     rank slice --(micro_batch_size)--> micro-batches (padded with empty ones so every
                                        rank runs the same number of forward/backward calls)
     or, with a token budget (sequence packing):
-    rank slice --(pack_by_tokens)--> micro-batches of <= max_tokens tokens (same padding rule)
+    minibatch --(pack_by_tokens)--> bins of <= max_tokens tokens --(dealt in turn)--> each rank's
+                                    micro-batches (same padding rule)
 """
 
 from __future__ import annotations
@@ -165,16 +166,20 @@ def rank_token_micro_batches(
     indices: Sequence[int], rank: int, world_size: int, lengths: Sequence[int], max_tokens: int
 ) -> list[list[int]]:
     """This rank's micro-batches of at most `max_tokens` tokens (sequence packing), the same
-    count on every rank: each rank's contiguous share is binned by pack_by_tokens, and every
-    rank pads its list with empty micro-batches to the busiest rank's count (every rank can
-    compute every rank's plan, so no collective is needed). lengths: sequence length of each
-    row of the batch (indices point into it)."""
-    plans = []
-    for share in split_even(indices, world_size):
-        bins = pack_by_tokens([lengths[i] for i in share], max_tokens)
-        plans.append([[share[k] for k in b] for b in bins])
-    count = max(1, max(len(p) for p in plans))
-    return plans[rank] + [[] for _ in range(count - len(plans[rank]))]
+    count on every rank. The whole minibatch is binned (pack_by_tokens), and the bins, fullest
+    first, are dealt to the ranks in turn: the ranks' counts differ by at most one and their
+    tokens by about one bin, where a split by rows would leave the ranks' token totals as
+    uneven as the lengths. Ranks with fewer bins get empty micro-batches up to the busiest
+    rank's count. A pure function of its arguments, so no collective is needed.
+    lengths: sequence length of each row of the batch (indices point into it)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    idx = list(indices)
+    bins = [[idx[k] for k in b] for b in pack_by_tokens([lengths[i] for i in idx], max_tokens)]
+    bins.sort(key=lambda b: -sum(lengths[i] for i in b))  # stable: ties keep pack_by_tokens' order
+    mine = bins[rank::world_size]
+    count = max(1, -(-len(bins) // world_size))
+    return mine + [[] for _ in range(count - len(mine))]
 
 
 def plan_micro_batches(

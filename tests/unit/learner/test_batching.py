@@ -152,11 +152,12 @@ def test_token_micro_batches_cover_every_row_once_with_equal_counts(world_size: 
     plans = [rank_token_micro_batches(rows, r, world_size, lengths, 40) for r in range(world_size)]
     assert len({len(p) for p in plans}) == 1, "every rank runs the same number of micro-batches"
     assert sorted(i for p in plans for mb in p for i in mb) == sorted(rows)
-    for r, p in enumerate(plans):
-        share = rank_slice(rows, r, world_size)  # the same rows per rank as the padded split
-        assert sorted(i for mb in p for i in mb) == sorted(share)
+    tokens = [sum(lengths[i] for mb in p for i in mb) for p in plans]
+    assert max(tokens) - min(tokens) <= 40, "the ranks' tokens differ by at most one bin"
+    for p in plans:
         for mb in p:
             assert sum(lengths[i] for i in mb) <= 40 or len(mb) == 1
+        assert sum(1 for mb in p if mb) >= len(p) - 1  # at most one empty (dummy) micro-batch
     assert plan_micro_batches(rows, 0, world_size, 4, 40, lengths) == plans[0]
     assert plan_micro_batches(rows, 0, world_size, 4) == rank_micro_batches(rows, 0, world_size, 4)
     with pytest.raises(ValueError, match="lengths"):
