@@ -128,7 +128,7 @@ class LearnerConfig(Section):
     """Sequence packing: None (the default) = padded micro-batches of `micro_batch_size` rows.
     A number = micro-batches of at most this many tokens per process (a longer sample runs
     alone), each run as ONE row of its samples back to back, with per-sample position ids
-    and attention that never crosses a sample: no padding is computed (`perf/pad_frac_saved`
+    and attention that never crosses a sample: no padding is computed (`train/pad_frac_saved`
     says how much the padded path would have). Used by every learner forward (old policy,
     reference, critic, update); `micro_batch_size` is then ignored. The model must honour
     packed position ids (transformers' Llama, Qwen2, Mistral, GPT-2 do, with sdpa, eager and
@@ -156,8 +156,8 @@ class LearnerConfig(Section):
     KL term in the loss (`kl.placement: loss` with a coefficient > 0), `entropy_coef` 0, no
     `target_kl` nor `kl_hard_limit` (their guards read the approx KL of every token); otherwise
     every sample runs. The token means policy/approx_kl, policy/clipfrac and entropy/mean then
-    cover the samples that ran; the skipped ones are counted in `samples/skipped_zero_adv` and
-    `tokens/skipped_zero_adv`."""
+    cover the samples that ran; the skipped ones are counted in `train/skipped_zero_adv_samples` and
+    `train/skipped_zero_adv_tokens`."""
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Loss aggregation: mean over all response tokens, or mean of per-sequence means."""
     kl: KLConfig = KLConfig()

@@ -120,11 +120,11 @@ class _WorkPlan:
         return plans[rank]
 
     def metrics(self) -> dict[str, float]:
-        """perf/pad_frac: share of the computed token slots that are padding; perf/pad_frac_saved:
+        """train/pad_frac: share of the computed token slots that are padding; train/pad_frac_saved:
         share of the padded path's token slots that packing did not compute (0 when padded)."""
         return {
-            "perf/pad_frac": 1.0 - self.real / self.slots if self.slots else 0.0,
-            "perf/pad_frac_saved": 1.0 - self.slots / self.padded_slots if self.padded_slots else 0.0,
+            "train/pad_frac": 1.0 - self.real / self.slots if self.slots else 0.0,
+            "train/pad_frac_saved": 1.0 - self.slots / self.padded_slots if self.padded_slots else 0.0,
         }
 
 
@@ -180,8 +180,8 @@ def ppo_update(
     return {
         **log.metrics(has_critic=models.critic is not None, kl_in_loss=kl_in_loss),
         **plan.metrics(),
-        "samples/skipped_zero_adv": float(len(skipped_rows)),
-        "tokens/skipped_zero_adv": float(masked_count(data.mask[skipped_rows])) if skipped_rows else 0.0,
+        "train/skipped_zero_adv_samples": float(len(skipped_rows)),
+        "train/skipped_zero_adv_tokens": float(masked_count(data.mask[skipped_rows])) if skipped_rows else 0.0,
     }
 
 

@@ -394,9 +394,9 @@ def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_pa
         diff = max(float((sd_full[k] - sd_lean[k]).abs().max()) for k in sd_full)
         print(f"\n[{world_size} ranks] max |full - skipped| = {diff:.3g}")
         assert diff < 1e-6
-        assert full["metrics"]["samples/skipped_zero_adv"] == 0
-        assert lean["metrics"]["samples/skipped_zero_adv"] == n_skipped == 15
-        assert lean["metrics"]["tokens/skipped_zero_adv"] > 0
+        assert full["metrics"]["train/skipped_zero_adv_samples"] == 0
+        assert lean["metrics"]["train/skipped_zero_adv_samples"] == n_skipped == 15
+        assert lean["metrics"]["train/skipped_zero_adv_tokens"] > 0
         assert lean["metrics"]["train/optimizer_steps"] == full["metrics"]["train/optimizer_steps"] == 4
         assert abs(lean["metrics"]["loss/policy"] - full["metrics"]["loss/policy"]) < 1e-6
     from safetensors.torch import load_file
@@ -429,7 +429,7 @@ def test_sequence_packing_leaves_the_update_unchanged(model_dir: Path, tmp_path:
         diff = max(float((sd_padded[k] - sd_packed[k]).abs().max()) for k in sd_padded)
         print(f"\n[{world_size} ranks] max |padded - packed| = {diff:.3g}")
         assert diff < 1e-5
-        assert padded["metrics"]["perf/pad_frac_saved"] == 0 and padded["metrics"]["perf/pad_frac"] > 0
-        assert packed["metrics"]["perf/pad_frac"] == 0 and packed["metrics"]["perf/pad_frac_saved"] > 0
+        assert padded["metrics"]["train/pad_frac_saved"] == 0 and padded["metrics"]["train/pad_frac"] > 0
+        assert packed["metrics"]["train/pad_frac"] == 0 and packed["metrics"]["train/pad_frac_saved"] > 0
         for k in ("kl/mean", "value/explained_var", "loss/policy", "loss/value", "grad_norm"):
             assert abs(padded["metrics"][k] - packed["metrics"][k]) < 1e-4, k

@@ -143,5 +143,5 @@ def test_a_packed_update_moves_the_weights_as_the_padded_one():
         weights[budget] = {k: v.clone() for k, v in policy.state_dict().items()}
     diff = max(float((weights[None][k] - weights[16][k]).abs().max()) for k in weights[None])
     assert diff < 1e-6, diff
-    assert metrics[None]["perf/pad_frac"] > 0.1 and metrics[None]["perf/pad_frac_saved"] == 0.0
-    assert metrics[16]["perf/pad_frac"] == 0.0 and metrics[16]["perf/pad_frac_saved"] > 0.1
+    assert metrics[None]["train/pad_frac"] > 0.1 and metrics[None]["train/pad_frac_saved"] == 0.0
+    assert metrics[16]["train/pad_frac"] == 0.0 and metrics[16]["train/pad_frac_saved"] > 0.1

@@ -62,9 +62,9 @@ def test_skipping_zero_advantage_samples_leaves_the_weights_unchanged(loss_agg, 
     diff = max(float((full[k] - lean[k]).abs().max()) for k in full)
     assert moved > 1e-3, "the update moved the weights"
     assert diff < 1e-6, diff
-    assert m_full["samples/skipped_zero_adv"] == 0 and m_lean["samples/skipped_zero_adv"] == len(ZERO_ROWS)
+    assert m_full["train/skipped_zero_adv_samples"] == 0 and m_lean["train/skipped_zero_adv_samples"] == len(ZERO_ROWS)
     _, data = _setup()
-    assert m_lean["tokens/skipped_zero_adv"] == float(data.mask[ZERO_ROWS].sum())
+    assert m_lean["train/skipped_zero_adv_tokens"] == float(data.mask[ZERO_ROWS].sum())
     # The skipped rows never reached the model (a minibatch of only zero rows runs one dummy row).
     assert rows_full == 2 * N and rows_lean < rows_full
     assert m_lean["loss/policy"] == pytest.approx(m_full["loss/policy"], abs=1e-6)
@@ -89,4 +89,4 @@ def test_skip_only_where_exact(overrides):
     cfg = LearnerConfig(advantage="grpo", **overrides)
     opt = torch.optim.SGD(policy.parameters(), lr=0.1)
     m = ppo_update(Models(policy, None, None, torch.device("cpu"), 0, 1), opt, None, data, cfg, kl_coef=0.0, seed=0)
-    assert m["samples/skipped_zero_adv"] == 0
+    assert m["train/skipped_zero_adv_samples"] == 0
