@@ -93,8 +93,6 @@ class Learner:
                 fsdp.shard(m, mesh)
         packed = self.cfg.max_tokens_per_microbatch is not None
         self.models = Models(policy, reference, critic, device, self.rank, self.world_size, packed=packed)
-        if packed:
-            check_packed_attention(policy, device)
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if critic is not None:
             self.critic_opt = torch.optim.AdamW(
@@ -104,6 +102,11 @@ class Learner:
         # every weight by ~lr regardless of its gradient, which can wreck a small warm-started policy.
         warmup = max(1, self.cfg.lr_warmup_steps)
         self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, lambda s: min(1.0, (s + 1) / warmup))
+        if packed:
+            # After the optimizers: a no-grad forward leaves the FSDP2 root's parameters unsharded
+            # (they are resharded in backward), so an optimizer built after it held plain tensors
+            # the model then dropped, and embeddings / final norm / lm_head never moved (measured).
+            check_packed_attention(policy, device)
         return {
             "num_params": num_params,
             "backend": backend,
