@@ -362,8 +362,9 @@ def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_pa
     wrong normaliser; 2 minibatches x 2 epochs with different shares of skipped rows, so
     AdamW's moments see the per-minibatch scale (a normaliser without the skipped tokens: 1e-3).
     One row per micro-batch, so the rows that run see the same forwards either way: with
-    micro-batches of 5 the changed padding and grouping round differently, and AdamW's first
-    steps (~lr * g / |g|) magnify that on gradients that cancel to near 0 (measured 1.6e-5)."""
+    micro-batches of 5 the two runs group and pad the rows differently and their weights
+    differed by 1.6e-5: rounding, magnified (we think) by AdamW's ~lr * g / |g| first steps on
+    gradient entries that cancel to ~0 under group-centred advantages."""
     batches = _batches(model_dir)
     flat = [(b, i) for b in range(len(batches)) for i in range(len(batches[b].samples))]
     pids = [batches[b].samples[i].prompt_id for b, i in flat]
@@ -414,14 +415,9 @@ def test_sequence_packing_leaves_the_update_unchanged(model_dir: Path, tmp_path:
     """learner.max_tokens_per_microbatch on 1 and 2 gloo ranks, GAE (critic, KL in the reward,
     entropy bonus): micro-batches of <= 40 tokens packed into one row each give the update of
     the padded micro-batches (each rank's packed plan is padded to the busiest rank's count).
-
-    max_grad_norm 1e-9 keeps every gradient entry far below AdamW's eps (1e-8), where its step is
-    linear in the gradient: the weights then compare the gradients. At the usual scale AdamW's
-    first steps are ~lr * g / |g|, and the group-centred advantages make many gradient entries
-    cancel to ~0, where a rounding-level change of g (packed rows run other matmul shapes: 2.6e-8
-    on lm_head here) flips the step: up to 2 * lr per weight (measured 2e-3 after 4 steps)."""
+    Measured: 1.6e-7 on 1 rank (the packed rows run other matmul shapes, so they round apart)."""
     batches = _batches(model_dir)
-    base = _config("gae").model_copy(update={"max_grad_norm": 1e-9})
+    base = _config("gae")
     runs = {
         budget: _run(
             model_dir,
@@ -441,7 +437,7 @@ def test_sequence_packing_leaves_the_update_unchanged(model_dir: Path, tmp_path:
         diff = max(float((sd_padded[k] - sd_packed[k]).abs().max()) for k in sd_padded)
         moved = max(float((sd_packed[k] - initial[k]).abs().max()) for k in sd_packed)
         print(f"\n[{world_size} ranks] max |padded - packed| = {diff:.3g}, max |trained - initial| = {moved:.3g}")
-        assert diff < 1e-6 and moved > 1e-5
+        assert diff < 1e-6 and moved > 9e-4
         assert padded["metrics"]["train/pad_frac_saved"] == 0 and padded["metrics"]["train/pad_frac"] > 0
         assert packed["metrics"]["train/pad_frac"] == 0 and packed["metrics"]["train/pad_frac_saved"] > 0
         for k in ("kl/mean", "value/explained_var", "loss/policy", "loss/value", "grad_norm", "entropy/mean"):
