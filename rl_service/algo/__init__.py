@@ -30,6 +30,7 @@ from rl_service.algo.masking import (
     masked_sum,
     masked_var,
     masked_whiten,
+    zero_signal_rows,
 )
 from rl_service.algo.preference import bradley_terry_loss, dpo_loss, sequence_logprobs, smoothed_pair_nll
 from rl_service.algo.rewards import last_token_index, token_level_rewards
@@ -66,6 +67,7 @@ __all__ = [
     "token_level_rewards",
     "token_logprobs",
     "value_loss",
+    "zero_signal_rows",
     "bradley_terry_loss",
     "dpo_loss",
     "sequence_logprobs",

@@ -96,6 +96,17 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     return _select(out, mask)
 
 
+def zero_signal_rows(advantages: Tensor, mask: Tensor) -> Tensor:
+    """Rows whose advantage is exactly 0 on every masked token (an empty row included).
+
+    advantages, mask: [B, T] -> [B] bool. Without a critic, a KL term in the loss or an entropy
+    bonus, such a row's PPO loss and gradient are exactly 0 (-0 * ratio on every token), so
+    its forward and backward can be skipped. A NaN advantage is not 0: that row still runs
+    (and trips the non-finite guard).
+    """
+    return ~(_select(advantages, mask) != 0).any(dim=-1)
+
+
 def loss_denom(mask: Tensor, mode: LossAgg) -> float:
     """The count `aggregate_loss` divides by when `denom` is None, as a python float.
 

@@ -124,6 +124,15 @@ class LearnerConfig(Section):
     """Optimizer steps per epoch (the batch is split into this many minibatches)."""
     micro_batch_size: int = Field(256, ge=1)
     """Sequences per forward/backward on one process (gradient accumulation below a minibatch)."""
+    max_tokens_per_microbatch: int | None = Field(None, ge=2)
+    """Sequence packing: None (the default) = padded micro-batches of `micro_batch_size` rows.
+    A number = micro-batches of at most this many tokens per process (a longer sample runs
+    alone), each run as ONE row of its samples back to back, with per-sample position ids
+    and attention that never crosses a sample: no padding is computed (`train/pad_frac_saved`
+    says how much the padded path would have). Used by every learner forward (old policy,
+    reference, critic, update); `micro_batch_size` is then ignored. The model must honour
+    packed position ids (transformers' Llama, Qwen2, Mistral, GPT-2 do, with sdpa, eager and
+    flash attention); the learner checks that at setup and refuses a model that does not."""
     behavior_logprobs: Literal["rollout", "learner"] = "rollout"
     """Old logprobs in the PPO ratio: `rollout` = the engine's sampling logprobs (exact behaviour
     policy, corrects for max_policy_lag; equal to the learner's in fp32), `learner` = recomputed
@@ -139,6 +148,16 @@ class LearnerConfig(Section):
     """Entropy bonus weight."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping by global norm."""
+    skip_zero_advantage: bool = True
+    """Skip the forward and backward of samples whose advantage is exactly 0 on every token (a
+    group estimator's all-equal-reward groups): their loss and gradient are exactly 0, and their
+    tokens still count in the loss normaliser (token_mean and seq_mean alike), so the update is
+    the same up to float rounding. Only where that is exact: no critic (group estimators), no
+    KL term in the loss (`kl.placement: loss` with a coefficient > 0), `entropy_coef` 0, no
+    `target_kl` nor `kl_hard_limit` (their guards read the approx KL of every token); otherwise
+    every sample runs. The token means policy/approx_kl, policy/clipfrac and entropy/mean then
+    cover the samples that ran; the skipped ones are counted in `train/skipped_zero_adv_samples` and
+    `train/skipped_zero_adv_tokens`."""
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Loss aggregation: mean over all response tokens, or mean of per-sequence means."""
     kl: KLConfig = KLConfig()

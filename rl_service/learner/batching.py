@@ -1,6 +1,6 @@
 """Samples -> padded tensors, and the deterministic splits of a batch into work units.
 
-Pure: torch + rl_service.types only (no ray, vllm, transformers).
+Pure: torch + rl_service.types and algo only (no ray, vllm, transformers).
 
 Convention: a sequence is `prompt_ids + response_ids`, right-padded with `pad_id` to
 T = the longest sequence. Logits at position t predict token t+1, so every per-token
@@ -14,6 +14,9 @@ Splitting (identical on every process, so collectives line up):
     minibatch --(contiguous)--> one slice per rank
     rank slice --(micro_batch_size)--> micro-batches (padded with empty ones so every
                                        rank runs the same number of forward/backward calls)
+    or, with a token budget (sequence packing):
+    minibatch --(pack_by_tokens)--> bins of <= max_tokens tokens --(dealt in turn)--> each rank's
+                                    micro-batches (same padding rule)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from rl_service.algo.packing import pack_by_tokens
 from rl_service.types import Sample, ScoredBatch
 
 
@@ -156,6 +160,43 @@ def rank_micro_batches(indices: Sequence[int], rank: int, world_size: int, micro
     per_rank = split_even(indices, world_size)
     count = num_micro_batches([len(p) for p in per_rank], micro_batch_size)
     return micro_batches(per_rank[rank], micro_batch_size, count)
+
+
+def rank_token_micro_batches(
+    indices: Sequence[int], rank: int, world_size: int, lengths: Sequence[int], max_tokens: int
+) -> list[list[int]]:
+    """This rank's micro-batches of at most `max_tokens` tokens (sequence packing), the same
+    count on every rank. The whole minibatch is binned (pack_by_tokens), and the bins, fullest
+    first, are dealt to the ranks in turn: the ranks' counts differ by at most one and their
+    tokens by about one bin, where a split by rows would leave the ranks' token totals as
+    uneven as the lengths. Ranks with fewer bins get empty micro-batches up to the busiest
+    rank's count. A pure function of its arguments, so no collective is needed.
+    lengths: sequence length of each row of the batch (indices point into it)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    idx = list(indices)
+    bins = [[idx[k] for k in b] for b in pack_by_tokens([lengths[i] for i in idx], max_tokens)]
+    bins.sort(key=lambda b: -sum(lengths[i] for i in b))  # stable: ties keep pack_by_tokens' order
+    mine = bins[rank::world_size]
+    count = max(1, -(-len(bins) // world_size))
+    return mine + [[] for _ in range(count - len(mine))]
+
+
+def plan_micro_batches(
+    indices: Sequence[int],
+    rank: int,
+    world_size: int,
+    micro_batch_size: int,
+    max_tokens: int | None = None,
+    lengths: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """rank_micro_batches (max_tokens None: `micro_batch_size` rows, padded) or
+    rank_token_micro_batches (packed by a token budget, `lengths` needed)."""
+    if max_tokens is None:
+        return rank_micro_batches(indices, rank, world_size, micro_batch_size)
+    if lengths is None:
+        raise ValueError("packing by a token budget needs the sequence lengths")
+    return rank_token_micro_batches(indices, rank, world_size, lengths, max_tokens)
 
 
 def content_length(attention_mask: Tensor) -> int:

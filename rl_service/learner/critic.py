@@ -32,9 +32,14 @@ class ValueModel(nn.Module):
     def backbone(self) -> nn.Module:
         return getattr(self, self.prefix)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """input_ids, attention_mask: [b, L] -> values [b, L] (fp32)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> Tensor:
+        """input_ids, attention_mask, position_ids: [b, L] -> values [b, L] (fp32). A packed row
+        passes position_ids (restarting at each sample) and no attention_mask."""
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         return self.score(hidden)[..., 0].float()
 
 

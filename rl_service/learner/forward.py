@@ -1,7 +1,10 @@
 """Micro-batch forwards of the policy and the critic, aligned with the learner's [B, T-1] grid.
 
-Each forward trims the micro-batch to its own longest sequence (right padding is never
-attended to, so dropping it changes nothing) and pads the outputs back to T-1 columns.
+Padded (the default): each forward trims the micro-batch to its own longest sequence (right
+padding is never attended to, so dropping it changes nothing) and pads the outputs back to
+T-1 columns. Packed (`Models.packed`, learner.max_tokens_per_microbatch): the micro-batch's
+samples run as one row with per-sample position ids and no padding (algo/packing.py), and the
+outputs are unpacked onto the same grid.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rl_service.algo.logprobs import entropy_from_logits, token_logprobs
+from rl_service.algo.packing import pack_rows, unpack_to_grid
 from rl_service.learner.batching import content_length
 
 
@@ -26,6 +30,8 @@ class Models:
     device: torch.device
     rank: int
     world_size: int
+    packed: bool = False
+    """Forwards run each micro-batch as one packed row (sequence packing) instead of padded rows."""
 
 
 def _trimmed(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -34,15 +40,30 @@ def _trimmed(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor,
 
 
 def policy_logprobs(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, with_entropy: bool = False, entropy_grad: bool = False
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    packed: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of token t+1 given tokens <= t (and the entropy of that prediction).
 
-    input_ids, attention_mask: [b, T] -> (logprobs [b, T-1], entropy [b, T-1] or None), fp32.
-    Columns past the micro-batch's longest sequence are 0. The entropy is detached unless
-    `entropy_grad` (a metric-only entropy must not keep a second [b, T, V] graph alive).
+    input_ids, attention_mask: [b, T] (right-padded) -> (logprobs [b, T-1], entropy [b, T-1] or
+    None), fp32. Columns past each sample (padded: past the micro-batch's longest) are 0. The
+    entropy is detached unless `entropy_grad` (a metric-only entropy must not keep a second
+    [b, T, V] graph alive). `packed`: one row of the samples back to back (no padding computed).
     """
     T = input_ids.shape[1]
+    if packed:
+        lengths = attention_mask.sum(-1)
+        ids, pos = pack_rows(input_ids, lengths)  # [1, L]
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, :-1]  # [L-1, V]
+        logprobs = unpack_to_grid(token_logprobs(logits, ids[0, 1:]), lengths, T)
+        entropy = None
+        if with_entropy:
+            entropy = unpack_to_grid(entropy_from_logits(logits if entropy_grad else logits.detach()), lengths, T)
+        return logprobs, entropy
     ids, am, L = _trimmed(input_ids, attention_mask)
     logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits[:, :-1]  # [b, L-1, V]
     logprobs = F.pad(token_logprobs(logits, ids[:, 1:]), (0, T - L))
@@ -52,15 +73,39 @@ def policy_logprobs(
     return logprobs, entropy
 
 
-def critic_values(critic: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def critic_values(critic: nn.Module, input_ids: Tensor, attention_mask: Tensor, packed: bool = False) -> Tensor:
     """V(tokens <= t), the value of the state in which token t+1 is chosen.
 
-    input_ids, attention_mask: [b, T] -> values [b, T-1] fp32.
+    input_ids, attention_mask: [b, T] -> values [b, T-1] fp32 (`packed` as in policy_logprobs).
     """
     T = input_ids.shape[1]
+    if packed:
+        lengths = attention_mask.sum(-1)
+        ids, pos = pack_rows(input_ids, lengths)
+        return unpack_to_grid(critic(input_ids=ids, position_ids=pos)[0], lengths, T)  # [1, L] -> [b, T-1]
     ids, am, L = _trimmed(input_ids, attention_mask)
     values = critic(input_ids=ids, attention_mask=am)[:, :-1]  # ValueModel: [b, L] -> [b, L-1]
     return F.pad(values, (0, T - L))
+
+
+@torch.no_grad()
+def check_packed_attention(model: nn.Module, device: torch.device) -> None:
+    """Refuse a model whose attention crosses sample boundaries in a packed row (one that ignores
+    position-id resets): two samples packed must score as each does alone. Collective under
+    FSDP (a forward): every rank calls it."""
+    vocab = int(model.config.vocab_size)
+    rows = torch.tensor([[3, 5, 7, 9, 11], [4, 6, 8, 0, 0]], device=device) % vocab  # [2, 5], lengths 5 and 3
+    am = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], device=device)
+    packed = policy_logprobs(model, rows, am, packed=True)[0]
+    alone = torch.cat([policy_logprobs(model, rows[i : i + 1], am[i : i + 1])[0] for i in range(2)])
+    diff = float((packed - alone).abs().max())
+    if not diff < 1e-4:
+        name = type(model).__name__
+        impl = getattr(model.config, "_attn_implementation", "?")
+        raise ValueError(
+            f"learner.max_tokens_per_microbatch: {name} (attention {impl!r}) does not keep packed samples apart "
+            f"(logprobs differ by {diff:.3g} from unpacked); set learner.max_tokens_per_microbatch: null"
+        )
 
 
 def active_or_dummy(idx: list[int]) -> tuple[list[int], bool]:
@@ -96,9 +141,10 @@ def score_rows(
     for raw in micro:
         idx, active = active_or_dummy(raw)
         ids, am = input_ids[idx], attention_mask[idx]
-        lp = policy_logprobs(models.policy, ids, am)[0] if old_lp is not None else None
-        rlp = policy_logprobs(models.reference, ids, am)[0] if ref_lp is not None else None
-        v = critic_values(models.critic, ids, am) if values is not None else None
+        packed = models.packed
+        lp = policy_logprobs(models.policy, ids, am, packed=packed)[0] if old_lp is not None else None
+        rlp = policy_logprobs(models.reference, ids, am, packed=packed)[0] if ref_lp is not None else None
+        v = critic_values(models.critic, ids, am, packed=packed) if values is not None else None
         if active:
             for out, got in ((old_lp, lp), (ref_lp, rlp), (values, v)):
                 if out is not None:

@@ -29,7 +29,7 @@ from rl_service.config import LearnerConfig
 from rl_service.learner import export, fsdp
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
 from rl_service.learner.critic import load_value_model
-from rl_service.learner.forward import Models, policy_logprobs
+from rl_service.learner.forward import Models, check_packed_attention, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
 from rl_service.learner.update import ppo_update
 from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
@@ -91,7 +91,8 @@ class Learner:
             if m is not None:
                 m.to(device).eval()
                 fsdp.shard(m, mesh)
-        self.models = Models(policy, reference, critic, device, self.rank, self.world_size)
+        packed = self.cfg.max_tokens_per_microbatch is not None
+        self.models = Models(policy, reference, critic, device, self.rank, self.world_size, packed=packed)
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if critic is not None:
             self.critic_opt = torch.optim.AdamW(
@@ -101,6 +102,11 @@ class Learner:
         # every weight by ~lr regardless of its gradient, which can wreck a small warm-started policy.
         warmup = max(1, self.cfg.lr_warmup_steps)
         self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, lambda s: min(1.0, (s + 1) / warmup))
+        if packed:
+            # After the optimizers: a no-grad forward leaves the FSDP2 root's parameters unsharded
+            # (they are resharded in backward), so an optimizer built after it held plain tensors
+            # the model then dropped, and embeddings / final norm / lm_head never moved (measured).
+            check_packed_attention(policy, device)
         return {
             "num_params": num_params,
             "backend": backend,

@@ -17,7 +17,7 @@ from rl_service.algo.estimators import AdvantageInputs, get_advantage_estimator
 from rl_service.algo.kl import kl_penalty
 from rl_service.algo.masking import masked_mean, masked_sum
 from rl_service.config import LearnerConfig
-from rl_service.learner.batching import group_runs, rank_micro_batches
+from rl_service.learner.batching import group_runs, plan_micro_batches
 from rl_service.learner.forward import Models, score_rows
 from rl_service.learner.fsdp import all_reduce_sum
 
@@ -46,7 +46,10 @@ def _score_global_batch(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(old logprobs, reference logprobs, values), each [N, T-1] or None, on every rank."""
     N = input_ids.shape[0]
-    micro = rank_micro_batches(range(N), models.rank, models.world_size, cfg.micro_batch_size)
+    lengths = attention_mask.sum(-1).tolist()
+    micro = plan_micro_batches(
+        range(N), models.rank, models.world_size, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, lengths
+    )
     parts = score_rows(models, micro, input_ids, attention_mask, with_policy=with_policy, with_reference=with_reference)
     # Rows are zero where another rank owns them, so a SUM assembles the full batch exactly.
     present = [t for t in parts if t is not None]

@@ -13,6 +13,11 @@ Guards (every rank sees the same all-reduced sums and norms, so all decide alike
     - above kl_hard_limit the update ends and `policy/kl_hard_limit_hit` tells the controller
       to halt the run.
 
+Zero-advantage samples (cfg.skip_zero_advantage, where `zero_advantage_skip` says it is exact)
+are left out of the micro-batches but not out of `denom`: their loss and gradient are exactly 0,
+so only the normaliser needs them. The skip list is a function of the batch (identical on
+every rank), so every rank still runs the same number of forward/backward calls.
+
 Metrics travel by name: each micro-batch returns a dict of local sums, fsdp.all_reduce_metrics
 sums them over ranks name by name.
 """
@@ -26,9 +31,10 @@ import torch
 
 from rl_service.algo.kl import kl_penalty
 from rl_service.algo.losses import entropy_bonus, ppo_policy_loss, value_loss
-from rl_service.algo.masking import aggregate_loss, loss_denom, masked_sum
+from rl_service.algo.masking import aggregate_loss, loss_denom, masked_count, masked_sum, zero_signal_rows
+from rl_service.algo.packing import token_slots
 from rl_service.config import LearnerConfig
-from rl_service.learner.batching import epoch_order, minibatches, rank_micro_batches
+from rl_service.learner.batching import epoch_order, minibatches, plan_micro_batches, rank_micro_batches
 from rl_service.learner.forward import Models, active_or_dummy, critic_values, policy_logprobs
 from rl_service.learner.fsdp import all_reduce_metrics, clip_grad_norm
 from rl_service.learner.prepare import RolloutTensors
@@ -87,6 +93,41 @@ class _UpdateLog:
         }
 
 
+@dataclass
+class _WorkPlan:
+    """Every rank's micro-batches (padded rows, or packed by a token budget) and the token slots
+    their forwards compute, summed over all ranks: every rank knows every rank's plan."""
+
+    cfg: LearnerConfig
+    lengths: list[int]  # sequence length of each row of the batch
+    world_size: int
+    real: int = 0  # sample tokens
+    slots: int = 0  # tokens the forwards compute, padding included
+    padded_slots: int = 0  # what padded micro-batches of micro_batch_size rows would compute
+
+    def micro_batches(self, work: list[int], rank: int) -> list[list[int]]:
+        """`rank`'s micro-batches of the minibatch rows `work` (the same count on every rank)."""
+        cfg, W, packed = self.cfg, self.world_size, self.cfg.max_tokens_per_microbatch is not None
+        plans = [
+            plan_micro_batches(work, r, W, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, self.lengths)
+            for r in range(W)
+        ]
+        for r, plan in enumerate(plans):
+            padded = rank_micro_batches(work, r, W, cfg.micro_batch_size) if packed else plan
+            real, slots = token_slots(plan, self.lengths, packed)
+            self.real, self.slots = self.real + real, self.slots + slots
+            self.padded_slots += token_slots(padded, self.lengths, packed=False)[1]
+        return plans[rank]
+
+    def metrics(self) -> dict[str, float]:
+        """train/pad_frac: share of the computed token slots that are padding; train/pad_frac_saved:
+        share of the padded path's token slots that packing did not compute (0 when padded)."""
+        return {
+            "train/pad_frac": 1.0 - self.real / self.slots if self.slots else 0.0,
+            "train/pad_frac_saved": 1.0 - self.slots / self.padded_slots if self.padded_slots else 0.0,
+        }
+
+
 def ppo_update(
     models: Models,
     policy_opt: torch.optim.Optimizer,
@@ -100,12 +141,18 @@ def ppo_update(
     N, W = data.mask.shape[0], models.world_size
     kl_in_loss = cfg.kl.placement == "loss" and kl_coef > 0
     log = _UpdateLog()
+    skip = [False] * N
+    plan = _WorkPlan(cfg, data.attention_mask.sum(-1).tolist(), W)
+    if zero_advantage_skip(cfg, has_critic=models.critic is not None, kl_in_loss=kl_in_loss):
+        skip = zero_signal_rows(data.advantages, data.mask).tolist()
     for epoch in range(cfg.ppo_epochs):
         epoch_kl, epoch_tokens = 0.0, 0.0
         for mb in minibatches(epoch_order(N, seed * 1_000_003 + epoch), cfg.num_minibatches):
-            denom = loss_denom(data.mask[mb], cfg.loss_agg)  # GLOBAL count: every rank sees all rows
+            # GLOBAL count over every row of the minibatch, skipped ones included: every rank sees all rows
+            denom = loss_denom(data.mask[mb], cfg.loss_agg)
+            work = [i for i in mb if not skip[i]]
             local = dict.fromkeys(_STEP_SUMS, 0.0)
-            for raw in rank_micro_batches(mb, models.rank, W, cfg.micro_batch_size):
+            for raw in plan.micro_batches(work, models.rank):
                 idx, active = active_or_dummy(raw)
                 for k, v in _micro_step(models, data, cfg, idx, active, denom, kl_coef, kl_in_loss).items():
                     local[k] += v
@@ -129,7 +176,28 @@ def ppo_update(
         ):
             log.early_stop = True
             break
-    return log.metrics(has_critic=models.critic is not None, kl_in_loss=kl_in_loss)
+    skipped_rows = [i for i in range(N) if skip[i]]
+    return {
+        **log.metrics(has_critic=models.critic is not None, kl_in_loss=kl_in_loss),
+        **plan.metrics(),
+        "train/skipped_zero_adv_samples": float(len(skipped_rows)),
+        "train/skipped_zero_adv_tokens": float(masked_count(data.mask[skipped_rows])) if skipped_rows else 0.0,
+    }
+
+
+def zero_advantage_skip(cfg: LearnerConfig, has_critic: bool, kl_in_loss: bool) -> bool:
+    """Whether samples with all-zero advantages may skip their forward and backward exactly:
+    their loss is then -0 * ratio on every token. A critic's value loss, a KL term in the loss
+    and an entropy bonus are not zero on them; target_kl / kl_hard_limit decide on the approx
+    KL of every token, which needs their forward."""
+    return (
+        cfg.skip_zero_advantage
+        and not has_critic
+        and not kl_in_loss
+        and cfg.entropy_coef == 0
+        and cfg.target_kl is None
+        and cfg.kl_hard_limit is None
+    )
 
 
 def _optimizer_step(
@@ -169,7 +237,9 @@ def _micro_step(
     mask = data.mask[idx] * float(active)  # a dummy micro-batch weighs 0 but still runs
     ids, am = data.input_ids[idx], data.attention_mask[idx]
     want_entropy_grad = cfg.entropy_coef > 0
-    logprobs, entropy = policy_logprobs(models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad)
+    logprobs, entropy = policy_logprobs(
+        models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad, packed=models.packed
+    )
     loss, pm = ppo_policy_loss(
         logprobs, data.old_logprobs[idx], data.advantages[idx], mask, cfg.clip_eps, cfg.loss_agg, denom
     )
@@ -185,7 +255,7 @@ def _micro_step(
     vl, vm = torch.zeros(()), {"value/clipfrac": 0.0}
     if models.critic is not None:
         gae_cfg = cfg.advantage  # the variant that has a critic carries its value-loss knobs
-        values = critic_values(models.critic, ids, am)
+        values = critic_values(models.critic, ids, am, packed=models.packed)
         vl, vm = value_loss(
             values, data.old_values[idx], data.returns[idx], mask, gae_cfg.value_clip_eps, cfg.loss_agg, denom
         )

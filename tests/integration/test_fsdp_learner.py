@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,35 +110,42 @@ def _with_nan_rewards(batches: list[ScoredBatch]) -> list[ScoredBatch]:
     return [ScoredBatch(**{**b.__dict__, "rewards": tuple(float("nan") for _ in b.rewards)}) for b in batches]
 
 
-def _worker(
-    rank: int, world_size: int, port: int, model_dir: str, cfg: LearnerConfig, batches: list[ScoredBatch], out: str
-) -> None:
+@contextmanager
+def _started(cfg: LearnerConfig, model_dir: str, rank: int, world_size: int, port: int) -> Iterator[Learner]:
+    """A set-up learner process of a `world_size` gloo group, shut down afterwards."""
     learner = Learner(cfg, model_dir, rank, world_size, "127.0.0.1", port, seed=0)
     try:
         learner.setup()
-        metrics = learner.train_step(batches, GROUP)
-        version, state_dict = learner.publish(1, PROBES)
-        learner.save_hf(os.path.join(out, "hf"))
-        # NaN rewards make every gradient NaN: all 4 steps must be skipped, weights untouched
-        # (and the version published above must not change behind its checksum).
-        nan_metrics = learner.train_step(_with_nan_rewards(batches), GROUP)
-        _, after_nan = learner.publish(2, PROBES)
-        learner.train_step(batches, GROUP)  # moves the weights: published dicts must not follow
-        torch.save(
-            {
-                "metrics": metrics,
-                "version": version,
-                "state_dict": state_dict,
-                "nan_metrics": nan_metrics,
-                "after_nan": after_nan,
-            },
-            os.path.join(out, f"rank{rank}.pt"),
-        )
+        yield learner
     finally:
         learner.shutdown()
 
 
-def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path) -> dict[int, list[dict]]:
+def _worker(
+    rank: int,
+    world_size: int,
+    port: int,
+    model_dir: str,
+    cfg: LearnerConfig,
+    batches: list[ScoredBatch],
+    out: str,
+    full: bool = True,
+) -> None:
+    """One update and its publish (`full`: then the export, a NaN update and one more)."""
+    with _started(cfg, model_dir, rank, world_size, port) as learner:
+        res = {"metrics": learner.train_step(batches, GROUP)}
+        res["version"], res["state_dict"] = learner.publish(1, PROBES)
+        if full:
+            learner.save_hf(os.path.join(out, "hf"))
+            # NaN rewards make every gradient NaN: all 4 steps must be skipped, weights untouched
+            # (and the version published above must not change behind its checksum).
+            res["nan_metrics"] = learner.train_step(_with_nan_rewards(batches), GROUP)
+            _, res["after_nan"] = learner.publish(2, PROBES)
+            learner.train_step(batches, GROUP)  # moves the weights: published dicts must not follow
+        torch.save(res, os.path.join(out, f"rank{rank}.pt"))
+
+
+def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path, full: bool = True) -> dict[int, list[dict]]:
     """The 1-process and the 2-process learner, started together (their start-up overlaps)."""
     contexts = {}
     for world_size in (1, 2):
@@ -145,7 +154,7 @@ def _run(model_dir: Path, cfg: LearnerConfig, batches, out: Path) -> dict[int, l
             _worker,
             nprocs=world_size,
             join=False,
-            args=(world_size, free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}")),
+            args=(world_size, free_port(), str(model_dir), cfg, batches, str(out / f"w{world_size}"), full),
         )
     for ctx in contexts.values():
         while not ctx.join():  # raises with the child's traceback if a rank failed
@@ -344,3 +353,92 @@ def test_metrics_are_summed_over_ranks_by_name(tmp_path: Path) -> None:
     for rank in (0, 1):
         summed = torch.load(tmp_path / f"rank{rank}.pt")
         assert summed == {"entropy/mean": 1.0, "loss/policy": 3.0, "tokens": 30.0}
+
+
+def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_path: Path) -> None:
+    """learner.skip_zero_advantage on 1 and 2 gloo ranks: groups whose rewards are all equal
+    (advantage exactly 0) skip their forward/backward, their tokens stay in the normaliser, and
+    the weights equal the full update's. max_grad_norm is huge so that clipping cannot hide a
+    wrong normaliser; 2 minibatches x 2 epochs with different shares of skipped rows, so
+    AdamW's moments see the per-minibatch scale (a normaliser without the skipped tokens: 1e-3).
+    One row per micro-batch, so the rows that run see the same forwards either way: with
+    micro-batches of 5 the two runs group and pad the rows differently and their weights
+    differed by 1.6e-5: rounding, magnified (we think) by AdamW's ~lr * g / |g| first steps on
+    gradient entries that cancel to ~0 under group-centred advantages."""
+    batches = _batches(model_dir)
+    flat = [(b, i) for b in range(len(batches)) for i in range(len(batches[b].samples))]
+    pids = [batches[b].samples[i].prompt_id for b, i in flat]
+    # prompts 0, 1 and 5 (the short group) all correct, prompt 6 all wrong: 15 of 31 rows skipped
+    fixed = {0: 1.0, 1: 1.0, 5: 1.0, 6: 0.0}
+    rewards = [[*b.rewards] for b in batches]
+    for (b, i), pid in zip(flat, pids):
+        rewards[b][i] = fixed.get(pid, rewards[b][i])
+    batches = [ScoredBatch(**{**b.__dict__, "rewards": tuple(r)}) for b, r in zip(batches, rewards)]
+    base = LearnerConfig(
+        num_workers=1,
+        backend="gloo",
+        advantage={"type": "grpo"},
+        lr=5e-4,
+        ppo_epochs=2,
+        num_minibatches=2,
+        micro_batch_size=1,
+        max_grad_norm=1e6,
+        behavior_logprobs="learner",
+    )
+    runs = {
+        skip: _run(
+            model_dir, base.model_copy(update={"skip_zero_advantage": skip}), batches, tmp_path / str(skip), False
+        )
+        for skip in (False, True)
+    }
+    n_skipped = sum(1 for pid in pids if pid in fixed)
+    for world_size in (1, 2):
+        full, lean = runs[False][world_size][0], runs[True][world_size][0]
+        sd_full, sd_lean = full["state_dict"], lean["state_dict"]
+        diff = max(float((sd_full[k] - sd_lean[k]).abs().max()) for k in sd_full)
+        print(f"\n[{world_size} ranks] max |full - skipped| = {diff:.3g}")
+        assert diff < 1e-6
+        assert full["metrics"]["train/skipped_zero_adv_samples"] == 0
+        assert lean["metrics"]["train/skipped_zero_adv_samples"] == n_skipped == 15
+        assert lean["metrics"]["train/skipped_zero_adv_tokens"] > 0
+        assert lean["metrics"]["train/optimizer_steps"] == full["metrics"]["train/optimizer_steps"] == 4
+        assert abs(lean["metrics"]["loss/policy"] - full["metrics"]["loss/policy"]) < 1e-6
+    from safetensors.torch import load_file
+
+    initial = load_file(str(model_dir / "model.safetensors"))
+    one, two = runs[True][1][0]["state_dict"], runs[True][2][0]["state_dict"]
+    assert max(float((one[k] - initial[k]).abs().max()) for k in one) > 9e-4  # 4 AdamW steps moved it
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+
+
+def test_sequence_packing_leaves_the_update_unchanged(model_dir: Path, tmp_path: Path) -> None:
+    """learner.max_tokens_per_microbatch on 1 and 2 gloo ranks, GAE (critic, KL in the reward,
+    entropy bonus): micro-batches of <= 40 tokens packed into one row each give the update of
+    the padded micro-batches (each rank's packed plan is padded to the busiest rank's count).
+    Measured: 1.6e-7 on 1 rank (the packed rows run other matmul shapes, so they round apart)."""
+    batches = _batches(model_dir)
+    base = _config("gae")
+    runs = {
+        budget: _run(
+            model_dir,
+            base.model_copy(update={"max_tokens_per_microbatch": budget}),
+            batches,
+            tmp_path / str(budget),
+            False,
+        )
+        for budget in (None, 40)
+    }
+    from safetensors.torch import load_file
+
+    initial = load_file(str(model_dir / "model.safetensors"))
+    for world_size in (1, 2):
+        padded, packed = runs[None][world_size][0], runs[40][world_size][0]
+        sd_padded, sd_packed = padded["state_dict"], packed["state_dict"]
+        diff = max(float((sd_padded[k] - sd_packed[k]).abs().max()) for k in sd_padded)
+        moved = max(float((sd_packed[k] - initial[k]).abs().max()) for k in sd_packed)
+        print(f"\n[{world_size} ranks] max |padded - packed| = {diff:.3g}, max |trained - initial| = {moved:.3g}")
+        assert diff < 1e-6 and moved > 9e-4
+        assert padded["metrics"]["train/pad_frac_saved"] == 0 and padded["metrics"]["train/pad_frac"] > 0
+        assert packed["metrics"]["train/pad_frac"] == 0 and packed["metrics"]["train/pad_frac_saved"] > 0
+        for k in ("kl/mean", "value/explained_var", "loss/policy", "loss/value", "grad_norm", "entropy/mean"):
+            assert abs(padded["metrics"][k] - packed["metrics"][k]) < 1e-5, k

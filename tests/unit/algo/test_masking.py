@@ -170,3 +170,20 @@ def test_left_pad_against_a_loop():
         want = [0] * (3 - len(r)) + r
         assert ids[b].tolist() == want
         assert mask[b].tolist() == [0] * (3 - len(r)) + [1] * len(r)
+
+
+def test_zero_signal_rows_match_a_loop():
+    from rl_service.algo.masking import zero_signal_rows
+
+    gen = torch.Generator().manual_seed(3)
+    mask = right_padded_mask(8, 5, gen)
+    adv = torch.randn(8, 5, generator=gen)
+    adv[2:5] = 0.0  # rows 2-4 carry no signal
+    adv[5, :] = 0.0
+    adv[5, -1] = float("nan")  # NaN: not zero when it is on the mask
+    adv[6] = torch.where(mask[6].bool(), torch.zeros(5), torch.ones(5))  # nonzero only off the mask
+    got = zero_signal_rows(adv, mask).tolist()
+    want = [all(adv[b, t] == 0 for t in range(5) if mask[b, t]) for b in range(8)]
+    assert got == want
+    assert got[1] and got[2] and got[6]  # the empty row, a zero row, zero on the mask
+    assert got[5] == (not bool(mask[5, -1]))

@@ -90,22 +90,12 @@ def test_ledger_round_trip_keeps_books_balanced():
 
 
 def _tiny_setup(seed=0, N=8, T=10):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from rl_service.learner.forward import Models, policy_logprobs
     from rl_service.learner.prepare import RolloutTensors
+    from tests.unit.conftest import tiny_llama
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    policy = LlamaForCausalLM(cfg).eval()
+    policy = tiny_llama()
     models = Models(policy, None, None, torch.device("cpu"), 0, 1)
     ids = torch.randint(0, 32, (N, T))
     am = torch.ones(N, T, dtype=torch.long)

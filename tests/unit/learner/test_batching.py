@@ -14,8 +14,10 @@ from rl_service.learner.batching import (
     minibatches,
     num_micro_batches,
     pad_samples,
+    plan_micro_batches,
     rank_micro_batches,
     rank_slice,
+    rank_token_micro_batches,
     split_even,
 )
 from rl_service.types import Sample
@@ -138,3 +140,26 @@ def test_grouped_advantages_handle_a_group_shortened_by_a_dropped_sample() -> No
     assert torch.allclose(adv[4:7], group_advantages(scores[4:7], 3, "grpo")[0])
     assert adv[7:].abs().sum() == 0  # equal rewards: no signal
     assert reward_metrics(scores, groups)["reward/frac_zero_std"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_token_micro_batches_cover_every_row_once_with_equal_counts(world_size: int) -> None:
+    import random
+
+    rng = random.Random(world_size)
+    lengths = [rng.randint(2, 30) for _ in range(23)]
+    rows = [3, 17, 5, 0, 22, 9, 11, 1, 14, 8, 20, 2, 6]  # a minibatch, in epoch order
+    plans = [rank_token_micro_batches(rows, r, world_size, lengths, 40) for r in range(world_size)]
+    assert len({len(p) for p in plans}) == 1, "every rank runs the same number of micro-batches"
+    assert sorted(i for p in plans for mb in p for i in mb) == sorted(rows)
+    tokens = [sum(lengths[i] for mb in p for i in mb) for p in plans]
+    assert max(tokens) - min(tokens) <= 40, "the ranks' tokens differ by at most one bin"
+    for p in plans:
+        for mb in p:
+            assert sum(lengths[i] for i in mb) <= 40 or len(mb) == 1
+        assert sum(1 for mb in p if mb) >= len(p) - 1  # at most one empty (dummy) micro-batch
+    assert plan_micro_batches(rows, 0, world_size, 4, 40, lengths) == plans[0]
+    assert plan_micro_batches(rows, 0, world_size, 4) == rank_micro_batches(rows, 0, world_size, 4)
+    with pytest.raises(ValueError, match="lengths"):
+        plan_micro_batches(rows, 0, world_size, 4, 40)
+    assert rank_token_micro_batches([], 1, 2, lengths, 40) == [[]]  # an empty minibatch: one dummy
