@@ -29,8 +29,8 @@ except ImportError:  # a bare GPU machine (no registry): the sha256 fallback bel
 # verifier hashes with the algorithm the publisher named, so the two sides always agree on it.
 # xxh3 is not cryptographic: the checksum guards against corruption and mix-ups (a wrong or
 # half-written version, a misrouted transfer), not against someone able to write the object
-# store; at ~10x sha256's speed it keeps three passes over the weights per sync (learner
-# publish, each worker's load, each Serve replica's load) cheap.
+# store; one pass over the 30M model's 117 MiB takes 5 ms against sha256's 71 ms (bench
+# weight_sync, 2-core EPYC), and a sync makes one at the learner and one in each loader.
 HASHERS: dict[str, Callable[[], object]] = {"sha256": hashlib.sha256}
 if xxhash is not None:
     HASHERS["xxh3_128"] = xxhash.xxh3_128
