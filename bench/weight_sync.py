@@ -6,7 +6,9 @@ Two measurements per model size:
   checksum, `reload_weights`, prefix-cache reset and probe check), quickstart layout with
   the model swapped in; runs of the two sizes alternate.
 - `engine`: the engine's own load only: `VLLMEngine.load_weights(state_dict)` in this
-  process (worker `reload_weights` + prefix-cache reset), median of a few loads.
+  process (worker `reload_weights` + prefix-cache reset), median of a few loads; and one
+  checksum pass over the same state dict (`state_dict_checksum`) per algorithm, sha256 vs
+  xxh3-128: a sync makes one pass at the learner and one in each loading worker / replica.
 GiB = fp32 parameter bytes. Target: weight sync <= 5% of step time.
 """
 
@@ -76,7 +78,20 @@ def engine_load(size: str, loads: int) -> dict:
     gib = gib_of(model)
     med = statistics.median(secs)
     del engine
-    return {"gib": gib, "load_s": med, "s_per_gib": med / gib, "loads_s": secs}
+    return {"gib": gib, "load_s": med, "s_per_gib": med / gib, "loads_s": secs, "checksum_s": checksum_pass(state)}
+
+
+def checksum_pass(state: dict, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of one `state_dict_checksum` pass per available algorithm (alternating)."""
+    from rl_service.rollout.weight_sync import HASHERS, state_dict_checksum
+
+    secs: dict[str, list[float]] = {algo: [] for algo in sorted(HASHERS)}
+    for _ in range(repeats):
+        for algo in secs:
+            t0 = time.perf_counter()
+            state_dict_checksum(state, algo)
+            secs[algo].append(time.perf_counter() - t0)
+    return {algo: statistics.median(v) for algo, v in secs.items()}
 
 
 def run(quick: bool) -> dict:
@@ -119,6 +134,7 @@ def markdown(result: dict) -> str:
                 m.get("load_s"),
                 m["s_per_gib"],
                 e["s_per_gib"],
+                *(1000 * e.get("checksum_s", {}).get(a, float("nan")) for a in ("sha256", "xxh3_128")),
                 m["step_s"],
                 f"{100 * m['share_of_step']:.1f}%",
             ]
@@ -127,7 +143,8 @@ def markdown(result: dict) -> str:
     return (
         f"quickstart layout with the model swapped in, {s['steps']} steps x {s['rounds']} rounds (sizes alternate); "
         "full path = `timing_s/weight_sync` (gather, checksum, probes, transfer, load, verify on 2 workers); "
-        "engine only = `VLLMEngine.load_weights` in-process; publish = learner gather/checksum/probe/put "
+        "engine only = `VLLMEngine.load_weights` in-process; checksum ms = one `state_dict_checksum` pass "
+        "(a sync makes one at the learner, one per loading worker); publish = learner gather/checksum/probe/put "
         "(`timing_s/publish`), load = slowest worker's checksum+load+probe (`timing_s/load`); the rest of the full "
         "path is driver-side Ray dispatch and waits\n\n"
         + table(
@@ -139,6 +156,8 @@ def markdown(result: dict) -> str:
                 "load s",
                 "full path s/GiB",
                 "engine-only s/GiB",
+                "checksum ms sha256",
+                "checksum ms xxh3",
                 "s/step",
                 "share of step",
             ],
