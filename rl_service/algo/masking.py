@@ -145,3 +145,22 @@ def aggregate_loss(
         denom = loss_denom(mask, mode)
     d = torch.as_tensor(denom, dtype=torch.float32, device=num.device)
     return num / torch.where(d > 0, d, torch.ones_like(d))
+
+
+def work_token_counts(mask: Tensor, advantages: Tensor, attention_mask: Tensor, every_token_has_grad: bool) -> dict:
+    """The update's token counts, the same whatever work a learner option saves (so a saving
+    can never pass as throughput by itself: the benchmark divides these by time).
+
+    mask, advantages: [B, T-1] (loss tokens, their advantages); attention_mask: [B, T] (real
+    tokens, prompt and completion). every_token_has_grad: a critic, a KL term in the loss or an
+    entropy bonus gives every loss token a gradient; otherwise only tokens with advantage != 0
+    have one.
+    -> {"tokens/trained": loss tokens, "tokens/nonzero_grad": loss tokens with a non-zero
+    gradient term, "tokens/processed": real tokens of every sample (prompt + completion)}."""
+    m = mask.bool()
+    carries = m if every_token_has_grad else m & (advantages != 0)
+    return {
+        "tokens/trained": float(m.sum()),
+        "tokens/nonzero_grad": float(carries.sum()),
+        "tokens/processed": float(attention_mask.bool().sum()),
+    }

@@ -31,7 +31,14 @@ import torch
 
 from rl_service.algo.kl import kl_penalty
 from rl_service.algo.losses import entropy_bonus, ppo_policy_loss, value_loss
-from rl_service.algo.masking import aggregate_loss, loss_denom, masked_count, masked_sum, zero_signal_rows
+from rl_service.algo.masking import (
+    aggregate_loss,
+    loss_denom,
+    masked_count,
+    masked_sum,
+    work_token_counts,
+    zero_signal_rows,
+)
 from rl_service.algo.packing import token_slots
 from rl_service.config import LearnerConfig
 from rl_service.learner.batching import epoch_order, minibatches, plan_micro_batches, rank_micro_batches
@@ -182,6 +189,12 @@ def ppo_update(
         **plan.metrics(),
         "train/skipped_zero_adv_samples": float(len(skipped_rows)),
         "train/skipped_zero_adv_tokens": float(masked_count(data.mask[skipped_rows])) if skipped_rows else 0.0,
+        **work_token_counts(
+            data.mask,
+            data.advantages,
+            data.attention_mask,
+            every_token_has_grad=models.critic is not None or kl_in_loss or cfg.entropy_coef > 0,
+        ),
     }
 
 

@@ -401,6 +401,11 @@ def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_pa
         assert full["metrics"]["train/skipped_zero_adv_samples"] == 0
         assert lean["metrics"]["train/skipped_zero_adv_samples"] == n_skipped == 15
         assert lean["metrics"]["train/skipped_zero_adv_tokens"] > 0
+        # the work counts do not depend on the skipping: the same tokens trained / with a gradient
+        for key in ("tokens/trained", "tokens/nonzero_grad", "tokens/processed"):
+            assert lean["metrics"][key] == full["metrics"][key]
+        m = lean["metrics"]
+        assert m["tokens/nonzero_grad"] <= m["tokens/trained"] - m["train/skipped_zero_adv_tokens"]
         assert lean["metrics"]["train/optimizer_steps"] == full["metrics"]["train/optimizer_steps"] == 4
         assert abs(lean["metrics"]["loss/policy"] - full["metrics"]["loss/policy"]) < 1e-6
     from safetensors.torch import load_file

@@ -187,3 +187,26 @@ def test_zero_signal_rows_match_a_loop():
     assert got == want
     assert got[1] and got[2] and got[6]  # the empty row, a zero row, zero on the mask
     assert got[5] == (not bool(mask[5, -1]))
+
+
+def test_work_token_counts_match_a_plain_loop():
+    from rl_service.algo.masking import work_token_counts
+
+    g = torch.Generator().manual_seed(3)
+    B, T = 6, 9
+    mask = (torch.rand(B, T - 1, generator=g) < 0.6).float()
+    adv = torch.randn(B, T - 1, generator=g)
+    adv[1] = 0.0  # a zero-advantage group member
+    adv[3, :4] = 0.0
+    attention = (torch.rand(B, T, generator=g) < 0.8).long()
+    for every in (False, True):
+        trained = nonzero = processed = 0
+        for i in range(B):
+            for t in range(T - 1):
+                if mask[i, t] > 0:
+                    trained += 1
+                    nonzero += 1 if (every or adv[i, t] != 0) else 0
+            processed += sum(1 for t in range(T) if attention[i, t])
+        got = work_token_counts(mask, adv, attention, every_token_has_grad=every)
+        assert got == {"tokens/trained": trained, "tokens/nonzero_grad": nonzero, "tokens/processed": processed}
+    assert work_token_counts(mask, adv, attention, False)["tokens/nonzero_grad"] < trained
