@@ -1,269 +1,279 @@
-"""e2e_trl: rl_service (GRPO group advantages) vs TRL's GRPOTrainer, same budget, on CPU.
+"""e2e_trl: rl_service (GRPO) vs TRL's GRPOTrainer on three workload shapes, same budget, on CPU.
 
-Four sides per round, in turn: rl_service (`rl-service train`, quickstart layout: 2 vLLM
-rollout workers, 1 scorer, 2 FSDP2 learners, max_policy_lag 1) with its defaults and "lean"
-(no learner-side logprob check, no reference pass: TRL's work per step), TRL with HF generate
-(`use_vllm=False`), TRL with colocated vLLM (bench/trl_vllm_shim.py routes its weight sync
-through the worker's reload_weights). All four: the same warm-started model, task
-(2-digit addition, exact-match reward), prompts in the same order, group size, completion
-cap, learning rate (constant AdamW, clip 1.0, no KL), one optimizer step per step, the
-same number of steps. Figures: trained completion tokens/s over the training loop (and
-steady state, first step excluded), median wall time per step, held-out greedy exact
-match after the same number of samples. Also the step-time bar: rl_service's step vs
-(standalone vLLM time for the step's generation + learner train time).
+Shapes (bench/shapes.py): short (the old benchmark: a few completion tokens per sample), long
+(~160-token completions with a spread, cap 256), shared (a 216-token few-shot prefix common to
+every prompt). Per shape, in counterbalanced order (A B C D, D C B A, A B C D, ...; round i uses
+seed i on every side), each side one whole training run:
+
+- rl_service: `rl-service train` with its defaults (quickstart layout: 2 vLLM workers, 1 scorer,
+  2 FSDP2 learners; short shape only);
+- rl_service_lean: the lean knobs (LEAN: no learner-side logprob check, no reference pass, i.e.
+  TRL's work per step, plus the options that skip work without changing the update);
+- trl_hf: TRL with HF generate (`use_vllm=False`);
+- trl_vllm: TRL with colocated vLLM, matched to rl_service: fp32 engine, no importance-sampling
+  pass (bench/trl_grpo.py --matched).
+
+Both systems: the same model, config file, prompts in the same order, reward, group size, cap,
+learning rate (constant AdamW, clip 1.0, no KL), one optimizer step per step, same steps.
+Figures per run over steps 2..N (bench/e2e_figures.py): three token rates (completion tokens
+trained/s, tokens with a non-zero gradient/s, all tokens/s), median step time, rl_service's
+own stage timers. Ratios per round (pair), reported as min / median / max. Short shape: both
+sides' final models scored by one evaluator on 1,000 held-out problems, mean over the seeds.
+Step bar per shape (bench/standalone.py): lean's step vs the standalone engine time for the
+step's generation + the standalone learner time on those samples; overhead = 1 - that / step.
+
+BENCH_SHAPES=short,long picks shapes (the others' results stay from the JSON's last run, each
+with its own start time); BENCH_STEPS / BENCH_ROUNDS resize.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench import profile
-from bench.common import REPO, alternate, env_sized, log, median, medians, pair_ratios, table, target
-from bench.rls_run import RUN_ROOT, timing_summary, train_run
+from bench.common import REPO, RESULTS, log, machine_info, table, target
+from bench.e2e_figures import (
+    accuracy_gap,
+    accuracy_summary,
+    pair_values,
+    rls_figures,
+    score_dirs,
+    spread,
+    trl_figures,
+)
+from bench.rls_run import RUN_ROOT, train_run
+from bench.shapes import EVAL_PROBLEMS, FULL, QUICK, Shape, config_path, overrides
 
-FULL = dict(size="30m", prompts=16, group=8, max_tokens=256, lr=5e-5, steps=20, rounds=2)
-QUICK = dict(size="test", prompts=4, group=4, max_tokens=16, lr=5e-5, steps=2, rounds=1)
-
-
-# TRL with beta 0 and num_iterations 1 runs one forward + backward per step: no reference
-# model, no old-policy pass (its ratio is against the detached current logprobs). The lean
-# side does the same work: no learner-side logprob check, no reference (KL not measured).
+ROUNDS, QUICK_ROUNDS = 3, 1
 LEAN = ["learner.logprob_check_every=0", "learner.kl.measure_every=0"]
+"""TRL with beta 0 and num_iterations 1 runs one forward + backward per step: no reference
+model, no old-policy pass. lean does the same, and skips zero-advantage samples (the default)."""
+SIDES = {"short": ["rl_service", "rl_service_lean", "trl_hf", "trl_vllm"]}
+DEFAULT_SIDES = ["rl_service_lean", "trl_hf", "trl_vllm"]
 
 
-def rls_side(model: str, s: dict, i: int, extra: tuple[str, ...] = (), tag: str = "") -> dict:
+def rls_side(shape: Shape, model: str, seed: int, lean: bool) -> dict:
+    tag = f"e2e-{shape.name}-rls{'-lean' if lean else ''}-{seed}"
     run = train_run(
-        f"e2e-rls{tag}-{i}",
-        [
-            f"model.path={model}",
-            "seed=0",
-            f"train.steps={s['steps']}",
-            f"train.prompts_per_step={s['prompts']}",
-            "train.eval_every=0",
-            f"rollout.samples_per_prompt={s['group']}",
-            f"rollout.max_new_tokens={s['max_tokens']}",
-            f"rollout.prompts_per_batch={s['prompts'] // 2}",
-            "rollout.kv_cache_gib=1.0",
-            "learner.advantage=grpo",
-            f"learner.lr={s['lr']}",
-            "learner.num_minibatches=1",
-            "learner.ppo_epochs=1",
-            "learner.kl.coef=0.0",
-            *extra,
-        ],
+        tag, overrides(shape, model, seed) + (LEAN if lean else []), config=config_path(shape), timeout_s=7200
     )
-    t = timing_summary(run["rows"])
     return {
-        "tokens_per_s": t["tokens_per_s"],
-        "steady_tokens_per_s": t["steady_tokens_per_s"],
-        "step_s": t["step_s"],
-        "train_s": t["train_s"],
-        "generate_s": t["generate_s"],
-        "train_compute_s": t["train_compute_s"],
-        "publish_s": t["publish_s"],
-        "load_s": t["load_s"],
-        "wait_s": t["wait_s"],
-        "weight_sync_s": t["weight_sync_s"],
-        "accuracy_end": run["summary"]["eval/accuracy_end"],
-        "accuracy_start": run["summary"]["eval/accuracy_start"],
+        **rls_figures(run["rows"]),
         "process_s": run["process_s"],
-        "completion_tokens": t["completion_tokens"],
-        "steps": t["steps"],
+        "final_dir": run["summary"]["final_dir"],
         "profile": run["profile"],
     }
 
 
-def trl_side(mode: str, model: str, s: dict, i: int) -> dict:
-    out = RUN_ROOT / f"e2e-trl-{mode}-{i}.json"
-    log_path = RUN_ROOT / f"e2e-trl-{mode}-{i}.log"
-    prof = RUN_ROOT / f"e2e-trl-{mode}-{i}.collapsed"
+def trl_side(shape: Shape, model: str, seed: int, mode: str) -> dict:
+    tag = f"e2e-{shape.name}-trl-{mode}-{seed}"
+    out, log_path, prof = (RUN_ROOT / f"{tag}{ext}" for ext in (".json", ".log", ".collapsed"))
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable,
-        "-m",
-        "bench.trl_grpo",
-        "--model",
-        model,
-        "--mode",
-        mode,
-        "--steps",
-        str(s["steps"]),
-        "--prompts",
-        str(s["prompts"]),
-        "--group",
-        str(s["group"]),
-        "--max-tokens",
-        str(s["max_tokens"]),
-        "--lr",
-        str(s["lr"]),
-        "--out",
-        str(out),
+        *(sys.executable, "-m", "bench.trl_grpo", "--mode", mode, "--config", str(config_path(shape))),
+        *("--overrides", json.dumps(overrides(shape, model, seed)), "--save", str(RUN_ROOT / tag / "final")),
+        *("--out", str(out), *(["--matched"] if mode == "vllm" else [])),
     ]
     t0 = time.perf_counter()
     with log_path.open("w") as fh:
-        proc = subprocess.run(
-            profile.wrap(cmd, prof), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ}, timeout=3600
-        )
-    process_s = time.perf_counter() - t0
+        proc = subprocess.run(profile.wrap(cmd, prof), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=7200)
     if proc.returncode != 0:
         raise RuntimeError(f"TRL {mode} run failed ({proc.returncode}); log {log_path}")
-    r = json.loads(out.read_text())
-    steps, tokens = r["step_s"], r["tokens"]
-    rest = slice(1, None) if len(steps) > 1 else slice(None)
     return {
-        "tokens_per_s": sum(tokens) / sum(steps),
-        "steady_tokens_per_s": sum(tokens[rest]) / sum(steps[rest]),
-        "step_s": statistics.median(steps[rest]),
-        "accuracy_end": r["accuracy_end"],
-        "process_s": process_s,
-        "startup_s": r["startup_s"],
-        "completion_tokens": sum(tokens),
-        "steps": len(steps),
-        "weight_sync_s": median(r["sync_s"][1:] or r["sync_s"]) if r["sync_s"] else None,
-        "logp_diff_mean": r.get("logp_diff_mean"),
+        **trl_figures(json.loads(out.read_text())),
+        "process_s": time.perf_counter() - t0,
+        "final_dir": str(RUN_ROOT / tag / "final"),
         "profile": profile.stage_shares(prof) if profile.enabled() else None,
     }
 
 
-def standalone_vllm(model: str, s: dict, calls: int = 3) -> dict:
-    """Seconds one in-process vLLM engine (all cores) takes for one step's generation:
-    the step's prompts x group, same cap and temperature. Median of `calls` after a warm-up."""
-    from rl_service.config import AdditionConfig
-    from rl_service.rollout.vllm_engine import VLLMEngine
-    from rl_service.tasks.addition import AdditionTask
-    from rl_service.tasks.stream import PromptStream
+def standalone(shape: Shape, model: str) -> dict:
+    """bench/standalone.py for the lean side's config (its own process, nothing else running)."""
+    out = RUN_ROOT / f"e2e-{shape.name}-standalone.json"
+    args = json.dumps(overrides(shape, model, 0) + LEAN)
+    cmd = [sys.executable, "-m", "bench.standalone", "--config", str(config_path(shape)), "--overrides", args]
+    subprocess.run([*cmd, "--out", str(out)], cwd=REPO, check=True, timeout=3600)
+    return json.loads(out.read_text())
 
-    prompts = [p.text for p in PromptStream(AdditionTask(AdditionConfig()), 0).next_batch(s["prompts"])]
-    engine = VLLMEngine(model, dtype="float32", kv_cache_gib=1.0, seed=0, cpu_threads=os.cpu_count() or 1)
-    engine.generate(prompts, n=s["group"], max_new_tokens=s["max_tokens"], seed=999)
-    secs = []
-    for i in range(calls):
-        t0 = time.perf_counter()
-        engine.generate(prompts, n=s["group"], max_new_tokens=s["max_tokens"], seed=i)
-        secs.append(time.perf_counter() - t0)
-    return {"generate_s": statistics.median(secs), "calls": secs}
+
+def run_shape(shape: Shape, rounds: int) -> dict:
+    from bench.models import long_model, num_params, warm_model
+
+    model = str(long_model(shape.size) if shape.model == "long" else warm_model(shape.size))
+    started, load = time.time(), os.getloadavg()[0]
+    sides = SIDES.get(shape.name, DEFAULT_SIDES)
+    call = {
+        "rl_service": lambda seed: rls_side(shape, model, seed, False),
+        "rl_service_lean": lambda seed: rls_side(shape, model, seed, True),
+        "trl_hf": lambda seed: trl_side(shape, model, seed, "hf"),
+        "trl_vllm": lambda seed: trl_side(shape, model, seed, "vllm"),
+    }
+    log(f"e2e_trl {shape.name}: model {model} ({num_params(Path(model)) / 1e6:.2f}M params), {shape}, {rounds} rounds")
+    runs = []
+    for i in range(rounds):
+        for side in sides if i % 2 == 0 else sides[::-1]:  # A B C D, D C B A, ...
+            t0 = time.perf_counter()
+            figures = call[side](i)
+            runs.append({"pair": i, "side": side, "seed": i, "wall_s": time.perf_counter() - t0, **figures})
+            log(f"  {shape.name} round {i} {side}: " + _brief(figures))
+    alone = standalone(shape, model)
+    return summarise(shape, model, runs, alone, started, load)
+
+
+def summarise(shape: Shape, model: str, runs: list[dict], alone: dict, started: float, load: float) -> dict:
+    sides = list(dict.fromkeys(r["side"] for r in runs))
+    med = {s: _medians([r for r in runs if r["side"] == s]) for s in sides}
+    ratios = {}
+    for key in ("tokens_per_s", "nonzero_tokens_per_s", "all_tokens_per_s"):
+        for rls in [s for s in sides if s.startswith("rl_service")]:
+            for den in ("trl_hf", "trl_vllm", ("trl_hf", "trl_vllm")):
+                name = "trl_best" if isinstance(den, tuple) else den
+                ratios[f"{key}/{rls}_over_{name}"] = spread(pair_values(runs, key, rls, den))
+    lean = med["rl_service_lean"]
+    ideal = alone["generate_s"] + alone["learner_s"]
+    bar = {
+        "standalone_generate_s": alone["generate_s"],
+        "standalone_learner_s": alone["learner_s"],
+        "ideal_step_s": ideal,
+        "lean_step_s": lean["step_s"],
+        "step_over_ideal": lean["step_s"] / ideal,
+        "overhead_share": 1 - ideal / lean["step_s"],
+        "weight_sync_share": lean["weight_sync_share"],
+        "standalone": alone,
+    }
+    out = {
+        "shape": shape.__dict__,
+        "model": model,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "load_1m_at_start": load,
+        "machine": machine_info(),
+        "runs": runs,
+        "medians": med,
+        "ratios": ratios,
+        "step_bar": bar,
+    }
+    t = {}
+    r = lambda k: ratios[k]["median"]  # noqa: E731
+    if shape.name == "short":
+        t["lean_tokens_per_s_vs_trl_hf"] = target(r("tokens_per_s/rl_service_lean_over_trl_hf"), 2.0)
+        t["defaults_tokens_per_s_vs_trl_hf"] = target(r("tokens_per_s/rl_service_over_trl_hf"), 1.5)
+        out["accuracy"] = accuracy(runs, sides)
+        for trl in ("trl_hf", "trl_vllm"):
+            gap = out["accuracy"]["gaps"][f"rl_service_lean_minus_{trl}"]
+            t[f"accuracy_vs_{trl}_in_se"] = target(gap["diff_over_se"], -1.0)
+    else:
+        t["lean_tokens_per_s_vs_trl_best"] = target(r("tokens_per_s/rl_service_lean_over_trl_best"), 1.5)
+    t["step_over_ideal"] = target(bar["step_over_ideal"], 1.25, higher_is_better=False)
+    t["overhead_share"] = target(bar["overhead_share"], 0.10, higher_is_better=False)
+    t["weight_sync_share"] = target(bar["weight_sync_share"], 0.05, higher_is_better=False)
+    out["targets"] = t
+    return out
+
+
+def accuracy(runs: list[dict], sides: list[str]) -> dict:
+    """Every final model of the shape through the one evaluator, then mean and SE per side."""
+    scores = score_dirs([r["final_dir"] for r in runs], EVAL_PROBLEMS)
+    for r, acc in zip(runs, scores):
+        r["accuracy_end"] = acc
+    per = {s: accuracy_summary([r["accuracy_end"] for r in runs if r["side"] == s], EVAL_PROBLEMS) for s in sides}
+    gaps = {f"rl_service_lean_minus_{t}": accuracy_gap(per["rl_service_lean"], per[t]) for t in ("trl_hf", "trl_vllm")}
+    return {"problems": EVAL_PROBLEMS, "per_side": per, "gaps": gaps}
 
 
 def run(quick: bool) -> dict:
-    from bench.models import num_params, warm_model
-
-    s = QUICK if quick else env_sized(FULL)
-    model_dir = warm_model(s["size"])
-    model, params = str(model_dir), num_params(model_dir)
-    log(f"e2e_trl: model {model} ({params / 1e6:.2f}M params), {s}")
-    runs = alternate(
-        s["rounds"],
-        {
-            "rl_service": lambda i: rls_side(model, s, i),
-            "rl_service_lean": lambda i: rls_side(model, s, i, tuple(LEAN), "-lean"),
-            "trl_hf": lambda i: trl_side("hf", model, s, i),
-            "trl_vllm": lambda i: trl_side("vllm", model, s, i),
-        },
-    )
-    keys = [
-        "tokens_per_s",
-        "steady_tokens_per_s",
-        "step_s",
-        "accuracy_end",
-        "process_s",
-        "train_s",
-        "generate_s",
-        "weight_sync_s",
-        "train_compute_s",
-        "publish_s",
-        "load_s",
-        "wait_s",
-    ]
-    med = medians(runs, keys)
-    ratios = {
-        f"{rls}_over_{trl}": pair_ratios(runs, "tokens_per_s", rls, trl)
-        for rls in ("rl_service", "rl_service_lean")
-        for trl in ("trl_hf", "trl_vllm")
-    }
-    # The targets are judged on the lean side: the same work per step as TRL's.
-    ratio_hf, ratio_vllm = ratios["rl_service_lean_over_trl_hf"], ratios["rl_service_lean_over_trl_vllm"]
-    alone = standalone_vllm(model, s)
-    # the learner's own compute (timing_s/train_compute) when logged; the driver's train time adds dispatch
-    lean = med["rl_service_lean"]
-    learner_s = lean.get("train_compute_s") or lean["train_s"]
-    ideal = alone["generate_s"] + learner_s
-    step_over_ideal = lean["step_s"] / ideal
-    acc = {k: med[k]["accuracy_end"] for k in med}
+    shapes = QUICK if quick else FULL
+    chosen = [s for s in os.environ.get("BENCH_SHAPES", ",".join(shapes)).split(",") if s]
+    rounds = int(os.environ.get("BENCH_ROUNDS") or (QUICK_ROUNDS if quick else ROUNDS))
+    steps = os.environ.get("BENCH_STEPS")
+    previous = _previous(quick)
+    results = {}
+    for name in shapes:
+        if name in chosen:
+            shape = shapes[name]
+            if steps:
+                shape = Shape(**{**shape.__dict__, "steps": int(steps)})
+            results[name] = run_shape(shape, rounds)
+        elif name in previous:
+            results[name] = previous[name]
     return {
         "settings": {
-            **s,
-            "model": model,
-            "params": params,
-            "samples_trained": s["steps"] * s["prompts"] * s["group"],
-            "rl_service": "quickstart layout (2 vLLM workers x 0.5 CPU, 1 scorer, 2 FSDP2 learners x 0.5 CPU), "
-            "advantage grpo, max_policy_lag 1, fp32 engines",
-            "trl": "GRPOTrainer 1.16, use_cpu, loss dapo, scale_rewards group, beta 0, fp32 trainer; "
-            "colocated vLLM runs in bf16 (TRL passes no dtype; vLLM's CPU auto)",
+            "rounds": rounds,
+            "lean": LEAN,
+            "shapes_run_now": chosen,
+            "sides": SIDES,
+            "default_sides": DEFAULT_SIDES,
         },
-        "runs": runs,
-        "medians": med,
-        "pair_ratios": ratios,
-        "median_ratios": {k: median(v) for k, v in ratios.items()},
-        "step_bar": {
-            "standalone_vllm_generate_s": alone["generate_s"],
-            "standalone_calls_s": alone["calls"],
-            "learner_train_s": learner_s,
-            "driver_train_s": lean["train_s"],
-            "ideal_step_s": ideal,
-            "rl_service_step_s": lean["step_s"],
-            "step_over_ideal": step_over_ideal,
-        },
-        "targets": {
-            "tokens_per_s_vs_trl_hf": target(median(ratio_hf), 2.0),
-            "tokens_per_s_vs_trl_vllm": target(median(ratio_vllm), 1.5),
-            "accuracy_vs_trl_hf": target(acc["rl_service_lean"] - acc["trl_hf"], 0.0),
-            "accuracy_vs_trl_vllm": target(acc["rl_service_lean"] - acc["trl_vllm"], 0.0),
-            "step_over_ideal": target(step_over_ideal, 1.25, higher_is_better=False),
-        },
+        "shapes": results,
+        "targets": {f"{n}/{k}": v for n, res in results.items() for k, v in res["targets"].items()},
     }
+
+
+def _previous(quick: bool) -> dict:
+    path = RESULTS / f"e2e_trl{'.quick' if quick else ''}.json"
+    try:
+        return json.loads(path.read_text()).get("shapes", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _medians(rows: list[dict]) -> dict:
+    import statistics
+
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and k not in ("pair", "seed")]
+    return {
+        k: statistics.median(r[k] for r in rows) for k in keys if all(isinstance(r.get(k), (int, float)) for r in rows)
+    }
+
+
+def _brief(f: dict) -> str:
+    keys = ("tokens_per_s", "nonzero_tokens_per_s", "all_tokens_per_s", "step_s", "weight_sync_s")
+    return "  ".join(f"{k}={f[k]:.4g}" for k in keys if isinstance(f.get(k), float))
 
 
 def markdown(result: dict) -> str:
-    s, med = result["settings"], result["medians"]
-    rows = [
-        [side, m["tokens_per_s"], m["steady_tokens_per_s"], m["step_s"], m["accuracy_end"], m["process_s"]]
-        for side, m in med.items()
-    ]
-    r = result["median_ratios"]
-    b = result["step_bar"]
-    return (
-        f"{s['params'] / 1e6:.1f}M-param warm-started model, {s['prompts']} prompts x {s['group']} completions "
-        f"per step, cap {s['max_tokens']} tokens, lr {s['lr']}, {s['steps']} steps "
-        f"({s['samples_trained']} samples), {s['rounds']} rounds (rl_service, rl_service lean, TRL HF, TRL vLLM in "
-        f"turn; lean = {' '.join(LEAN)}: TRL's work per step, no reference or old-policy pass)\n\n"
-        + table(
-            ["side", "trained tok/s", "steady tok/s", "s/step (median)", "held-out acc after", "process wall s"], rows
+    parts = []
+    for name, res in result["shapes"].items():
+        s, med, bar = res["shape"], res["medians"], res["step_bar"]
+        rows = [
+            [
+                side,
+                m.get("tokens_per_s"),
+                m.get("nonzero_tokens_per_s"),
+                m.get("all_tokens_per_s"),
+                m.get("step_s"),
+                m.get("weight_sync_s"),
+            ]
+            for side, m in med.items()
+        ]
+        head = (
+            f"**{name}** ({res['started']}, load {res['load_1m_at_start']:.1f}): {s['prompts']} prompts x {s['group']}"
+            f" completions per step, cap {s['max_tokens']}, {s['steps']} steps (step 1 not counted), lr {s['lr']}, "
+            f"{len({r['pair'] for r in res['runs']})} rounds, model `{res['model']}`\n\n"
         )
-        + f"\n\nrl_service lean / TRL tokens/s (median of per-round ratios): vs HF generate "
-        f"{_f(r['rl_service_lean_over_trl_hf'])} (target >= 2), vs colocated vLLM "
-        f"{_f(r['rl_service_lean_over_trl_vllm'])} (target >= 1.5); defaults: {_f(r['rl_service_over_trl_hf'])}"
-        f" and {_f(r['rl_service_over_trl_vllm'])}.  \n"
-        f"Step bar (lean): rl_service step {b['rl_service_step_s']:.2f} s"
-        f" vs standalone vLLM {b['standalone_vllm_generate_s']:.2f} s"
-        f" + learner compute {b['learner_train_s']:.2f} s = {b['ideal_step_s']:.2f} s"
-        f" -> {b['step_over_ideal']:.2f}x (target <= 1.25)"
-        + _rls_split(med["rl_service_lean"], "lean")
-        + _rls_split(med["rl_service"], "defaults")
-    )
-
-
-def _rls_split(m: dict, label: str) -> str:
-    """Where an rl_service step goes (steady-state medians of its own timers)."""
-    keys = ["wait_s", "generate_s", "train_s", "train_compute_s", "weight_sync_s", "publish_s", "load_s"]
-    return f"  \nrl_service ({label}) step split (medians, s): " + ", ".join(
-        f"{k.removesuffix('_s')} {m[k]:.2f}" for k in keys if m.get(k) is not None
-    )
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
+        tab = table(["side", "completion tok/s", "non-zero-grad tok/s", "all tok/s", "s/step", "sync s"], rows)
+        rat = "\n".join(
+            f"- {k}: {v['median']:.2f}x (min {v['min']:.2f}, max {v['max']:.2f}, {v['n']} pairs)"
+            for k, v in res["ratios"].items()
+            if v["median"] is not None and k.startswith("tokens_per_s/")
+        )
+        step = (
+            f"Step bar (lean): {bar['lean_step_s']:.2f} s vs standalone engine "
+            f"{bar['standalone_generate_s']:.2f} s + learner {bar['standalone_learner_s']:.2f} s = "
+            f"{bar['ideal_step_s']:.2f} s -> {bar['step_over_ideal']:.2f}x; overhead "
+            f"{100 * bar['overhead_share']:.0f}%, weight sync {100 * bar['weight_sync_share']:.1f}% of the step"
+        )
+        acc = ""
+        if "accuracy" in res:
+            a = res["accuracy"]
+            acc = "\n\nHeld-out accuracy (one evaluator, {} problems, mean over seeds +- SE): ".format(
+                a["problems"]
+            ) + ", ".join(
+                f"{side} {v['mean']:.3f} +- {(v['se'] or v['binomial_se']):.3f}" for side, v in a["per_side"].items()
+            )
+        parts.append(head + tab + "\n\nRatios, completion tokens/s:\n" + rat + "\n\n" + step + acc)
+    return "\n\n".join(parts)

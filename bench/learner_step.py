@@ -18,14 +18,8 @@ round, so drift hits every variant alike.
 from __future__ import annotations
 
 import random
-import statistics
-import time
-
-import torch
-import torch.multiprocessing as mp
 
 from bench.common import alternate, env_sized, log, median, medians, pair_ratios, table
-from rl_service.infra.env import free_port
 
 FULL = dict(size="30m", prompts=16, group=8, updates=5, rounds=2)
 QUICK = dict(size="test", prompts=4, group=4, updates=2, rounds=1)
@@ -72,10 +66,11 @@ def _batches(prompts: int, group: int):
     return out
 
 
-def _worker(rank: int, world: int, port: int, threads: int, lean: bool, model: str, s: dict, out) -> None:
+def _one(model: str, s: dict, layout: str, lean: bool) -> dict:
+    from bench.standalone import time_learner
     from rl_service.config import LearnerConfig
-    from rl_service.learner.learner import Learner
 
+    world, threads = LAYOUTS[layout]
     every = 0 if lean else 1
     cfg = LearnerConfig(
         num_workers=world,
@@ -85,31 +80,12 @@ def _worker(rank: int, world: int, port: int, threads: int, lean: bool, model: s
         logprob_check_every=every,
         kl={"coef": 0.0, "measure_every": every},
     )
-    learner = Learner(cfg, model, rank, world, "127.0.0.1", port, seed=0)
-    try:
-        learner.setup()
-        torch.set_num_threads(threads)
-        batches, secs = _batches(s["prompts"], s["group"]), []
-        for _ in range(s["updates"]):
-            t0 = time.perf_counter()
-            learner.train_step(batches, s["group"])
-            secs.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        learner.publish(1, [[1, 5, 6, 7]])
-        publish_s = time.perf_counter() - t0
-        if rank == 0:
-            out.put({"train_step_s": statistics.median(secs[1:] or secs), "publish_s": publish_s, "all_s": secs})
-    finally:
-        learner.shutdown()
-
-
-def _one(model: str, s: dict, layout: str, lean: bool) -> dict:
-    world, threads = LAYOUTS[layout]
-    out = mp.get_context("spawn").Queue()
-    ctx = mp.spawn(_worker, nprocs=world, join=False, args=(world, free_port(), threads, lean, model, s, out))
-    while not ctx.join():
-        pass
-    return {"layout": layout, "variant": "lean" if lean else "defaults", **out.get(timeout=60)}
+    got = time_learner(cfg, model, _batches(s["prompts"], s["group"]), s["group"], world, threads, s["updates"])
+    return {
+        "layout": layout,
+        "variant": "lean" if lean else "defaults",
+        **{k: got[k] for k in ("train_step_s", "publish_s", "all_s")},
+    }
 
 
 def run(quick: bool) -> dict:

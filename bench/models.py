@@ -95,9 +95,43 @@ def nonstop_model(size: str, logit_std: float = 4.0) -> Path:
     return out
 
 
+def long_model(size: str, logit_std: float = 0.3) -> Path:
+    """Random-init model that writes long completions with a spread of lengths: the vocab cut to
+    the tokenizer's tokens (no padded rows to sample) and the lm_head scaled so the logits have
+    std ~`logit_std`. Every token, EOS included, then has probability ~1/V (V = 259): EOS ends a
+    completion after ~V tokens on average, geometric, so a 256-token cap keeps ~63% and the
+    mean is ~160 tokens (bench/shapes.py "long")."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl_service.config import AdditionConfig
+    from rl_service.models.build import ensure_model
+
+    src = ensure_model(model_config(size, warm=False), AdditionConfig(), seed=0, progress=False)
+    out = CACHE / f"long-{src.name}"
+    if (out / "config.json").is_file():
+        return out
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.resize_token_embeddings(len(tok))
+    with torch.no_grad():
+        ids = tok(["12+34=", "99+1=", "5+67="], return_tensors="pt", padding=True)
+        std = model(**ids).logits.std().item()
+        model.lm_head.weight.mul_(logit_std / std)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "bench_info.json").write_text(json.dumps({"source": str(src), "logit_std": logit_std}))
+    tmp.rename(out)
+    return out
+
+
 def num_params(path: Path) -> int:
     """Parameter count from build_info.json (written by models/build) or the config."""
-    for f in (path / "build_info.json", Path(str(path).replace("nonstop-", "")) / "build_info.json"):
+    for f in (
+        path / "build_info.json",
+        Path(str(path).replace("nonstop-", "").replace("long-", "")) / "build_info.json",
+    ):
         if f.is_file():
             return int(json.loads(f.read_text())["num_params"])
     cfg = json.loads((path / "config.json").read_text())

@@ -13,7 +13,12 @@ timers instead: train = `timing_s/train_compute` (the learner's compute), weight
 `timing_s/publish` (learner gather/checksum/probe/put) + `timing_s/load` (slowest worker's
 checksum+load+probe), so dispatch, transfer and driver waits count as overhead. The
 share is the sum over steady-state steps (first step excluded) of overhead / sum of step.
-Target: <= 10% of wall. Also reported: the run's whole-process wall vs its training loop.
+Also reported: the run's whole-process wall vs its training loop.
+
+These are in-run timers: generation and training slowed by sharing the cores still count as
+"busy", so contention is hidden here. The overhead held to the <= 10% target is e2e_trl's per
+shape (bench/e2e_trl.py step bar): 1 - (standalone engine + standalone learner) / step, which
+counts contention as overhead. This benchmark says where the rest goes.
 """
 
 from __future__ import annotations
@@ -134,7 +139,8 @@ def run(quick: bool) -> dict:
             "driver_view_share": median([r["driver_view_share"] for r in runs]),
             "outside_loop_share": median([r["outside_loop_share"] for r in runs]),
         },
-        "targets": {"overhead_share": target(share, 0.10, higher_is_better=False)},
+        # in-run timers (contention hidden): the judged overhead is e2e_trl's step bar per shape
+        "targets": {"in_run_overhead_share": target(share, 0.10, higher_is_better=False)},
     }
 
 

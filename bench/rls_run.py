@@ -1,6 +1,6 @@
 """Run rl_service training through its own CLI and read back the run's metrics.
 
-`rl-service train configs/quickstart.yaml <overrides>` in a subprocess (its own Ray, its
+`rl-service train CONFIG <overrides>` (configs/quickstart.yaml unless told) in a subprocess (its own Ray, its
 own engines and learners, exactly what a user runs), outputs under .tmp/bench/runs/<name>/.
 The figures come from the run's own `metrics.jsonl` (one row per step, see controller.py)
 and `summary.json`. With BENCH_PROFILE=1 the run is sampled by py-spy (bench/profile.py).
@@ -20,17 +20,18 @@ from bench import profile
 from bench.common import REPO, log
 
 RUN_ROOT = REPO / ".tmp" / "bench" / "runs"
-CLI = [str(Path(sys.executable).with_name("rl-service")), "train", str(REPO / "configs" / "quickstart.yaml")]
+CLI = [str(Path(sys.executable).with_name("rl-service")), "train"]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 
-def train_run(name: str, overrides: list[str], timeout_s: float = 3600) -> dict:
+def train_run(name: str, overrides: list[str], timeout_s: float = 3600, config: Path = QUICKSTART) -> dict:
     """One training run -> {"rows": metrics.jsonl rows, "summary": summary.json, "process_s": wall
     of the whole command (Ray start, model load, engines, eval included)}. Raises on failure,
     with the tail of the run's log."""
     run_dir = RUN_ROOT / name
     log_path = RUN_ROOT / f"{name}.log"
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
-    args = CLI + [f"name={name}", f"run_root={RUN_ROOT}", "tracking.wandb=false", *overrides]
+    args = CLI + [str(config), f"name={name}", f"run_root={RUN_ROOT}", "tracking.wandb=false", *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     prof = RUN_ROOT / f"{name}.collapsed"

@@ -36,3 +36,18 @@ def patch_colocate_sync() -> None:
         SYNC_SECONDS.append(time.perf_counter() - t0)
 
     VLLMGeneration.sync_weights = sync_weights
+
+
+def patch_engine_dtype(dtype: str) -> None:
+    """Build TRL's colocated vLLM engine in `dtype`. TRL 1.16 passes no dtype to `vllm.LLM`, and
+    vLLM's CPU "auto" turns a float32 checkpoint into bfloat16; rl_service's engines run float32,
+    so the matched comparison runs TRL's in float32 too."""
+    import trl.generation.vllm_generation as vg
+
+    llm_cls = vg.LLM
+
+    def llm(*args, **kwargs):
+        kwargs.setdefault("dtype", dtype)
+        return llm_cls(*args, **kwargs)
+
+    vg.LLM = llm
