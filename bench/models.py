@@ -68,31 +68,14 @@ def warm_model(size: str) -> Path:
 def nonstop_model(size: str, logit_std: float = 4.0) -> Path:
     """Random-init model whose EOS / padded-vocab logits are 0 and the others have std
     ~`logit_std`: P(EOS) per token ~ 1 / (V * exp(std^2 / 2)) ~ 1e-6 at std 4."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rl_service.config import AdditionConfig
-    from rl_service.models.build import ensure_model
-
-    src = ensure_model(model_config(size, warm=False), AdditionConfig(), seed=0, progress=False)
-    out = CACHE / f"nonstop-{src.name}"
-    if (out / "config.json").is_file():
-        return out
-    tok = AutoTokenizer.from_pretrained(src)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    with torch.no_grad():
-        ids = tok(["12+34=", "99+1=", "5+67="], return_tensors="pt", padding=True)
-        std = model(**ids).logits.std().item()
+    def edit(model, tok, scale: float) -> None:
         head = model.lm_head.weight  # [V, H]
-        head.mul_(logit_std / std)
+        head.mul_(scale)
         head[tok.eos_token_id] = 0
         head[len(tok) :] = 0  # rows no tokenizer id maps to
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "bench_info.json").write_text(json.dumps({"source": str(src), "logit_std": logit_std}))
-    tmp.rename(out)
-    return out
+
+    return _random_variant(size, "nonstop", logit_std, edit)
 
 
 def long_model(size: str, logit_std: float = 0.3) -> Path:
@@ -100,7 +83,17 @@ def long_model(size: str, logit_std: float = 0.3) -> Path:
     the tokenizer's tokens (no padded rows to sample) and the lm_head scaled so the logits have
     std ~`logit_std`. Every token, EOS included, then has probability ~1/V (V = 259): EOS ends a
     completion after ~V tokens on average, geometric, so a 256-token cap keeps ~63% and the
-    mean is ~160 tokens (bench/shapes.py "long")."""
+    mean is ~160 tokens (bench/shapes.py "long"; 167 measured on the test shape, 64 samples)."""
+
+    def edit(model, tok, scale: float) -> None:
+        model.lm_head.weight.mul_(scale)
+
+    return _random_variant(size, "long", logit_std, edit, vocab_to_tokenizer=True)
+
+
+def _random_variant(size: str, kind: str, logit_std: float, edit, vocab_to_tokenizer: bool = False) -> Path:
+    """`<kind>-<model>`: the random-init model of `size` with its lm_head edited by
+    edit(model, tokenizer, logit_std / measured logit std), built once into .cache/models."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -108,16 +101,16 @@ def long_model(size: str, logit_std: float = 0.3) -> Path:
     from rl_service.models.build import ensure_model
 
     src = ensure_model(model_config(size, warm=False), AdditionConfig(), seed=0, progress=False)
-    out = CACHE / f"long-{src.name}"
+    out = CACHE / f"{kind}-{src.name}"
     if (out / "config.json").is_file():
         return out
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    model.resize_token_embeddings(len(tok))
+    if vocab_to_tokenizer:
+        model.resize_token_embeddings(len(tok))
     with torch.no_grad():
         ids = tok(["12+34=", "99+1=", "5+67="], return_tensors="pt", padding=True)
-        std = model(**ids).logits.std().item()
-        model.lm_head.weight.mul_(logit_std / std)
+        edit(model, tok, logit_std / model(**ids).logits.std().item())
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
