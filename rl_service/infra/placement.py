@@ -160,7 +160,16 @@ def make_colocated_ranks(cfg: Config, model_path: str):
     return _learner_gang(
         lc,
         ray.remote(ColocatedRank),
-        lambda rank, addr, port: (lc, cfg.rollout, model_path, rank, lc.num_workers, addr, port, cfg.seed, _fetch_refs),
+        lambda rank, addr, port: (
+            cfg.rollout,
+            lc,
+            model_path,
+            rank,
+            lc.num_workers,
+            (addr, port),
+            cfg.seed,
+            _fetch_refs,
+        ),
         prefix="colocated",
         max_concurrency=4,  # the rollout loop holds one thread; learner and eval calls use others
         env=engine_env(),

@@ -31,20 +31,20 @@ from rl_service.types import PolicyVersion
 class ColocatedRank:
     def __init__(
         self,
-        learner_cfg: LearnerConfig,
         rollout_cfg: RolloutConfig,
+        learner_cfg: LearnerConfig,
         model_path: str,
         rank: int,
         world_size: int,
-        master_addr: str,
-        master_port: int,
+        rendezvous: tuple[str, int],
         seed: int,
         fetch: Callable[[list], list] | None = None,
     ):
         """Cheap, like Learner's: the engine starts in setup(), after the process group.
-        fetch: turns train_step's batch list into ScoredBatches (Ray passes refs nested in a
-        list unresolved, so placement.py passes ray.get; None: the batches themselves)."""
-        self.learner = Learner(learner_cfg, model_path, rank, world_size, master_addr, master_port, seed)
+        rendezvous: (address, port) of rank 0's torch.distributed rendezvous. fetch: turns
+        train_step's batch list into ScoredBatches (Ray passes refs nested in a list unresolved,
+        so placement.py passes a ray.get; None: the batches themselves)."""
+        self.learner = Learner(learner_cfg, model_path, rank, world_size, *rendezvous, seed)
         # The engine runs on this process's own threads: the learner's reservation.
         self._worker_args = (
             rollout_cfg.model_copy(update={"resources": learner_cfg.resources}),
