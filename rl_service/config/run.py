@@ -5,7 +5,7 @@ then receives only its own section."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import model_validator
 
@@ -56,6 +56,15 @@ class Config(RunHeader):
     """Serving the policy over HTTP."""
     tracking: TrackingConfig = TrackingConfig()
     """Metrics sinks."""
+    placement: Literal["split", "colocated"] = "split"
+    """Where the rollout engines run. `split` (the default, for clusters): rollout workers and
+    learner ranks are separate actors with their own resources; weights go through the object
+    store. `colocated` (one node): each learner rank's process also hosts a rollout engine, and
+    the two take turns on the same cores (generate, then train, then the weights are handed to
+    the engine in-process, verified as in `split`). Each process reserves learner.resources and
+    its engine runs with those threads (rollout.resources is not used); needs
+    train.max_policy_lag 0, rollout.num_workers == learner.num_workers and serve.enabled false.
+    See docs/architecture.md "Colocated placement"."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
@@ -78,6 +87,8 @@ class Config(RunHeader):
                 f"train.queue_size ({tc.queue_size}) must hold the {in_flight} prompt batches "
                 "in flight ((1 + max_policy_lag) * prompts_per_step / prompts_per_batch)"
             )
+        if self.placement == "colocated":
+            _check_colocated(self)
         if lc.backend == "nccl" and lc.resources.num_gpus == 0:
             raise ValueError("learner.backend=nccl needs learner.resources.num_gpus > 0")
         # `37+48=` plus EOS; guess_number keeps the bound of the old schema's default digits (2).
@@ -87,6 +98,25 @@ class Config(RunHeader):
         if self.model.path is None and self.task.name != "dataset" and too_long:
             raise ValueError("rollout.max_new_tokens plus the prompt exceeds model.build.max_position_embeddings")
         return self
+
+
+def _check_colocated(cfg: Config) -> None:
+    """The combinations `placement: colocated` cannot run, each with the one-line fix."""
+    lag, engines, ranks = cfg.train.max_policy_lag, cfg.rollout.num_workers, cfg.learner.num_workers
+    if lag:
+        raise ValueError(
+            f"placement: colocated takes turns (generate, then train) and needs train.max_policy_lag=0, got {lag}"
+        )
+    if engines != ranks:
+        raise ValueError(
+            f"placement: colocated runs one engine in each learner process: rollout.num_workers ({engines}) "
+            f"must equal learner.num_workers ({ranks})"
+        )
+    if cfg.serve.enabled:
+        raise ValueError(
+            "placement: colocated hands weights over in-process, so serve.enabled (which follows "
+            "the object store) needs placement: split"
+        )
 
 
 class PreferenceRunConfig(RunHeader):

@@ -29,6 +29,10 @@ original batch ids, so with lag 0 it samples and trains exactly what the uninter
 have (batches are trained in batch-id order). Guards halt the run with a checkpoint:
 train.max_nan_steps skipped steps in a row, or a minibatch KL above learner.kl_hard_limit.
 
+`placement: colocated` (one node, lag 0) runs this same step: the rollout workers and the learner
+ranks are the same processes (infra/components.py), taking turns, and the sync's state dict stays
+in them (each rank's engine loads its own gathered copy, verified the same way).
+
 Crashes (recovery.py, docs/reliability.md): a dead rollout worker, reward scorer or queue is
 replaced in place and every pending batch is put again; a dead learner process ends the attempt,
 which restarts from the last checkpoint in the same call, up to train.max_restarts times.

@@ -11,6 +11,11 @@
 A crash surfaces as one of two errors: ComponentFailure (a rollout worker, reward scorer or queue
 died: replaced in place) and LearnerFailure (a learner process died: the whole group restarts
 from the last checkpoint). What to do about either is recovery.py's job, not this module's.
+
+`placement: colocated`: `workers` and `learners` are the same K ColocatedRank actors
+(rl_service/learner/colocated.py), so every call above reaches the same bodies; only publish /
+load_published differ (the state dict stays in each process), and a colocated actor that dies
+is a LearnerFailure, never replaced alone.
 """
 
 from __future__ import annotations
@@ -62,6 +67,14 @@ class Components:
     @staticmethod
     def start(cfg: Config, model_path: str) -> Components:
         """Create every actor; engines and learners initialise in parallel."""
+        if cfg.placement == "colocated":  # learner group first, then each rank's engine inside it
+            ranks, pg = placement.make_colocated_ranks(cfg, model_path)
+            scorers = placement.make_scorers(cfg)
+            learner_results(ranks, [r.setup.remote() for r in ranks], "setup")
+            ray.get([s.__ray_ready__.remote() for s in scorers])
+            comps = Components(cfg, model_path, list(ranks), scorers, list(ranks), pg)
+            comps.new_queues()
+            return comps
         learners, pg = placement.make_learners(cfg, model_path)
         setup = [learner.setup.remote() for learner in learners]
         workers = placement.make_rollout_workers(cfg, model_path)
@@ -70,6 +83,10 @@ class Components:
         comps = Components(cfg, model_path, workers, scorers, learners, pg)
         comps.new_queues()
         return comps
+
+    @property
+    def colocated(self) -> bool:
+        return self.cfg.placement == "colocated"
 
     # ------------------------------------------------------------------ loops and queues
     def start_loops(self) -> None:
@@ -83,7 +100,8 @@ class Components:
 
     def actor_names(self) -> list[str]:
         """Names of `workers + scorers`, in that order (placement.py names them so)."""
-        return [f"rollout-{i}" for i in range(len(self.workers))] + [f"reward-{i}" for i in range(len(self.scorers))]
+        worker = "colocated" if self.colocated else "rollout"
+        return [f"{worker}-{i}" for i in range(len(self.workers))] + [f"reward-{i}" for i in range(len(self.scorers))]
 
     def queues(self) -> tuple:
         return self.prompt_q, self.rollout_q, self.scored_q
@@ -110,6 +128,8 @@ class Components:
                 try:
                     ray.get(done[0])  # raises the loop's exception
                 except _CRASHED as err:
+                    if self.colocated and self.loops.index(done[0]) < len(self.workers):
+                        raise LearnerFailure(f"{name} (a learner rank) died: {_first_line(err)}") from err
                     raise ComponentFailure(f"{name} stopped: {_first_line(err)}") from err
                 raise RuntimeError("a rollout/reward loop exited unexpectedly")
             if time.perf_counter() > deadline:
@@ -146,7 +166,10 @@ class Components:
         return bool(old_loops)
 
     def replace_actor(self, index: int) -> None:
-        """Kill `(workers + scorers)[index]` for good and create a new actor of its name."""
+        """Kill `(workers + scorers)[index]` for good and create a new actor of its name.
+        A colocated worker is a learner rank too: its death restarts the learner group instead."""
+        if self.colocated and index < len(self.workers):
+            raise LearnerFailure(f"colocated-{index} (a learner rank) died")
         ray.kill((self.workers + self.scorers)[index], no_restart=True)
         if index < len(self.workers):
             self.workers[index] = placement.make_rollout_worker(self.cfg, self.model_path, index)
@@ -178,7 +201,11 @@ class Components:
         return dict(results[0])
 
     def publish(self, version: int, probes: list[list[int]]) -> dict:
-        """Publish `version` from the learners (state dict in the object store, owned by this driver)."""
+        """Publish `version` from the learners (state dict in the object store, owned by this driver).
+        Colocated: every rank gathers it and keeps it for its own engine; no refs (None)."""
+        if self.colocated:
+            self._learner_get([r.publish.remote(version, probes) for r in self.learners], "publish")
+            return {"state_ref": None, "meta_ref": None}
         calls = [learner.publish.options(num_returns=2).remote(version, probes) for learner in self.learners]
         self._learner_get([c[0] for c in calls], "publish")
         meta_ref, state_ref = calls[0]
@@ -186,7 +213,14 @@ class Components:
         return {"state_ref": state_ref, "meta_ref": meta_ref}
 
     def load_published(self) -> dict:
-        """Load the newest published version, verified, into every worker."""
+        """Load the newest published version, verified, into every worker (colocated: each rank's
+        engine loads the copy its own rank gathered)."""
+        if self.colocated:
+            results = self._learner_get([r.load_published.remote() for r in self.learners], "load_weights")
+            return {
+                "probe_max_diff": max(r["probe_max_diff"] for r in results),
+                "load_s": max(r["seconds"] for r in results),
+            }
         try:
             results = ray.get([w.load_weights.remote(*self.published) for w in self.workers])
         except ray.exceptions.RayActorError as err:
@@ -216,7 +250,7 @@ class Components:
                 ray.get(learner.shutdown.remote(), timeout=10)
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
-        for a in self.workers + self.scorers + self.learners:
+        for a in self.scorers + self.learners + ([] if self.colocated else self.workers):
             ray.kill(a)
         for q in self.queues():
             if q is not None:

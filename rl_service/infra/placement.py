@@ -4,6 +4,8 @@ Actor bodies (RolloutWorker, RewardScorer, Learner, SFTLearner) are plain classe
 each into named Ray actors with the resources its config section asks for:
 
     rollout-0..N-1   RolloutWorker   cfg.rollout.resources   (one vLLM engine each)
+    colocated-0..K-1 ColocatedRank   cfg.learner.resources, instead of rollout-* and learner-* when
+                     `placement: colocated` (a learner rank and an engine per process, one gang)
     reward-0..M-1    RewardScorer    cfg.reward.resources
     learner-0..K-1   Learner         cfg.learner.resources, gang scheduled in one placement group
                      (SFTLearner on the same processes for `rl-service sft`: make_sft_learners)
@@ -144,6 +146,36 @@ def make_learners(cfg: Config, model_path: str):
     )
 
 
+def _fetch_refs(refs: list) -> list:
+    """The objects behind a list of refs (Ray resolves top-level ref arguments only)."""
+    return ray.get(list(refs))
+
+
+def make_colocated_ranks(cfg: Config, model_path: str):
+    """`placement: colocated`: K processes `colocated-<rank>` in one placement group, each a
+    learner rank and a rollout engine (ColocatedRank). Returns (actors, pg)."""
+    from rl_service.learner.colocated import ColocatedRank
+
+    lc = cfg.learner
+    return _learner_gang(
+        lc,
+        ray.remote(ColocatedRank),
+        lambda rank, addr, port: (
+            cfg.rollout,
+            lc,
+            model_path,
+            rank,
+            lc.num_workers,
+            (addr, port),
+            cfg.seed,
+            _fetch_refs,
+        ),
+        prefix="colocated",
+        max_concurrency=4,  # the rollout loop holds one thread; learner and eval calls use others
+        env=engine_env(),
+    )
+
+
 def make_sft_learners(cfg: Config, model_path: str):
     """The same K processes (learner.num_workers x learner.resources) running SFTLearner
     (rl_service/sft/learner.py) for `rl-service sft`. Returns (actors, pg)."""
@@ -157,9 +189,17 @@ def make_sft_learners(cfg: Config, model_path: str):
     )
 
 
-def _learner_gang(lc: LearnerConfig, actor_cls, args_of: Callable[[int, str, int], tuple]):
-    """`learner-<rank>` actors of `actor_cls`, one per bundle of a PACK placement group, created
-    with `args_of(rank, rendezvous_addr, rendezvous_port)`. Returns (actors, pg)."""
+def _learner_gang(
+    lc: LearnerConfig,
+    actor_cls,
+    args_of: Callable[[int, str, int], tuple],
+    prefix: str = "learner",
+    max_concurrency: int = 1,
+    env: dict[str, str] | None = None,
+):
+    """`<prefix>-<rank>` actors of `actor_cls`, one per bundle of a PACK placement group, created
+    with `args_of(rank, rendezvous_addr, rendezvous_port)`; `env` under the actor options' own
+    variables. Returns (actors, pg)."""
     bundle = {"CPU": lc.resources.num_cpus, "GPU": lc.resources.num_gpus, **lc.resources.custom}
     bundle = {k: v for k, v in bundle.items() if v}
     pg = placement_group([dict(bundle) for _ in range(lc.num_workers)], strategy="PACK", name="learners")
@@ -171,7 +211,8 @@ def _learner_gang(lc: LearnerConfig, actor_cls, args_of: Callable[[int, str, int
     )
     actors = []
     for rank in range(lc.num_workers):
-        opts = actor_options(lc.resources, f"learner-{rank}")
+        opts = actor_options(lc.resources, f"{prefix}-{rank}", max_concurrency)
+        opts["runtime_env"]["env_vars"] = {**(env or {}), **opts["runtime_env"]["env_vars"]}
         opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank)
         actors.append(create_named(actor_cls, opts, *args_of(rank, addr, port)))
     return actors, pg

@@ -23,9 +23,11 @@ from rl_service.config import Config
 
 
 def requested_cpus(cfg: Config) -> float:
-    """CPUs the run's actors ask for in total (rollout workers, scorers, learners)."""
+    """CPUs the run's actors ask for in total (rollout workers, scorers, learners; colocated
+    engines run inside the learners' processes and ask for nothing of their own)."""
+    rollout = 0.0 if cfg.placement == "colocated" else cfg.rollout.num_workers * cfg.rollout.resources.num_cpus
     return (
-        cfg.rollout.num_workers * cfg.rollout.resources.num_cpus
+        rollout
         + cfg.reward.num_scorers * cfg.reward.resources.num_cpus
         + cfg.learner.num_workers * cfg.learner.resources.num_cpus
     )

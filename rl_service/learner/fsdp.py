@@ -91,15 +91,17 @@ def shard(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
     return model
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded fp state dict on CPU with the model's own (HF) parameter names.
+def full_state_dict(model: nn.Module, every_rank: bool = False) -> dict[str, torch.Tensor]:
+    """Unsharded fp state dict with the model's own (HF) parameter names.
 
-    Collective: every rank must call. Rank 0 gets the tensors, the others an empty dict.
-    The tensors are a snapshot: with one rank the gather returns the live parameters
-    themselves (measured), so they are cloned there, or the next optimizer step would
-    change a published version behind its checksum.
+    Collective: every rank must call. Default: rank 0 gets the tensors on CPU, the others an
+    empty dict. every_rank: every rank gets them (an all-gather of each parameter's
+    `full_tensor()`), on the model's device: the colocated handover, where each rank feeds the
+    engine in its own process. The tensors are a snapshot: with one rank the gather returns the
+    live parameters themselves (measured), so they are cloned there, or the next optimizer step
+    would change a published version behind its checksum.
     """
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
     state_dict = get_model_state_dict(model, options=options)
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         state_dict = {k: v.detach().clone() for k, v in state_dict.items()}

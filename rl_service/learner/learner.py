@@ -190,14 +190,18 @@ class Learner:
 
     # ------------------------------------------------------------ publish / export
 
-    def publish(self, version: int, probe_ids: list[list[int]]) -> tuple[PolicyVersion, dict[str, Tensor] | None]:
+    def publish(
+        self, version: int, probe_ids: list[list[int]], every_rank: bool = False
+    ) -> tuple[PolicyVersion, dict[str, Tensor] | None]:
         """Gather the full policy state dict and score the probes (collective).
 
         probe_ids: sequences of >= 2 tokens. Rank 0 returns (PolicyVersion, state_dict with HF
-        names); other ranks (PolicyVersion, None). probe_logprobs[i][t-1] = log p(probe[t] | probe[:t]).
+        names); other ranks (PolicyVersion, None), or their own gathered copy with every_rank (the
+        colocated handover: each copy is verified against rank 0's checksum where it is loaded).
+        probe_logprobs[i][t-1] = log p(probe[t] | probe[:t]).
         """
         assert self.models is not None, "call setup() first"
-        state_dict = fsdp.full_state_dict(self.models.policy)
+        state_dict = fsdp.full_state_dict(self.models.policy, every_rank=every_rank)
         probe_logprobs = self.probe_logprobs(probe_ids)
         meta = None
         if self.rank == 0:
@@ -210,7 +214,7 @@ class Learner:
             probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
             probe_logprobs=probe_logprobs,
         )
-        return pv, (state_dict if self.rank == 0 else None)
+        return pv, (state_dict if self.rank == 0 or every_rank else None)
 
     @torch.no_grad()
     def probe_logprobs(self, probe_ids: list[list[int]]) -> tuple[tuple[float, ...], ...]:

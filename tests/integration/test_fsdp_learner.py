@@ -141,6 +141,8 @@ def _worker(
             # (and the version published above must not change behind its checksum).
             res["nan_metrics"] = learner.train_step(_with_nan_rewards(batches), GROUP)
             _, res["after_nan"] = learner.publish(2, PROBES)
+            # the colocated handover's gather: every rank gets its own full copy
+            res["every_rank_version"], res["every_rank"] = learner.publish(2, PROBES, every_rank=True)
             learner.train_step(batches, GROUP)  # moves the weights: published dicts must not follow
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
 
@@ -210,6 +212,16 @@ def test_two_processes_match_one(advantage: str, model_dir: Path, tmp_path: Path
     for sd, res in ((sd1, one[0]), (sd2, two[0])):
         assert all(torch.equal(sd[k], res["after_nan"][k]) for k in sd)
         assert res["version"].checksum == state_dict_checksum(sd)
+
+    # publish(every_rank=True), the colocated handover: each rank holds the very tensors rank 0
+    # published (its own copy, verified where it is loaded against rank 0's checksum), and none
+    # follows the update trained after it
+    for run in (one, two):
+        for res in run:
+            assert res["every_rank_version"] == run[0]["every_rank_version"]
+            assert res["every_rank_version"].checksum == state_dict_checksum(res["every_rank"])
+            assert set(res["every_rank"]) == set(run[0]["after_nan"])
+            assert all(torch.equal(t, run[0]["after_nan"][k]) for k, t in res["every_rank"].items())
 
     assert two[1]["version"] == two[0]["version"]  # rank 1 gets rank 0's checksum and the same probes
     for res, sd in ((one[0], sd1), (two[0], sd2)):

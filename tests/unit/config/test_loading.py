@@ -44,6 +44,16 @@ def test_override_parsing_types():
         (["reward.fn=no.such.module:fn"], "reward.fn: cannot load"),
         (["reward.fn=/nonexistent/file.py:fn"], "reward.fn: cannot load"),
         (["learner.lr"], "expected key=value"),
+        (["placement=together"], "placement"),
+        (
+            ["placement=colocated"],
+            "placement: colocated takes turns (generate, then train) and needs train.max_policy_lag=0",
+        ),
+        (
+            ["placement=colocated", "train.max_policy_lag=0", "rollout.num_workers=3"],
+            "rollout.num_workers (3) must equal learner.num_workers (2)",
+        ),
+        (["placement=colocated", "train.max_policy_lag=0", "serve.enabled=true"], "serve.enabled"),
     ],
 )
 def test_bad_config_names_the_key(overrides, needle):
@@ -52,6 +62,21 @@ def test_bad_config_names_the_key(overrides, needle):
     msg = str(info.value)
     assert needle in msg
     assert "\n" not in msg
+
+
+def test_colocated_placement_is_opt_in_and_loads_with_lag_0():
+    assert load_config(QUICKSTART).placement == "split"
+    cfg = load_config(QUICKSTART, ["placement=colocated", "train.max_policy_lag=0"])
+    assert cfg.placement == "colocated"
+
+
+def test_colocated_engines_reserve_no_cpus_of_their_own():
+    from rl_service.infra.session import requested_cpus
+
+    split = load_config(QUICKSTART, ["train.max_policy_lag=0"])
+    colocated = load_config(QUICKSTART, ["placement=colocated", "train.max_policy_lag=0"])
+    engines = split.rollout.num_workers * split.rollout.resources.num_cpus
+    assert requested_cpus(colocated) == pytest.approx(requested_cpus(split) - engines)
 
 
 def test_missing_config_file():
