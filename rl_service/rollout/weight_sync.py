@@ -37,22 +37,38 @@ if xxhash is not None:
 DEFAULT_ALGO = "xxh3_128" if xxhash is not None else "sha256"
 
 
+class Checksum:
+    """The incremental form of `state_dict_checksum`: `update(name, tensor)` in name order, then
+    `hexdigest()`; a streamed publish hashes each tensor as it sends it, and gets the same value
+    `state_dict_checksum` gives for the whole dict."""
+
+    def __init__(self, algo: str = DEFAULT_ALGO):
+        if algo not in HASHERS:
+            raise WeightSyncError(f"checksum algorithm {algo!r} is not available here (have {sorted(HASHERS)})")
+        self.algo, self._h = algo, HASHERS[algo]()
+
+    def update(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.detach()
+        t = (t if t.device.type == "cpu" else t.cpu()).contiguous()
+        # the header ends each field with NUL and states the byte count, so no two different
+        # (name, dtype, shape, bytes) sequences can concatenate to the same stream
+        self._h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{t.numel() * t.element_size()}\0".encode())
+        if t.numel():
+            self._h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+    def hexdigest(self) -> str:
+        """`algo:hex`, the published form."""
+        return f"{self.algo}:{self._h.hexdigest()}"
+
+
 def state_dict_checksum(state_dict: Mapping[str, torch.Tensor], algo: str = DEFAULT_ALGO) -> str:
     """`algo:hex` over (name, dtype, shape, bytes) of every tensor in name order: identical tensors
     -> same checksum; any other name, dtype, shape or byte -> another one. One pass over the
     bytes, no copy for contiguous CPU tensors (the hasher reads the tensor's memory)."""
-    if algo not in HASHERS:
-        raise WeightSyncError(f"checksum algorithm {algo!r} is not available here (have {sorted(HASHERS)})")
-    h = HASHERS[algo]()
+    h = Checksum(algo)
     for name in sorted(state_dict):
-        t = state_dict[name].detach()
-        t = (t if t.device.type == "cpu" else t.cpu()).contiguous()
-        # the header ends each field with NUL and states the byte count, so no two different
-        # (name, dtype, shape, bytes) sequences can concatenate to the same stream
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{t.numel() * t.element_size()}\0".encode())
-        if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return f"{algo}:{h.hexdigest()}"
+        h.update(name, state_dict[name])
+    return h.hexdigest()
 
 
 def checksum_algo(checksum: str) -> str:
