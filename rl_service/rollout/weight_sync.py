@@ -1,6 +1,6 @@
 """Versioned weight sync: learner -> every rollout engine, verified after load.
 
-CPU path (implemented): learner rank 0 gathers the full state dict; it travels to the
+rollout.weight_sync=object_store (the default): learner rank 0 gathers the full state dict; it travels to the
 engines through the Ray object store (returned from the learner call, so the driver
 owns it and it outlives the learner); each engine loads it, resets its prefix cache,
 then proves what it holds (`load_verified`, for rollout workers and Serve replicas alike):
@@ -8,7 +8,10 @@ then proves what it holds (`load_verified`, for rollout workers and Serve replic
 the bytes: `state_dict_checksum`), and (2) its logprobs on fixed probe sequences equal the
 learner's within `rollout.verify_tolerance`.
 
-GPU path (designed, not implemented here): see docs/architecture.md "Weight sync on GPU".
+rollout.weight_sync=collective: the tensors are streamed over a process group of their own
+instead (rollout/weight_stream.py, gloo; NCCL with the learner on CUDA) and the received buffers
+go through the same `load_verified`; `Checksum` is `state_dict_checksum` one tensor at a time,
+for the sender. docs/architecture.md, "Weight sync".
 """
 
 from __future__ import annotations
