@@ -180,10 +180,10 @@ class Controller:
         that dies loading is replaced and loads it when it starts."""
         st = self.state
         with timer("publish"):
-            refs = self.comps.publish(st.version, self.probes)
+            self.comps.publish(st.version, self.probes)
         loaded = self.recovery.retrying(st.pipe, self.comps.load_published)
         if self.follower:
-            self.follower.on_version(st.version, refs["state_ref"], refs["meta_ref"])
+            self.follower.on_version(st.version, *self.comps.published)  # (state_ref, meta) of this version
         return SyncResult(probe_max_diff=loaded["probe_max_diff"], load_s=loaded["load_s"])
 
     def settle_weights(self) -> None:

@@ -190,7 +190,9 @@ class Components:
         """Publish `version` from the learners (state dict in the object store, owned by this
         driver; or streamed to the workers: the state dict only for a Serve follower)."""
         if self.streamer is not None:
-            return self.streamer.publish(self.learners, self.workers, version, probes)
+            refs = self.streamer.publish(self.learners, self.workers, version, probes)
+            self.published = (refs["state_ref"], refs["meta_ref"])
+            return refs
         calls = [learner.publish.options(num_returns=2).remote(version, probes) for learner in self.learners]
         self._learner_get([c[0] for c in calls], "publish")
         meta_ref, state_ref = calls[0]
@@ -201,7 +203,9 @@ class Components:
         """Load the newest published version, verified, into every worker (streamed with
         train.max_policy_lag >= 1: the swap may still be in flight, see settle_weights)."""
         if self.streamer is not None:
-            return self.streamer.deliver(self.learners, self.workers)
+            loaded = self.streamer.deliver(self.learners, self.workers)
+            self.published = (self.streamer.state_ref, self.streamer.meta)  # a failed stream was re-sent
+            return loaded
         try:
             results = ray.get([w.load_weights.remote(*self.published) for w in self.workers])
         except ray.exceptions.RayActorError as err:

@@ -53,6 +53,7 @@ class WeightStreamer:
         from rl_service.infra.components import ComponentFailure
 
         self.version, self.probes, self.delivered = version, probes, False
+        self.state_ref = None  # set again once this version went out
         try:
             self._launch(learners, workers)
         except ComponentFailure:
