@@ -29,7 +29,7 @@ MODES = ["object_store", "collective"]
 FULL = dict(sizes=["quickstart", "30m"], steps=8, rounds=2, engine_loads=5, overrides=["rollout.max_new_tokens=8"])
 QUICK = dict(
     sizes=["quickstart", "30m"],
-    steps=2,
+    steps=3,  # step 1 (group formation, pipeline fill) is left out of the medians
     rounds=1,
     engine_loads=2,
     overrides=["rollout.max_new_tokens=8", "train.prompts_per_step=16"],
