@@ -1,10 +1,14 @@
 """weight_sync: seconds per GiB from the learners to the rollout engines, and its share of a step.
 
 Two measurements per model size:
-- `path`: the whole sync inside a real run (`timing_s/weight_sync` in metrics.jsonl: learner
-  full-state-dict gather + checksum + probe logprobs, object-store transfer, each worker's
-  checksum, `reload_weights`, prefix-cache reset and probe check), quickstart layout with
-  the model swapped in; runs of the two sizes alternate.
+- `path`: the sync inside a real run, quickstart layout (lag 1) with the model swapped in, once
+  per `rollout.weight_sync` mode, all runs alternating. object_store: `timing_s/weight_sync` =
+  learner full-state-dict gather + checksum + probe logprobs, object-store transfer, each
+  worker's checksum, `reload_weights`, prefix-cache reset and probe check. collective: the
+  driver waits only for the learners' stream (per-tensor all-gather + broadcast on the
+  weight-sync group, probes) inside `timing_s/weight_sync`, plus `timing_s/weight_settle` (waiting
+  before the next train step for the workers' verify + swap, left in flight); the critical
+  path figure `critical_s` is their sum, and `share_of_step` uses it.
 - `engine`: the engine's own load only: `VLLMEngine.load_weights(state_dict)` in this
   process (worker `reload_weights` + prefix-cache reset), median of a few loads; and one
   checksum pass over the same state dict (`state_dict_checksum`) per algorithm, sha256 vs
@@ -21,10 +25,11 @@ import time
 from bench.common import alternate, env_sized, log, medians, table, target
 from bench.rls_run import timing_summary, train_run
 
+MODES = ["object_store", "collective"]
 FULL = dict(sizes=["quickstart", "30m"], steps=8, rounds=2, engine_loads=5, overrides=["rollout.max_new_tokens=8"])
 QUICK = dict(
-    sizes=["test", "quickstart"],
-    steps=2,
+    sizes=["quickstart", "30m"],
+    steps=3,  # step 1 (group formation, pipeline fill) is left out of the medians
     rounds=1,
     engine_loads=2,
     overrides=["rollout.max_new_tokens=8", "train.prompts_per_step=16"],
@@ -37,25 +42,37 @@ def gib_of(path) -> float:
     return num_params(path) * 4 / 2**30
 
 
-def path_side(size: str, s: dict, i: int) -> dict:
+def path_side(size: str, mode: str, s: dict, i: int) -> dict:
     from bench.models import warm_model
+    from bench.rls_run import steady
 
     model = warm_model(size)
     use_model = [] if size == "quickstart" else [f"model.path={model}"]  # quickstart: the config's own model
     run = train_run(
-        f"weight-sync-{size}-{i}", [*use_model, f"train.steps={s['steps']}", "train.eval_every=0", *s["overrides"]]
+        f"weight-sync-{size}-{mode}-{i}",
+        [
+            *use_model,
+            f"rollout.weight_sync={mode}",
+            f"train.steps={s['steps']}",
+            "train.eval_every=0",
+            *s["overrides"],
+        ],
     )
     t = timing_summary(run["rows"])
     gib = gib_of(model)
+    settle = steady(run["rows"], "timing_s/weight_settle") or 0.0
+    critical = t["weight_sync_s"] + settle
     return {
         "gib": gib,
         "weight_sync_s": t["weight_sync_s"],
-        "s_per_gib": t["weight_sync_s"] / gib,
+        "settle_s": settle,
+        "critical_s": critical,
+        "s_per_gib": critical / gib,
         "publish_s": t["publish_s"],
         "load_s": t["load_s"],
         "train_compute_s": t["train_compute_s"],
         "step_s": t["step_s"],
-        "share_of_step": t["weight_sync_s"] / t["step_s"],
+        "share_of_step": critical / t["step_s"],
         "profile": run["profile"],
     }
 
@@ -96,12 +113,28 @@ def checksum_pass(state: dict, repeats: int = 5) -> dict[str, float]:
 
 def run(quick: bool) -> dict:
     s = QUICK if quick else env_sized(FULL)
-    a, b = s["sizes"]
-    runs = alternate(s["rounds"], {a: lambda i: path_side(a, s, i), b: lambda i: path_side(b, s, i)})
+    sides = {
+        f"{size}/{mode}": (lambda i, size=size, mode=mode: path_side(size, mode, s, i))
+        for size in s["sizes"]
+        for mode in MODES
+    }
+    runs = alternate(s["rounds"], sides)
     log("weight_sync: engine-only loads in this process")
     engine = {size: engine_load(size, s["engine_loads"]) for size in s["sizes"]}
     med = medians(
-        runs, ["gib", "weight_sync_s", "s_per_gib", "step_s", "share_of_step", "publish_s", "load_s", "train_compute_s"]
+        runs,
+        [
+            "gib",
+            "weight_sync_s",
+            "settle_s",
+            "critical_s",
+            "s_per_gib",
+            "step_s",
+            "share_of_step",
+            "publish_s",
+            "load_s",
+            "train_compute_s",
+        ],
     )
     return {
         "settings": {
@@ -109,27 +142,27 @@ def run(quick: bool) -> dict:
             "steps": s["steps"],
             "rounds": s["rounds"],
             "overrides": s["overrides"],
-            "layout": "quickstart: 2 vLLM workers, 2 FSDP2 learners, object-store transfer",
+            "layout": "quickstart: 2 vLLM workers, 2 FSDP2 learners, lag 1; rollout.weight_sync per side",
             "cpus": os.cpu_count(),
         },
         "runs": runs,
         "medians": med,
         "engine_only": engine,
         "targets": {
-            f"share_of_step_{size}": target(m["share_of_step"], 0.05, higher_is_better=False) for size, m in med.items()
+            f"share_of_step_{side}": target(m["share_of_step"], 0.05, higher_is_better=False) for side, m in med.items()
         },
     }
 
 
 def markdown(result: dict) -> str:
     rows = []
-    for size, m in result["medians"].items():
-        e = result["engine_only"][size]
+    for side, m in result["medians"].items():
+        e = result["engine_only"][side.split("/")[0]]
         rows.append(
             [
-                size,
+                side,
                 f"{m['gib'] * 1024:.1f} MiB",
-                m["weight_sync_s"],
+                m.get("critical_s", m["weight_sync_s"]),
                 m.get("publish_s"),
                 m.get("load_s"),
                 m["s_per_gib"],
@@ -141,15 +174,17 @@ def markdown(result: dict) -> str:
         )
     s = result["settings"]
     return (
-        f"quickstart layout with the model swapped in, {s['steps']} steps x {s['rounds']} rounds (sizes alternate); "
-        "full path = `timing_s/weight_sync` (gather, checksum, probes, transfer, load, verify on 2 workers); "
+        f"quickstart layout with the model swapped in, {s['steps']} steps x {s['rounds']} rounds (sides alternate); "
+        "full path = what the driver waits for: `timing_s/weight_sync` (object_store: gather, checksum, probes, "
+        "transfer, load, verify on 2 workers; collective: the learners' stream) + `timing_s/weight_settle` "
+        "(collective: the workers' swap, settled before the next train step); "
         "engine only = `VLLMEngine.load_weights` in-process; checksum ms = one `state_dict_checksum` pass "
         "(a sync makes one at the learner, one per loading worker); publish = learner gather/checksum/probe/put "
         "(`timing_s/publish`), load = slowest worker's checksum+load+probe (`timing_s/load`); the rest of the full "
         "path is driver-side Ray dispatch and waits\n\n"
         + table(
             [
-                "model",
+                "model/mode",
                 "fp32 size",
                 "full path s",
                 "publish s",

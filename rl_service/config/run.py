@@ -117,6 +117,11 @@ def _check_colocated(cfg: Config) -> None:
             "placement: colocated hands weights over in-process, so serve.enabled (which follows "
             "the object store) needs placement: split"
         )
+    if cfg.rollout.weight_sync != "object_store":
+        raise ValueError(
+            f"placement: colocated hands weights over in-process; rollout.weight_sync={cfg.rollout.weight_sync} "
+            "is for placement: split"
+        )
 
 
 class PreferenceRunConfig(RunHeader):

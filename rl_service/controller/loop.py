@@ -9,7 +9,8 @@
          │  drop stale (version < current - lag), ledger by sample id
          ▼
     train: Learner × K (FSDP2) ── sync: publish(version+1) ──▶ load_weights on every worker
-         │                          (state dict via object store; checksum + probe verified)
+         │                          (state dict via object store, or streamed per tensor over a
+         │                           weight-sync group: rollout.weight_sync; checksum + probe verified)
          ▼
     evaluate (every train.eval_every) ── checkpoint (every train.checkpoint_every, and at a halt)
 
@@ -113,6 +114,9 @@ class Controller:
         self.flog.step = st.step + 1
         with timer("wait"):
             refs, summaries = self.collect()
+        if self.comps.streamer is not None:
+            with timer("settle"):
+                self.settle_weights()
         with timer("train"):
             learner = self.train(refs, summaries)
         halt = halt_reason(self.cfg, learner)
@@ -172,17 +176,27 @@ class Controller:
     def sync(self, timer: StepTimer) -> SyncResult:
         """Weight sync: publish the new version, load it, verified, into every rollout worker.
 
-        Consumes the learners' weights (an object-store state dict owned by this driver). Waits
-        for every worker's checksum + load + probe check. Unblocks generation with the new policy
-        (and a following Serve deployment's hot swap). A worker that dies loading is replaced and
-        loads it when it starts."""
+        Consumes the learners' weights (an object-store state dict owned by this driver, or
+        streamed to the workers: rollout.weight_sync=collective). Waits for every worker's
+        checksum + load + probe check (streamed with max_policy_lag >= 1: only for the learners'
+        send; the swap is settled before the next train step, settle_weights). Unblocks
+        generation with the new policy (and a following Serve deployment's hot swap). A worker
+        that dies loading is replaced and loads it when it starts."""
         st = self.state
         with timer("publish"):
-            refs = self.comps.publish(st.version, self.probes)
+            self.comps.publish(st.version, self.probes)
         loaded = self.recovery.retrying(st.pipe, self.comps.load_published)
         if self.follower:
-            self.follower.on_version(st.version, refs["state_ref"], refs["meta_ref"])
+            self.follower.on_version(st.version, *self.comps.published)  # (state_ref, meta) of this version
         return SyncResult(probe_max_diff=loaded["probe_max_diff"], load_s=loaded["load_s"])
+
+    def settle_weights(self) -> None:
+        """rollout.weight_sync=collective with max_policy_lag >= 1: the last sync's swap was left
+        in flight (workers verify + swap between two batches while the driver collects); wait for
+        it before the learner changes its weights (a failed stream is re-sent from them, so they
+        must still be the published version) and before an evaluation. Consumes nothing; waits
+        for every worker's checksum + load + probe check; a worker that died is replaced."""
+        self.recovery.retrying(self.state.pipe, self.comps.settle_weights)
 
     def refill(self) -> None:
         """Keep the pipeline 1 + max_policy_lag steps full: issue the prompts of step
@@ -198,6 +212,7 @@ class Controller:
         """Held-out metrics of the policy just synced (`eval/accuracy`, and a dataset task's reward
         mean and pass@k). Waits for every rollout worker's pass over its share of the eval set
         (generation of training batches waits with it)."""
+        self.settle_weights()
         evaluation = evaluate(self.comps.workers, self.task, self.cfg)
         self.state.accuracy = evaluation["eval/accuracy"]
         return evaluation
@@ -253,6 +268,7 @@ class Controller:
         self.comps.stop_loops()
         if st.last_saved != tc.steps:
             self.checkpoint()
+        self.settle_weights()
         end = evaluate(self.comps.workers, self.task, self.cfg)
         acc_end = end["eval/accuracy"]
         self.comps.save_final(self.run_dir / "final")

@@ -104,6 +104,8 @@ def step_metrics(
         "timing_s/publish": timer.seconds.get("publish", 0.0),
         "timing_s/load": sync.load_s,
         "weight_sync/probe_max_diff": sync.probe_max_diff,
+        # rollout.weight_sync=collective: waiting for the previous sync's swap before training
+        **({"timing_s/weight_settle": timer.seconds["settle"]} if "settle" in timer.seconds else {}),
         "perf/tokens_per_s": sum(s.num_response_tokens for s in summaries) / step_s,
         "perf/samples_per_s": sum(len(s.sample_ids) for s in summaries) / step_s,
         **gauges,

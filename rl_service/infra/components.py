@@ -3,7 +3,8 @@
     start / start_loops / stop_loops / shutdown      actors, queues and their run loops
     put_prompts, next_scored, queue_depths           the controller's end of the queues
     train_step, publish, load_published,             one call fanned out to every learner rank
-      save_checkpoint, load_checkpoint, save_final     or rollout worker
+      settle_weights, save_checkpoint,                 or rollout worker (weights: the object store,
+      load_checkpoint, save_final                      or streamed, weight_streamer.py)
     learner_results(learners, refs, what)            ray.get of one call on every learner rank (also sft/loop.py)
     dead_actors, dead_queues, drop_queues,           the steps rl_service/controller/recovery.py
       replace_actor, new_queues, ready, catch_up       composes to replace what died
@@ -28,6 +29,8 @@ import ray
 from rl_service.config import Config
 from rl_service.infra import placement
 from rl_service.infra.queues import RayBatchQueue
+from rl_service.infra.weight_streamer import WeightStreamer
+from rl_service.rollout.weight_stream import GroupSpec
 from rl_service.types import BatchSummary, PromptBatch
 
 
@@ -63,6 +66,8 @@ class Components:
     """One `run` call per worker, then per scorer (same order as `workers + scorers`)."""
     published: tuple | None = None
     """(state_ref, meta_ref) of the newest version sent to the workers: a replacement loads it."""
+    streamer: WeightStreamer | None = None
+    """rollout.weight_sync=collective: the weight-sync group's driver side (else None)."""
 
     @staticmethod
     def start(cfg: Config, model_path: str) -> Components:
@@ -79,8 +84,10 @@ class Components:
         setup = [learner.setup.remote() for learner in learners]
         workers = placement.make_rollout_workers(cfg, model_path)
         scorers = placement.make_scorers(cfg)
-        ray.get(setup + [w.__ray_ready__.remote() for w in workers + scorers])
+        info = ray.get(setup + [w.__ray_ready__.remote() for w in workers + scorers])[0]
         comps = Components(cfg, model_path, workers, scorers, learners, pg)
+        if cfg.rollout.weight_sync == "collective":
+            comps.streamer = _streamer(cfg, learners, pg, nccl=info["device"].startswith("cuda"))
         comps.new_queues()
         return comps
 
@@ -186,7 +193,9 @@ class Components:
     def catch_up(self, worker_indices: list[int]) -> None:
         """Load the newest published version into these (replacement) workers: a restarted
         actor reruns its constructor, so it would otherwise generate with the base model."""
-        if worker_indices and self.published is not None:
+        if worker_indices and self.streamer is not None:
+            self.streamer.catch_up(self.learners, self.workers)
+        elif worker_indices and self.published is not None:
             ray.get([self.workers[i].load_weights.remote(*self.published) for i in worker_indices])
 
     # ------------------------------------------------------------------ learner group and weights
@@ -201,11 +210,16 @@ class Components:
         return dict(results[0])
 
     def publish(self, version: int, probes: list[list[int]]) -> dict:
-        """Publish `version` from the learners (state dict in the object store, owned by this driver).
+        """Publish `version` from the learners (state dict in the object store, owned by this
+        driver; or streamed to the workers: the state dict only for a Serve follower).
         Colocated: every rank gathers it and keeps it for its own engine; no refs (None)."""
         if self.colocated:
             self._learner_get([r.publish.remote(version, probes) for r in self.learners], "publish")
             return {"state_ref": None, "meta_ref": None}
+        if self.streamer is not None:
+            refs = self.streamer.publish(self.learners, self.workers, version, probes)
+            self.published = (refs["state_ref"], refs["meta_ref"])
+            return refs
         calls = [learner.publish.options(num_returns=2).remote(version, probes) for learner in self.learners]
         self._learner_get([c[0] for c in calls], "publish")
         meta_ref, state_ref = calls[0]
@@ -214,13 +228,18 @@ class Components:
 
     def load_published(self) -> dict:
         """Load the newest published version, verified, into every worker (colocated: each rank's
-        engine loads the copy its own rank gathered)."""
+        engine loads the copy its own rank gathered; streamed with train.max_policy_lag >= 1: the
+        swap may still be in flight, see settle_weights)."""
         if self.colocated:
             results = self._learner_get([r.load_published.remote() for r in self.learners], "load_weights")
             return {
                 "probe_max_diff": max(r["probe_max_diff"] for r in results),
                 "load_s": max(r["seconds"] for r in results),
             }
+        if self.streamer is not None:
+            loaded = self.streamer.deliver(self.learners, self.workers)
+            self.published = (self.streamer.state_ref, self.streamer.meta)  # a failed stream was re-sent
+            return loaded
         try:
             results = ray.get([w.load_weights.remote(*self.published) for w in self.workers])
         except ray.exceptions.RayActorError as err:
@@ -229,6 +248,11 @@ class Components:
             "probe_max_diff": max(r["probe_max_diff"] for r in results),
             "load_s": max(r["seconds"] for r in results),
         }  # slowest worker: checksum + load + probe
+
+    def settle_weights(self) -> dict | None:
+        """Wait until every worker runs the newest published version (a streamed swap left in
+        flight by load_published); None when nothing was in flight."""
+        return self.streamer.settle() if self.streamer is not None else None
 
     def save_checkpoint(self, ckpt_dir) -> dict:
         """Every learner rank writes its shards (+ small per-rank state) into `ckpt_dir`."""
@@ -274,6 +298,25 @@ def learner_results(learners: list, refs: list, what: str) -> list:
         if isinstance(err, _CRASHED) or dead:
             raise LearnerFailure(f"learner {what} failed (dead ranks: {dead}): {_first_line(err)}") from err
         raise
+
+
+def _streamer(cfg: Config, learners: list, pg, nccl: bool) -> WeightStreamer:
+    """The weight-sync group's driver side: rendezvous on learner rank 0's node, the layout once."""
+    host, port = placement.learner_node_address(pg)
+    spec = GroupSpec(
+        host,
+        port,
+        world_size=1 + cfg.rollout.num_workers,
+        generation=0,
+        backend="nccl" if nccl else "gloo",
+        timeout_s=cfg.rollout.weight_sync_timeout_s,
+    )
+    return WeightStreamer(
+        spec,
+        layout=ray.get(learners[0].weight_layout.remote()),
+        defer=cfg.train.max_policy_lag >= 1,
+        keep_state_dict=cfg.serve.enabled,
+    )
 
 
 def _answers(ref) -> bool:

@@ -84,7 +84,7 @@ def make_rollout_worker(cfg: Config, model_path: str, index: int):
     opts["runtime_env"]["env_vars"] = {**engine_env(), **opts["runtime_env"]["env_vars"]}
     # Same seed everywhere: sampling is seeded per batch id, so a batch's samples do not depend
     # on which worker happens to take it (exact resume with a different worker count).
-    return create_named(ray.remote(RolloutWorker), opts, cfg.rollout, model_path, cfg.seed, name)
+    return create_named(ray.remote(RolloutWorker), opts, cfg.rollout, model_path, cfg.seed, name, index + 1)
 
 
 def make_rollout_workers(cfg: Config, model_path: str) -> list:
@@ -122,6 +122,12 @@ def _rendezvous_address() -> tuple[str, int]:
     """Runs on learner rank 0's node: its IP and a port free on every interface there (the other
     ranks may sit on other nodes) for torch.distributed's rendezvous."""
     return ray.util.get_node_ip_address(), free_port(host="")
+
+
+def learner_node_address(pg) -> tuple[str, int]:
+    """(IP, free port) on learner rank 0's node: a rendezvous it can serve (weight-sync group)."""
+    strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+    return ray.get(_rendezvous_address.options(scheduling_strategy=strategy).remote())
 
 
 def _learner_actor_class():

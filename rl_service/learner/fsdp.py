@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 
 def resolve_backend(backend: str) -> str:
@@ -106,6 +107,17 @@ def full_state_dict(model: nn.Module, every_rank: bool = False) -> dict[str, tor
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         state_dict = {k: v.detach().clone() for k, v in state_dict.items()}
     return state_dict
+
+
+def full_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, unsharded tensor) of every state-dict entry in name order, one at a time: the
+    streamed weight sync's source (the model is never gathered whole). Collective: every rank
+    iterates to the end (each DTensor's `full_tensor()` is an all-gather). With one rank a
+    tensor may be the live parameter itself: clone it to keep it past the next optimizer step."""
+    state = model.state_dict()  # FSDP2: DTensor shards of the parameters, plain buffers
+    for name in sorted(state):
+        t = state[name]
+        yield name, (t.full_tensor() if isinstance(t, DTensor) else t).detach()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ calls it on every rank with the same arguments.
     learner.setup()
     metrics = learner.train_step(batches, group_size)
     version, state_dict = learner.publish(v, probe_ids)   # state_dict on rank 0 only
+    outcome, state_dict = learner.publish_stream(v, probe_ids, spec)  # or streamed (weight_stream.py)
     learner.save_checkpoint(dir); learner.load_checkpoint(dir)  # exact resume (rl_service/controller/checkpoint.py)
 """
 
@@ -32,6 +33,7 @@ from rl_service.learner.critic import load_value_model
 from rl_service.learner.forward import Models, check_packed_attention, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
 from rl_service.learner.update import ppo_update
+from rl_service.rollout import weight_stream
 from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
 from rl_service.types import PolicyVersion, Sample, ScoredBatch
 
@@ -61,6 +63,8 @@ class Learner:
         self.policy_opt: torch.optim.Optimizer | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
         self.pad_id = 0
+        self._sync_group: weight_stream.SyncGroup | None = None
+        """Rank 0's end of the weight-sync group (rollout.weight_sync=collective)."""
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
 
     # ------------------------------------------------------------ setup
@@ -216,6 +220,46 @@ class Learner:
         )
         return pv, (state_dict if self.rank == 0 or every_rank else None)
 
+    def publish_stream(
+        self, version: int, probe_ids: list[list[int]], spec: weight_stream.GroupSpec, keep_state_dict: bool = False
+    ) -> tuple[dict, dict[str, Tensor] | None]:
+        """Score the probes, then stream the policy tensor by tensor to the weight-sync group
+        (rollout.weight_sync=collective; collective over the FSDP ranks, rank 0 sends).
+
+        -> ({"meta": PolicyVersion (None if the stream failed), "error", "send_s"}, state_dict):
+        the checksum is over the bytes rank 0 sent; state_dict (HF names, a copy) only on rank 0
+        with `keep_state_dict` (a Serve follower loads it from the object store)."""
+        assert self.models is not None, "call setup() first"
+        probe_logprobs = self.probe_logprobs(probe_ids)
+        kept: dict[str, Tensor] = {}
+        named = fsdp.full_tensors(self.models.policy)
+        if keep_state_dict and self.rank == 0:
+            named = _keeping(named, kept)
+        if self.rank == 0:
+            if self._sync_group is None:
+                self._sync_group = weight_stream.SyncGroup(rank=0)
+            sent = weight_stream.send(self._sync_group, spec, named)
+        else:
+            sent = {"checksum": None, "num_bytes": 0, "error": None, "send_s": 0.0}
+            for _ in named:  # take part in every gather
+                pass
+        sent = fsdp.broadcast_object(sent)
+        meta = None
+        if sent["error"] is None:
+            meta = PolicyVersion(
+                version=version,
+                checksum=sent["checksum"],
+                num_bytes=sent["num_bytes"],
+                probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
+                probe_logprobs=probe_logprobs,
+            )
+        outcome = {"meta": meta, "error": sent["error"], "send_s": sent["send_s"]}
+        return outcome, (kept if keep_state_dict and self.rank == 0 and meta is not None else None)
+
+    def weight_layout(self) -> tuple[weight_stream.TensorSlot, ...]:
+        """Names, dtypes and global shapes of what `publish_stream` sends, in its order (not collective)."""
+        return weight_stream.layout_of(self.models.policy.state_dict().items())
+
     @torch.no_grad()
     def probe_logprobs(self, probe_ids: list[list[int]]) -> tuple[tuple[float, ...], ...]:
         """Policy logprob of each probe token given its prefix (collective: a sharded forward)."""
@@ -306,6 +350,8 @@ class Learner:
         return {"step": self.step, "kl_coef": float(self.kl_ctl.value)}
 
     def shutdown(self) -> None:
+        if self._sync_group is not None:
+            self._sync_group.close()
         fsdp.destroy()
 
 
@@ -323,6 +369,14 @@ def _pad_id(config) -> int:
 def _due(every: int, step: int) -> bool:
     """Whether an every-N-updates pass runs on update `step` (0 = never)."""
     return every > 0 and step % every == 0
+
+
+def _keeping(named, kept: dict[str, Tensor]):
+    """`named` passed through, a copy of each tensor put in `kept` (the stream's tensors may be
+    the live parameters)."""
+    for name, t in named:
+        kept[name] = t.detach().to("cpu", copy=True)
+        yield name, t
 
 
 def _engine_mismatch(samples: list[Sample], engine_lp: Tensor, data: RolloutTensors) -> dict[str, float]:

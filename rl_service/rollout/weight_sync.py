@@ -1,6 +1,6 @@
 """Versioned weight sync: learner -> every rollout engine, verified after load.
 
-CPU path (implemented): learner rank 0 gathers the full state dict; it travels to the
+rollout.weight_sync=object_store (the default): learner rank 0 gathers the full state dict; it travels to the
 engines through the Ray object store (returned from the learner call, so the driver
 owns it and it outlives the learner); each engine loads it, resets its prefix cache,
 then proves what it holds (`load_verified`, for rollout workers and Serve replicas alike):
@@ -8,7 +8,10 @@ then proves what it holds (`load_verified`, for rollout workers and Serve replic
 the bytes: `state_dict_checksum`), and (2) its logprobs on fixed probe sequences equal the
 learner's within `rollout.verify_tolerance`.
 
-GPU path (designed, not implemented here): see docs/architecture.md "Weight sync on GPU".
+rollout.weight_sync=collective: the tensors are streamed over a process group of their own
+instead (rollout/weight_stream.py, gloo; NCCL with the learner on CUDA) and the received buffers
+go through the same `load_verified`; `Checksum` is `state_dict_checksum` one tensor at a time,
+for the sender. docs/architecture.md, "Weight sync".
 """
 
 from __future__ import annotations
@@ -37,22 +40,38 @@ if xxhash is not None:
 DEFAULT_ALGO = "xxh3_128" if xxhash is not None else "sha256"
 
 
+class Checksum:
+    """The incremental form of `state_dict_checksum`: `update(name, tensor)` in name order, then
+    `hexdigest()`; a streamed publish hashes each tensor as it sends it, and gets the same value
+    `state_dict_checksum` gives for the whole dict."""
+
+    def __init__(self, algo: str = DEFAULT_ALGO):
+        if algo not in HASHERS:
+            raise WeightSyncError(f"checksum algorithm {algo!r} is not available here (have {sorted(HASHERS)})")
+        self.algo, self._h = algo, HASHERS[algo]()
+
+    def update(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.detach()
+        t = (t if t.device.type == "cpu" else t.cpu()).contiguous()
+        # the header ends each field with NUL and states the byte count, so no two different
+        # (name, dtype, shape, bytes) sequences can concatenate to the same stream
+        self._h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{t.numel() * t.element_size()}\0".encode())
+        if t.numel():
+            self._h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+    def hexdigest(self) -> str:
+        """`algo:hex`, the published form."""
+        return f"{self.algo}:{self._h.hexdigest()}"
+
+
 def state_dict_checksum(state_dict: Mapping[str, torch.Tensor], algo: str = DEFAULT_ALGO) -> str:
     """`algo:hex` over (name, dtype, shape, bytes) of every tensor in name order: identical tensors
     -> same checksum; any other name, dtype, shape or byte -> another one. One pass over the
     bytes, no copy for contiguous CPU tensors (the hasher reads the tensor's memory)."""
-    if algo not in HASHERS:
-        raise WeightSyncError(f"checksum algorithm {algo!r} is not available here (have {sorted(HASHERS)})")
-    h = HASHERS[algo]()
+    h = Checksum(algo)
     for name in sorted(state_dict):
-        t = state_dict[name].detach()
-        t = (t if t.device.type == "cpu" else t.cpu()).contiguous()
-        # the header ends each field with NUL and states the byte count, so no two different
-        # (name, dtype, shape, bytes) sequences can concatenate to the same stream
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{t.numel() * t.element_size()}\0".encode())
-        if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return f"{algo}:{h.hexdigest()}"
+        h.update(name, state_dict[name])
+    return h.hexdigest()
 
 
 def checksum_algo(checksum: str) -> str:

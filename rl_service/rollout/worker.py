@@ -5,6 +5,11 @@ generated it. A lock serialises generation and weight loads, so one RolloutBatch
 always produced by exactly one version. Weight loads are verified: the received tensors
 must hash to the published checksum and the engine's logprobs on the probe sequences
 must equal the learner's.
+
+Two ways a version arrives (rollout.weight_sync): `load_weights` (the whole state dict through
+the object store) or streamed (`receive_weights` fills this worker's buffers from the
+weight-sync group while generation goes on, no lock taken; `commit_weights` then verifies and
+swaps them in under the lock, between two generate calls; rollout/weight_stream.py).
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from rl_service.config import RolloutConfig
 from rl_service.envs import is_env_prompt, run_episodes
 from rl_service.models.hf_config import context_length
 from rl_service.rollout.engine import make_engine
+from rl_service.rollout.weight_stream import GroupSpec, Inbox, TensorSlot
 from rl_service.rollout.weight_sync import load_verified
 from rl_service.types import PolicyVersion, PromptBatch, RolloutBatch, Sample
 
 
 class RolloutWorker:
-    def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0, name: str = "rollout-0"):
+    def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0, name: str = "rollout-0", rank: int = 1):
+        """rank: this worker's rank in the weight-sync group (1 + its index; 0 is learner rank 0)."""
         self.cfg = cfg
         self.name = name
         self.seed = seed
@@ -32,6 +39,7 @@ class RolloutWorker:
         # Token budget of one multi-turn episode: the model's context length.
         self.max_tokens = context_length(model_path)
         self._lock = threading.Lock()
+        self._inbox = Inbox(rank)
         self._stop = False
         self._calls = 0
 
@@ -154,6 +162,17 @@ class RolloutWorker:
         """Load a published version in place and verify it (checksum, then probe logprobs within
         rollout.verify_tolerance); raises WeightSyncError on mismatch. Generation waits meanwhile."""
         return load_verified(self.engine, state_dict, meta, self.cfg.verify_tolerance, self.name, lock=self._lock)
+
+    def receive_weights(self, spec: GroupSpec, layout: tuple[TensorSlot, ...], stream_id: int) -> dict:
+        """Receive stream `stream_id` from the weight-sync group into this worker's buffers. Takes
+        no lock: generation continues meanwhile. -> {"receive_s"}"""
+        return self._inbox.receive(spec, layout, stream_id)
+
+    def commit_weights(self, meta: PolicyVersion, stream_id: int) -> dict:
+        """Once stream `stream_id` is in: verify (checksum of the received bytes), load under the
+        generation lock, probe check; as `load_weights`, WeightSyncError on a mismatch."""
+        state = self._inbox.take(stream_id, self.cfg.weight_sync_timeout_s)
+        return load_verified(self.engine, state, meta, self.cfg.verify_tolerance, self.name, lock=self._lock)
 
     def evaluate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         """Greedy completions (one per prompt) for held-out accuracy."""

@@ -54,6 +54,10 @@ def test_override_parsing_types():
             "rollout.num_workers (3) must equal learner.num_workers (2)",
         ),
         (["placement=colocated", "train.max_policy_lag=0", "serve.enabled=true"], "serve.enabled"),
+        (
+            ["placement=colocated", "train.max_policy_lag=0", "rollout.weight_sync=collective"],
+            "rollout.weight_sync=collective is for placement: split",
+        ),
     ],
 )
 def test_bad_config_names_the_key(overrides, needle):
