@@ -8,7 +8,8 @@ seed i on every side), each side one whole training run:
 - rl_service: `rl-service train` with its defaults (quickstart layout: 2 vLLM workers, 1 scorer,
   2 FSDP2 learners; short shape only);
 - rl_service_lean: the lean knobs (LEAN: no learner-side logprob check, no reference pass, i.e.
-  TRL's work per step, plus the options that skip work without changing the update);
+  TRL's work per step, plus the options that skip work without changing the update), split mode;
+- rl_service_lean_colocated: the same in the one-node mode (`placement: colocated`, lag 0);
 - trl_hf: TRL with HF generate (`use_vllm=False`);
 - trl_vllm: TRL with colocated vLLM, matched to rl_service: fp32 engine, no importance-sampling
   pass (bench/trl_grpo.py --matched).
@@ -53,15 +54,26 @@ ROUNDS, QUICK_ROUNDS = 3, 1
 LEAN = ["learner.logprob_check_every=0", "learner.kl.measure_every=0"]
 """TRL with beta 0 and num_iterations 1 runs one forward + backward per step: no reference
 model, no old-policy pass. lean does the same, and skips zero-advantage samples (the default)."""
-SIDES = {"short": ["rl_service", "rl_service_lean", "trl_hf", "trl_vllm"]}
-DEFAULT_SIDES = ["rl_service_lean", "trl_hf", "trl_vllm"]
+COLOCATED = ["placement=colocated", "train.max_policy_lag=0"]
+"""One node: engines and learner ranks take turns in the same processes (docs/architecture.md)."""
 
 
-def rls_side(shape: Shape, model: str, seed: int, lean: bool) -> dict:
-    tag = f"e2e-{shape.name}-rls{'-lean' if lean else ''}-{seed}"
-    run = train_run(
-        tag, overrides(shape, model, seed) + (LEAN if lean else []), config=config_path(shape), timeout_s=7200
-    )
+def rls_sides(shape: Shape) -> dict[str, list[str]]:
+    """rl_service's sides of a shape: name -> overrides on top of the shape's. `rl_service_lean`
+    is the split mode (the step bar, overhead and weight-sync targets are judged on it);
+    `rl_service_lean_colocated` the one-node mode; defaults run on the short shape only."""
+    sides = {"rl_service": []} if shape.name == "short" else {}
+    sides["rl_service_lean"] = LEAN
+    sides["rl_service_lean_colocated"] = LEAN + COLOCATED
+    return sides
+
+
+TRL_SIDES = ["trl_hf", "trl_vllm"]
+
+
+def rls_side(shape: Shape, model: str, seed: int, side: str, extra: list[str]) -> dict:
+    tag = f"e2e-{shape.name}-{side}-{seed}"
+    run = train_run(tag, overrides(shape, model, seed) + extra, config=config_path(shape), timeout_s=7200)
     return {
         **rls_figures(run["rows"]),
         "process_s": run["process_s"],
@@ -106,13 +118,13 @@ def run_shape(shape: Shape, rounds: int) -> dict:
 
     model = str(long_model(shape.size) if shape.model == "long" else warm_model(shape.size))
     started, load = time.time(), os.getloadavg()[0]
-    sides = SIDES.get(shape.name, DEFAULT_SIDES)
     call = {
-        "rl_service": lambda seed: rls_side(shape, model, seed, False),
-        "rl_service_lean": lambda seed: rls_side(shape, model, seed, True),
-        "trl_hf": lambda seed: trl_side(shape, model, seed, "hf"),
-        "trl_vllm": lambda seed: trl_side(shape, model, seed, "vllm"),
+        name: (lambda seed, name=name, extra=extra: rls_side(shape, model, seed, name, extra))
+        for name, extra in rls_sides(shape).items()
     }
+    call["trl_hf"] = lambda seed: trl_side(shape, model, seed, "hf")
+    call["trl_vllm"] = lambda seed: trl_side(shape, model, seed, "vllm")
+    sides = list(call)
     log(f"e2e_trl {shape.name}: model {model} ({num_params(Path(model)) / 1e6:.2f}M params), {shape}, {rounds} rounds")
     runs = []
     for i in range(rounds):
@@ -144,6 +156,8 @@ def summarise(shape: Shape, model: str, runs: list[dict], alone: dict, started: 
         "step_over_ideal": lean["step_s"] / ideal,
         "overhead_share": 1 - ideal / lean["step_s"],
         "weight_sync_share": lean["weight_sync_share"],
+        # reported, not a target: the one-node mode against the same standalone sum
+        "colocated_step_over_ideal": med.get("rl_service_lean_colocated", {}).get("step_s", float("nan")) / ideal,
         "standalone": alone,
     }
     out = {
@@ -159,15 +173,19 @@ def summarise(shape: Shape, model: str, runs: list[dict], alone: dict, started: 
     }
     t = {}
     r = lambda k: ratios[k]["median"]  # noqa: E731
+    leans = [x for x in sides if x.startswith("rl_service_lean")]
     if shape.name == "short":
-        t["lean_tokens_per_s_vs_trl_hf"] = target(r("tokens_per_s/rl_service_lean_over_trl_hf"), 2.0)
         t["defaults_tokens_per_s_vs_trl_hf"] = target(r("tokens_per_s/rl_service_over_trl_hf"), 1.5)
-        out["accuracy"] = accuracy(runs, sides)
-        for trl in ("trl_hf", "trl_vllm"):
-            gap = out["accuracy"]["gaps"][f"rl_service_lean_minus_{trl}"]
-            t[f"accuracy_vs_{trl}_in_se"] = target(gap["diff_over_se"], -1.0)
-    else:
-        t["lean_tokens_per_s_vs_trl_best"] = target(r("tokens_per_s/rl_service_lean_over_trl_best"), 1.5)
+        out["accuracy"] = accuracy(runs, sides, leans)
+    for lean_side in leans:  # each lean mode held to the bars (split = the cluster default, colocated = one node)
+        mode = lean_side.removeprefix("rl_service_")
+        if shape.name == "short":
+            t[f"{mode}_tokens_per_s_vs_trl_hf"] = target(r(f"tokens_per_s/{lean_side}_over_trl_hf"), 2.0)
+            for trl in TRL_SIDES:
+                gap = out["accuracy"]["gaps"][f"{lean_side}_minus_{trl}"]
+                t[f"{mode}_accuracy_vs_{trl}_in_se"] = target(gap["diff_over_se"], -1.0)
+        else:
+            t[f"{mode}_tokens_per_s_vs_trl_best"] = target(r(f"tokens_per_s/{lean_side}_over_trl_best"), 1.5)
     t["step_over_ideal"] = target(bar["step_over_ideal"], 1.25, higher_is_better=False)
     t["overhead_share"] = target(bar["overhead_share"], 0.10, higher_is_better=False)
     t["weight_sync_share"] = target(bar["weight_sync_share"], 0.05, higher_is_better=False)
@@ -175,13 +193,13 @@ def summarise(shape: Shape, model: str, runs: list[dict], alone: dict, started: 
     return out
 
 
-def accuracy(runs: list[dict], sides: list[str]) -> dict:
+def accuracy(runs: list[dict], sides: list[str], leans: list[str]) -> dict:
     """Every final model of the shape through the one evaluator, then mean and SE per side."""
     scores = score_dirs([r["final_dir"] for r in runs], EVAL_PROBLEMS)
     for r, acc in zip(runs, scores):
         r["accuracy_end"] = acc
     per = {s: accuracy_summary([r["accuracy_end"] for r in runs if r["side"] == s], EVAL_PROBLEMS) for s in sides}
-    gaps = {f"rl_service_lean_minus_{t}": accuracy_gap(per["rl_service_lean"], per[t]) for t in ("trl_hf", "trl_vllm")}
+    gaps = {f"{lean}_minus_{t}": accuracy_gap(per[lean], per[t]) for lean in leans for t in TRL_SIDES}
     return {"problems": EVAL_PROBLEMS, "per_side": per, "gaps": gaps}
 
 
@@ -205,8 +223,8 @@ def run(quick: bool) -> dict:
             "rounds": rounds,
             "lean": LEAN,
             "shapes_run_now": chosen,
-            "sides": SIDES,
-            "default_sides": DEFAULT_SIDES,
+            "rl_service_sides": {n: rls_sides(sh) for n, sh in shapes.items()},
+            "trl_sides": TRL_SIDES,
         },
         "shapes": results,
         "targets": {f"{n}/{k}": v for n, res in results.items() for k, v in res["targets"].items()},
