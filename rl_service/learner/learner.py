@@ -25,12 +25,12 @@ from torch import Tensor
 
 from rl_service.algo.kl import make_kl_controller
 from rl_service.algo.masking import masked_mean, right_pad
+from rl_service.algo.segments import prompt_groups
 from rl_service.config import LearnerConfig
 from rl_service.learner import export, fsdp
-from rl_service.algo.segments import prompt_groups
+from rl_service.learner.attention import use_segment_attention
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, group_runs, pad_samples
 from rl_service.learner.critic import load_value_model
-from rl_service.learner.attention import use_segment_attention
 from rl_service.learner.forward import Models, check_packed_attention, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
 from rl_service.learner.update import ppo_update

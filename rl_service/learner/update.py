@@ -33,8 +33,8 @@ from rl_service.algo.kl import kl_penalty
 from rl_service.algo.losses import entropy_bonus, ppo_policy_loss, value_loss
 from rl_service.algo.masking import aggregate_loss, loss_denom, masked_count, masked_sum, zero_signal_rows
 from rl_service.algo.packing import token_slots
-from rl_service.config import LearnerConfig
 from rl_service.algo.segments import PromptGroups
+from rl_service.config import LearnerConfig
 from rl_service.learner.batching import (
     epoch_order,
     minibatches,
