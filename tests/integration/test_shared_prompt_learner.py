@@ -13,11 +13,12 @@ from rl_service.config import LearnerConfig
 from rl_service.infra.env import free_port
 from rl_service.learner.learner import Learner
 from rl_service.types import ScoredBatch
-from tests.integration.test_fsdp_learner import GROUP, PROBES, _batches, _config, model_dir  # noqa: F401
+from tests.integration.test_fsdp_learner import GROUP, PROBES, _batches, _config
+from tests.integration.test_fsdp_learner import model_dir as model_dir  # the fixture
 
 
-def _two_steps(rank: int, world: int, port: int, model_dir: str, cfg: LearnerConfig, batches, out: str) -> None:
-    learner = Learner(cfg, model_dir, rank, world, "127.0.0.1", port, seed=0)
+def _two_steps(rank: int, world: int, port: int, model_path: str, cfg: LearnerConfig, batches, out: str) -> None:
+    learner = Learner(cfg, model_path, rank, world, "127.0.0.1", port, seed=0)
     try:
         learner.setup()
         metrics = [learner.train_step(batches, GROUP) for _ in range(2)]
