@@ -85,7 +85,7 @@ def test_row_layout_holds_each_prompt_once():
     assert lay.position_ids.tolist() == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 0, 1, 2, 3]
     assert lay.src[0, :5].tolist() == [0, 1, 2, 3, 4] and lay.src[1, :8].tolist() == [0, 1, 2, 3, 6, 7, 8, 9]
     assert lay.src[3, :3].tolist() == [0, 1, 2]  # row 3's completion is empty: its prompt's predictions
-    covered = torch.cat([b.q_index.flatten()[b.q_keep] for b in lay.blocks]).sort().values
+    covered = torch.cat([b.q_index.flatten()[b.q_kept] for b in lay.blocks]).sort().values
     assert torch.equal(covered, torch.arange(lay.token_index.numel()))  # every position a query once
 
 
