@@ -12,35 +12,27 @@ from torch import nn
 
 from rl_service.algo import segments
 from rl_service.algo.segments import PromptGroups, prompt_groups, row_layout
-from rl_service.config import LearnerConfig, TinyModelConfig
+from rl_service.config import LearnerConfig
 from rl_service.learner.attention import use_segment_attention
 from rl_service.learner.batching import rank_token_micro_batches, share_units
 from rl_service.learner.critic import ValueModel
 from rl_service.learner.forward import Models, check_packed_attention, critic_values, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors
 from rl_service.learner.update import ppo_update
-from rl_service.models.tiny import build_tiny_model
-from rl_service.models.tokenizer import build_tokenizer
+from tests.unit.learner.test_packed_forward import ARCHITECTURES, tok
+from tests.unit.learner.test_packed_forward import _model as _plain_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+__all__ = ["tok"]  # the tokenizer fixture
 
-ARCHITECTURES = ["llama", "qwen2", "gpt2", "mistral"]
-CORPUS = [f"{a}+{b}={a + b}" for a in range(20) for b in range(20)]
 # (prompt length, completion lengths) per group: prompts of different lengths, completions of
 # different lengths (one empty), a group of one, and a group whose prompts differ (not shared)
 GROUPS = [(4, [3, 7, 1]), (9, [5, 2]), (2, [6]), (6, [4, 0, 8])]
 DIFFERING = (5, [3, 4])
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer(CORPUS, vocab_size=300)
-
-
 def _model(arch: str, tok) -> nn.Module:
-    torch.manual_seed(0)
-    shape = TinyModelConfig(architecture=arch, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
-    model = build_tiny_model(shape, tok).eval()
+    model = _plain_model(arch, tok)
     use_segment_attention(model)
     return model
 
@@ -161,9 +153,8 @@ def test_setup_check_accepts_shared_prompts_with_segment_attention(arch, tok):
 
 def test_setup_check_refuses_shared_prompts_without_segment_attention(tok):
     """transformers' own sdpa reads the completions' position ids as new samples: they would not see the prompt."""
-    torch.manual_seed(0)
-    plain = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok)
-    check_packed_attention(plain.eval(), torch.device("cpu"))  # plain packing is fine there
+    plain = _plain_model("llama", tok)  # transformers' sdpa
+    check_packed_attention(plain, torch.device("cpu"))  # plain packing is fine there
     with pytest.raises(ValueError, match="share_prompt: false"):
         check_packed_attention(plain, torch.device("cpu"), shared=True)
 
