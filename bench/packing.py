@@ -5,7 +5,8 @@ masked logprob sum, in this process (2 threads), on a random-init model of the b
 `30m` shape (bench/models.py SHAPES; the compute per token is a trained model's). Sides:
 
 - padded: the default learner path, micro-batches of `micro_batch_size` rows (default 256: the
-  whole batch as one padded [B, T] forward);
+  whole batch as one padded [B, T] forward: large activations, watch the machine's memory);
+- padded16: the same with micro_batch_size 16 (each micro-batch padded to its own longest row);
 - packed: learner.max_tokens_per_microbatch (rows back to back, segment attention);
 - shared: packed + learner.share_prompt (each group's prompt computed once).
 
@@ -17,6 +18,7 @@ median over rounds (the sides alternate inside each round); tokens computed per 
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
@@ -24,8 +26,9 @@ import torch
 
 from bench.common import alternate, env_sized, log, median, medians, pair_ratios, table
 
-FULL = dict(size="30m", prompts=16, group=8, budget=4096, rounds=2)
-QUICK = dict(size="test", prompts=2, group=4, budget=512, rounds=1)
+SIDES = ("padded", "padded16", "packed", "shared")
+FULL = dict(size="30m", prompts=16, group=8, budget=4096, rounds=2, sides=SIDES)
+QUICK = dict(size="test", prompts=2, group=4, budget=512, rounds=1, sides=SIDES)
 SHAPES = {
     "spread": dict(prefix=0, prompt=(20, 60), completion=(4, 256)),
     "shared_prompt": dict(prefix=200, prompt=(10, 30), completion=(4, 128)),
@@ -83,9 +86,10 @@ def _side(model, batch, side: str, budget: int) -> dict:
 
     ids, am, mask, groups = batch
     lengths = am.sum(-1).tolist()
-    packed, shared = side != "padded", side == "shared"
+    packed, shared = side in ("packed", "shared"), side == "shared"
     share = (groups.group.tolist(), groups.prompt_len.tolist()) if shared else (None, None)
-    plan = plan_micro_batches(range(len(lengths)), 0, 1, 256, budget if packed else None, lengths, *share)
+    rows = 16 if side == "padded16" else 256
+    plan = plan_micro_batches(range(len(lengths)), 0, 1, rows, budget if packed else None, lengths, *share)
     model.zero_grad(set_to_none=True)
     computed = 0
     t0 = time.perf_counter()
@@ -108,6 +112,8 @@ def run(quick: bool) -> dict:
     from rl_service.learner.attention import use_segment_attention
 
     s = QUICK if quick else env_sized(FULL)
+    if os.environ.get("BENCH_SIDES"):  # e.g. "padded16,packed,shared" in a time-boxed session
+        s["sides"] = tuple(os.environ["BENCH_SIDES"].split(","))
     torch.set_num_threads(2)
     model = _model(s["size"])
     use_segment_attention(model)  # without a layout (the padded side) it is transformers' sdpa
@@ -116,14 +122,16 @@ def run(quick: bool) -> dict:
     for name, shape in SHAPES.items():
         batch = _batch(shape, s["prompts"], s["group"])
         sides = {
-            side: (lambda i, side=side, batch=batch: _side(model, batch, side, s["budget"]))
-            for side in ("padded", "packed", "shared")
+            side: (lambda i, side=side, batch=batch: _side(model, batch, side, s["budget"])) for side in s["sides"]
         }
         runs = [{**r, "shape": name} for r in alternate(s["rounds"], sides)]
         out["runs"] += runs
         out["medians"][name] = medians(runs, ["fwd_bwd_s", "tokens_computed"])
         out["ratios"][name] = {
-            f"{a}/padded": median(pair_ratios(runs, "fwd_bwd_s", a, "padded")) for a in ("packed", "shared")
+            f"{a}/{base}": median(pair_ratios(runs, "fwd_bwd_s", a, base))
+            for base in ("padded", "padded16")
+            for a in ("packed", "shared")
+            if {a, base} <= set(s["sides"])
         }
     return out
 
@@ -143,5 +151,5 @@ def markdown(result: dict) -> str:
         f"Policy forward + backward of {s['prompts']} prompts x {s['group']} samples on the {s['size']} shape, "
         f"1 process x 2 threads, packed budget {s['budget']} tokens, {s['rounds']} rounds (median)\n\n"
         + table(["shape", "side", "fwd+bwd s", "tokens computed"], rows)
-        + f"\n\nTime over padded (median of per-round ratios): {ratios}"
+        + f"\n\nTime ratios (median of per-round ratios): {ratios}"
     )
