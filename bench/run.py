@@ -1,7 +1,7 @@
 """Benchmark entry point (not run by `make test`).
 
     .venv/bin/python -m bench.run NAME [--quick] [--profile]
-    NAME: rollout | e2e_trl | overlap | weight_sync | overhead | learner_step | serve | all
+    NAME: rollout | e2e_trl | overlap | weight_sync | overhead | learner_step | packing | serve | all
 
 Each benchmark writes bench/results/<NAME>.json (`<NAME>.quick.json` with --quick):
 machine, versions, command, settings, every run's figures, medians, targets; and
@@ -31,8 +31,9 @@ MODULES = {
     "weight_sync": "bench.weight_sync",
     "overhead": "bench.overhead",
     "learner_step": "bench.learner_step",
+    "packing": "bench.packing",
 }
-ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "e2e_trl", "serve"]
+ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "packing", "e2e_trl", "serve"]
 
 
 def run_serve(quick: bool) -> dict:

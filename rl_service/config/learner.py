@@ -132,7 +132,18 @@ class LearnerConfig(Section):
     says how much the padded path would have). Used by every learner forward (old policy,
     reference, critic, update); `micro_batch_size` is then ignored. The model must honour
     packed position ids (transformers' Llama, Qwen2, Mistral, GPT-2 do, with sdpa, eager and
-    flash attention); the learner checks that at setup and refuses a model that does not."""
+    flash attention); the learner checks that at setup and refuses a model that does not.
+    Attention runs per sample (learner/attention.py), not as one masked attention over the
+    whole row, so it costs what the padded path's does."""
+    share_prompt: bool = False
+    """Shared-prompt packing (needs `max_tokens_per_microbatch`): the samples of one prompt's
+    group (`rollout.samples_per_prompt` of them, token-identical prompts) go into one packed
+    micro-batch as [prompt, completion_1, ..., completion_n], the prompt computed once and each
+    completion attending to it (block mask) -- in every learner forward and backward (old
+    policy, reference, critic, update); logprobs and gradients are those of the unshared path.
+    A group whose prompts differ (multi-turn episodes) runs unshared, counted in
+    `train/share_refused_groups`; `train/prompt_tokens_shared` counts the prompt tokens not
+    computed. Needs packing because a shared prompt only exists inside a packed row."""
     behavior_logprobs: Literal["rollout", "learner"] = "rollout"
     """Old logprobs in the PPO ratio: `rollout` = the engine's sampling logprobs (exact behaviour
     policy, corrects for max_policy_lag; equal to the learner's in fp32), `learner` = recomputed
@@ -175,3 +186,11 @@ class LearnerConfig(Section):
     @classmethod
     def _legacy_layout(cls, data: Any) -> Any:
         return _legacy_advantage(data)
+
+    @model_validator(mode="after")
+    def _share_needs_packing(self) -> LearnerConfig:
+        if self.share_prompt and self.max_tokens_per_microbatch is None:
+            raise ValueError(
+                "learner.share_prompt needs sequence packing: set learner.max_tokens_per_microbatch (e.g. 4096)"
+            )
+        return self

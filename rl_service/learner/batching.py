@@ -163,7 +163,13 @@ def rank_micro_batches(indices: Sequence[int], rank: int, world_size: int, micro
 
 
 def rank_token_micro_batches(
-    indices: Sequence[int], rank: int, world_size: int, lengths: Sequence[int], max_tokens: int
+    indices: Sequence[int],
+    rank: int,
+    world_size: int,
+    lengths: Sequence[int],
+    max_tokens: int,
+    share: Sequence[int] | None = None,
+    prompt_lens: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """This rank's micro-batches of at most `max_tokens` tokens (sequence packing), the same
     count on every rank. The whole minibatch is binned (pack_by_tokens), and the bins, fullest
@@ -171,15 +177,46 @@ def rank_token_micro_batches(
     tokens by about one bin, where a split by rows would leave the ranks' token totals as
     uneven as the lengths. Ranks with fewer bins get empty micro-batches up to the busiest
     rank's count. A pure function of its arguments, so no collective is needed.
-    lengths: sequence length of each row of the batch (indices point into it)."""
+    lengths: sequence length of each row of the batch (indices point into it). share (shared-
+    prompt packing): a sharing id per row of the batch (>= 0: rows of one id share their
+    prompt, of `prompt_lens` tokens), so a group's rows stay together and cost their prompt once."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world of size {world_size}")
-    idx = list(indices)
-    bins = [[idx[k] for k in b] for b in pack_by_tokens([lengths[i] for i in idx], max_tokens)]
-    bins.sort(key=lambda b: -sum(lengths[i] for i in b))  # stable: ties keep pack_by_tokens' order
+    units = share_units(indices, share)
+    cost = [shared_length(u, lengths, share, prompt_lens) for u in units]
+    planned = [([i for k in b for i in units[k]], sum(cost[k] for k in b)) for b in pack_by_tokens(cost, max_tokens)]
+    planned.sort(key=lambda rows_cost: -rows_cost[1])  # stable: ties keep pack_by_tokens' order
+    bins = [rows for rows, _ in planned]
     mine = bins[rank::world_size]
     count = max(1, -(-len(bins) // world_size))
     return mine + [[] for _ in range(count - len(mine))]
+
+
+def share_units(indices: Sequence[int], share: Sequence[int] | None) -> list[list[int]]:
+    """`indices` grouped into packing units: the rows of one sharing id >= 0 together (at the
+    first one's place), every other row alone. share_units([4, 5, 6], [.., 0, -1, 0]) -> [[4, 6], [5]]"""
+    units: list[list[int]] = []
+    where: dict[int, int] = {}
+    for i in indices:
+        g = -1 if share is None else share[i]
+        if g >= 0 and g in where:
+            units[where[g]].append(i)
+            continue
+        if g >= 0:
+            where[g] = len(units)
+        units.append([i])
+    return units
+
+
+def shared_length(
+    rows: Sequence[int], lengths: Sequence[int], share: Sequence[int] | None, prompt_lens: Sequence[int] | None
+) -> int:
+    """Tokens a packed row holds for `rows` (one share unit): their lengths, less the prompt
+    held once for all of a group of >= 2."""
+    total = sum(lengths[i] for i in rows)
+    if len(rows) >= 2 and share is not None and prompt_lens is not None:
+        total -= prompt_lens[rows[0]] * (len(rows) - 1)
+    return total
 
 
 def plan_micro_batches(
@@ -189,14 +226,17 @@ def plan_micro_batches(
     micro_batch_size: int,
     max_tokens: int | None = None,
     lengths: Sequence[int] | None = None,
+    share: Sequence[int] | None = None,
+    prompt_lens: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """rank_micro_batches (max_tokens None: `micro_batch_size` rows, padded) or
-    rank_token_micro_batches (packed by a token budget, `lengths` needed)."""
+    rank_token_micro_batches (packed by a token budget, `lengths` needed; `share`, `prompt_lens`
+    for shared-prompt packing)."""
     if max_tokens is None:
         return rank_micro_batches(indices, rank, world_size, micro_batch_size)
     if lengths is None:
         raise ValueError("packing by a token budget needs the sequence lengths")
-    return rank_token_micro_batches(indices, rank, world_size, lengths, max_tokens)
+    return rank_token_micro_batches(indices, rank, world_size, lengths, max_tokens, share, prompt_lens)
 
 
 def content_length(attention_mask: Tensor) -> int:

@@ -33,12 +33,22 @@ class ValueModel(nn.Module):
         return getattr(self, self.prefix)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        **attention_kwargs,
     ) -> Tensor:
         """input_ids, attention_mask, position_ids: [b, L] -> values [b, L] (fp32). A packed row
-        passes position_ids (restarting at each sample) and no attention_mask."""
+        passes position_ids (restarting at each sample), no attention_mask, and its
+        `segment_layout` (learner/attention.py) among `attention_kwargs`, which reach every
+        attention layer."""
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **attention_kwargs,
         ).last_hidden_state
         return self.score(hidden)[..., 0].float()
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rl_service.algo.logprobs import entropy_from_logits, token_logprobs
-from rl_service.algo.packing import pack_rows, unpack_to_grid
+from rl_service.algo.segments import PromptGroups, RowLayout, row_layout
 from rl_service.learner.batching import content_length
 
 
@@ -46,23 +46,27 @@ def policy_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = False,
     packed: bool = False,
+    groups: PromptGroups | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of token t+1 given tokens <= t (and the entropy of that prediction).
 
     input_ids, attention_mask: [b, T] (right-padded) -> (logprobs [b, T-1], entropy [b, T-1] or
     None), fp32. Columns past each sample (padded: past the micro-batch's longest) are 0. The
     entropy is detached unless `entropy_grad` (a metric-only entropy must not keep a second
-    [b, T, V] graph alive). `packed`: one row of the samples back to back (no padding computed).
+    [b, T, V] graph alive). `packed`: one row of the samples back to back (no padding computed);
+    `groups` (packed only, PromptGroups of these rows): a group's prompt is computed once.
     """
     T = input_ids.shape[1]
     if packed:
-        lengths = attention_mask.sum(-1)
-        ids, pos = pack_rows(input_ids, lengths)  # [1, L]
-        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, :-1]  # [L-1, V]
-        logprobs = unpack_to_grid(token_logprobs(logits, ids[0, 1:]), lengths, T)
+        layout, ids, pos = _packed_row(input_ids, attention_mask, groups)
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False, segment_layout=layout).logits[0]  # [L, V]
+        logits = logits.float()
+        # token_logprobs' logit[target] - logsumexp, read at each grid entry's predicting position
+        picked = logits[layout.src, input_ids[:, 1:]] - torch.logsumexp(logits, -1)[layout.src]  # [b, T-1]
+        logprobs = torch.where(layout.valid, picked, 0.0)
         entropy = None
         if with_entropy:
-            entropy = unpack_to_grid(entropy_from_logits(logits if entropy_grad else logits.detach()), lengths, T)
+            entropy = layout.gather(entropy_from_logits(logits if entropy_grad else logits.detach()))
         return logprobs, entropy
     ids, am, L = _trimmed(input_ids, attention_mask)
     logits = model(input_ids=ids, attention_mask=am, use_cache=False).logits[:, :-1]  # [b, L-1, V]
@@ -73,38 +77,56 @@ def policy_logprobs(
     return logprobs, entropy
 
 
-def critic_values(critic: nn.Module, input_ids: Tensor, attention_mask: Tensor, packed: bool = False) -> Tensor:
+def _packed_row(
+    input_ids: Tensor, attention_mask: Tensor, groups: PromptGroups | None
+) -> tuple[RowLayout, Tensor, Tensor]:
+    """The micro-batch as one packed row: (layout, ids [1, L], position_ids [1, L])."""
+    layout = row_layout(attention_mask.sum(-1).tolist(), input_ids.shape[1], groups, input_ids.device)
+    return layout, input_ids.reshape(-1)[layout.token_index][None], layout.position_ids[None]
+
+
+def critic_values(
+    critic: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    packed: bool = False,
+    groups: PromptGroups | None = None,
+) -> Tensor:
     """V(tokens <= t), the value of the state in which token t+1 is chosen.
 
-    input_ids, attention_mask: [b, T] -> values [b, T-1] fp32 (`packed` as in policy_logprobs).
+    input_ids, attention_mask: [b, T] -> values [b, T-1] fp32 (`packed`, `groups` as in policy_logprobs).
     """
     T = input_ids.shape[1]
     if packed:
-        lengths = attention_mask.sum(-1)
-        ids, pos = pack_rows(input_ids, lengths)
-        return unpack_to_grid(critic(input_ids=ids, position_ids=pos)[0], lengths, T)  # [1, L] -> [b, T-1]
+        layout, ids, pos = _packed_row(input_ids, attention_mask, groups)
+        return layout.gather(critic(input_ids=ids, position_ids=pos, segment_layout=layout)[0])  # [1, L] -> [b, T-1]
     ids, am, L = _trimmed(input_ids, attention_mask)
     values = critic(input_ids=ids, attention_mask=am)[:, :-1]  # ValueModel: [b, L] -> [b, L-1]
     return F.pad(values, (0, T - L))
 
 
 @torch.no_grad()
-def check_packed_attention(model: nn.Module, device: torch.device) -> None:
+def check_packed_attention(model: nn.Module, device: torch.device, shared: bool = False) -> None:
     """Refuse a model whose attention crosses sample boundaries in a packed row (one that ignores
-    position-id resets): two samples packed must score as each does alone. Collective under
-    FSDP (a forward): every rank calls it."""
+    position-id resets or the segment layout): samples packed must score as each does alone, and
+    with `shared`, two completions sharing their prompt too. Collective under FSDP (forwards):
+    every rank calls it."""
     vocab = int(model.config.vocab_size)
-    rows = torch.tensor([[3, 5, 7, 9, 11], [4, 6, 8, 0, 0]], device=device) % vocab  # [2, 5], lengths 5 and 3
-    am = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], device=device)
-    packed = policy_logprobs(model, rows, am, packed=True)[0]
-    alone = torch.cat([policy_logprobs(model, rows[i : i + 1], am[i : i + 1])[0] for i in range(2)])
-    diff = float((packed - alone).abs().max())
+    # [3, 5]: lengths 5, 3, 5, 4; rows 2 and 3 have the same 2-token prompt
+    rows = torch.tensor([[3, 5, 7, 9, 11], [4, 6, 8, 0, 0], [5, 7, 9, 4, 6], [5, 7, 3, 8, 0]], device=device) % vocab
+    am = (torch.arange(5, device=device)[None] < torch.tensor([[5], [3], [5], [4]], device=device)).long()
+    groups = PromptGroups(torch.tensor([2, 2, 2, 2]), torch.tensor([-1, -1, 0, 0])) if shared else None
+    packed = policy_logprobs(model, rows, am, packed=True, groups=groups)[0]
+    alone = torch.cat([policy_logprobs(model, rows[i : i + 1], am[i : i + 1])[0] for i in range(4)])
+    diff = float(((packed - alone) * am[:, 1:]).abs().max())
     if not diff < 1e-4:
         name = type(model).__name__
         impl = getattr(model.config, "_attn_implementation", "?")
+        what = "learner.share_prompt" if shared else "learner.max_tokens_per_microbatch"
+        fix = "learner.share_prompt: false" if shared else "learner.max_tokens_per_microbatch: null"
         raise ValueError(
-            f"learner.max_tokens_per_microbatch: {name} (attention {impl!r}) does not keep packed samples apart "
-            f"(logprobs differ by {diff:.3g} from unpacked); set learner.max_tokens_per_microbatch: null"
+            f"{what}: {name} (attention {impl!r}) does not keep packed samples apart "
+            f"(logprobs differ by {diff:.3g} from unpacked); set {fix}"
         )
 
 
@@ -122,11 +144,13 @@ def score_rows(
     attention_mask: Tensor,
     with_policy: bool = True,
     with_reference: bool = True,
+    groups: PromptGroups | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Old-policy logprobs, reference logprobs and values for this rank's micro-batches.
 
     micro: this rank's index lists (same count on every rank); input_ids, attention_mask: [N, T]
-    -> ([N, T-1] x 3, zero on rows another rank owns). A pass that is switched off (with_policy,
+    -> ([N, T-1] x 3, zero on rows another rank owns); groups: [N] rows' prompt sharing (packed
+    only; None = none). A pass that is switched off (with_policy,
     with_reference False) or has no model (no critic) is skipped and returns None.
     """
     N, T = input_ids.shape
@@ -141,10 +165,10 @@ def score_rows(
     for raw in micro:
         idx, active = active_or_dummy(raw)
         ids, am = input_ids[idx], attention_mask[idx]
-        packed = models.packed
-        lp = policy_logprobs(models.policy, ids, am, packed=packed)[0] if old_lp is not None else None
-        rlp = policy_logprobs(models.reference, ids, am, packed=packed)[0] if ref_lp is not None else None
-        v = critic_values(models.critic, ids, am, packed=packed) if values is not None else None
+        packed, g = models.packed, groups.select(idx) if groups is not None else None
+        lp = policy_logprobs(models.policy, ids, am, packed=packed, groups=g)[0] if old_lp is not None else None
+        rlp = policy_logprobs(models.reference, ids, am, packed=packed, groups=g)[0] if ref_lp is not None else None
+        v = critic_values(models.critic, ids, am, packed=packed, groups=g) if values is not None else None
         if active:
             for out, got in ((old_lp, lp), (ref_lp, rlp), (values, v)):
                 if out is not None:

@@ -26,9 +26,11 @@ from torch import Tensor
 
 from rl_service.algo.kl import make_kl_controller
 from rl_service.algo.masking import masked_mean, right_pad
+from rl_service.algo.segments import prompt_groups
 from rl_service.config import LearnerConfig
 from rl_service.learner import export, fsdp
-from rl_service.learner.batching import batch_token_rewards, engine_logprobs, pad_samples
+from rl_service.learner.attention import use_segment_attention
+from rl_service.learner.batching import batch_token_rewards, engine_logprobs, group_runs, pad_samples
 from rl_service.learner.critic import load_value_model
 from rl_service.learner.forward import Models, check_packed_attention, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
@@ -90,12 +92,16 @@ class Learner:
         critic = None
         if self.cfg.advantage.uses_critic:  # same backbone weights, a new zero value head
             critic = load_value_model(self.model_path, torch.float32)
+        packed = self.cfg.max_tokens_per_microbatch is not None
+        if packed:  # attention per packed sample, not one [L, L] masked attention per row
+            for m in (policy, reference, critic.backbone if critic is not None else None):
+                if m is not None:
+                    use_segment_attention(m)
         num_params = sum(p.numel() for p in policy.parameters())
         for m in (policy, reference, critic):
             if m is not None:
                 m.to(device).eval()
                 fsdp.shard(m, mesh)
-        packed = self.cfg.max_tokens_per_microbatch is not None
         self.models = Models(policy, reference, critic, device, self.rank, self.world_size, packed=packed)
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if critic is not None:
@@ -110,7 +116,7 @@ class Learner:
             # After the optimizers: a no-grad forward leaves the FSDP2 root's parameters unsharded
             # (they are resharded in backward), so an optimizer built after it held plain tensors
             # the model then dropped, and embeddings / final norm / lm_head never moved (measured).
-            check_packed_attention(policy, device)
+            check_packed_attention(policy, device, shared=self.cfg.share_prompt)
         return {
             "num_params": num_params,
             "backend": backend,
@@ -143,6 +149,10 @@ class Learner:
         recompute = not from_engine or _due(self.cfg.logprob_check_every, self.step)
         measure_kl = self.cfg.kl.penalised or _due(self.cfg.kl.measure_every, self.step)
         engine_lp = engine_logprobs(samples, batch["input_ids"].shape[1]).to(device)  # [N, T-1]
+        groups, refused = None, 0
+        if self.cfg.share_prompt:  # a group shares its prompt where the token ids are equal
+            runs = group_runs([s.prompt_id for s in samples], group_size)
+            groups, refused = prompt_groups([s.prompt_ids for s in samples], runs)
         data, metrics = prepare_rollout(
             self.models,
             self.cfg,
@@ -154,7 +164,10 @@ class Learner:
             None if token_rewards is None else token_rewards.to(device),
             old_logprobs=None if recompute else engine_lp,
             measure_kl=measure_kl,
+            groups=groups,
         )
+        if groups is not None:
+            metrics["train/share_refused_groups"] = float(refused)
         if recompute:
             metrics.update(_engine_mismatch(samples, engine_lp, data))
         if from_engine:

@@ -16,6 +16,7 @@ from torch import Tensor
 from rl_service.algo.estimators import AdvantageInputs, get_advantage_estimator
 from rl_service.algo.kl import kl_penalty
 from rl_service.algo.masking import masked_mean, masked_sum
+from rl_service.algo.segments import PromptGroups
 from rl_service.config import LearnerConfig
 from rl_service.learner.batching import group_runs, plan_micro_batches
 from rl_service.learner.forward import Models, score_rows
@@ -34,6 +35,7 @@ class RolloutTensors:
     advantages: Tensor  # [N, T-1]
     old_values: Tensor | None  # [N, T-1] critic before this update (estimators with a critic only)
     returns: Tensor | None  # [N, T-1] critic targets (estimators with a critic only)
+    groups: PromptGroups | None = None  # rows' prompt sharing (learner.share_prompt), else None
 
 
 def _score_global_batch(
@@ -43,14 +45,25 @@ def _score_global_batch(
     attention_mask: Tensor,
     with_policy: bool,
     with_reference: bool,
+    groups: PromptGroups | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(old logprobs, reference logprobs, values), each [N, T-1] or None, on every rank."""
     N = input_ids.shape[0]
     lengths = attention_mask.sum(-1).tolist()
+    share, prompt_lens = (None, None) if groups is None else (groups.group.tolist(), groups.prompt_len.tolist())
     micro = plan_micro_batches(
-        range(N), models.rank, models.world_size, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, lengths
+        range(N),
+        models.rank,
+        models.world_size,
+        cfg.micro_batch_size,
+        cfg.max_tokens_per_microbatch,
+        lengths,
+        share,
+        prompt_lens,
     )
-    parts = score_rows(models, micro, input_ids, attention_mask, with_policy=with_policy, with_reference=with_reference)
+    parts = score_rows(
+        models, micro, input_ids, attention_mask, with_policy=with_policy, with_reference=with_reference, groups=groups
+    )
     # Rows are zero where another rank owns them, so a SUM assembles the full batch exactly.
     present = [t for t in parts if t is not None]
     summed = iter(all_reduce_sum(torch.stack(present)) if present else [])
@@ -69,17 +82,25 @@ def prepare_rollout(
     token_rewards: Tensor | None = None,
     old_logprobs: Tensor | None = None,
     measure_kl: bool = True,
+    groups: PromptGroups | None = None,
 ) -> tuple[RolloutTensors, dict[str, float]]:
     """Score the batch and compute advantages. batch: pad_samples output on the device; scores: [N];
     token_rewards: [N, T-1] aligned like response_mask (batch_token_rewards) or None;
     old_logprobs: [N, T-1] the sampling policy's (the engine's), or None to recompute them here;
-    measure_kl: run the reference pass (must be True while the KL is penalised) and report kl/*.
+    measure_kl: run the reference pass (must be True while the KL is penalised) and report kl/*;
+    groups: the rows' prompt sharing (learner.share_prompt) or None.
 
     Metrics: kl/coef, kl/* (when measured), reward/token_* (with per-token rewards), and the
     estimator's own (reward/*, value/explained_var with a critic)."""
     input_ids, attention_mask, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     old_lp, ref_lp, values = _score_global_batch(
-        models, cfg, input_ids, attention_mask, with_policy=old_logprobs is None, with_reference=measure_kl
+        models,
+        cfg,
+        input_ids,
+        attention_mask,
+        with_policy=old_logprobs is None,
+        with_reference=measure_kl,
+        groups=groups,
     )
     old_lp = old_lp if old_logprobs is None else old_logprobs
     if kl_coef > 0 and ref_lp is None:
@@ -106,5 +127,5 @@ def prepare_rollout(
     )
     adv, returns, adv_metrics = get_advantage_estimator(cfg.advantage.type)(inputs, cfg.advantage)
     metrics.update(adv_metrics)
-    data = RolloutTensors(input_ids, attention_mask, mask, old_lp, ref_lp, adv, values, returns)
+    data = RolloutTensors(input_ids, attention_mask, mask, old_lp, ref_lp, adv, values, returns, groups)
     return data, metrics

@@ -40,8 +40,16 @@ from rl_service.algo.masking import (
     zero_signal_rows,
 )
 from rl_service.algo.packing import token_slots
+from rl_service.algo.segments import PromptGroups
 from rl_service.config import LearnerConfig
-from rl_service.learner.batching import epoch_order, minibatches, plan_micro_batches, rank_micro_batches
+from rl_service.learner.batching import (
+    epoch_order,
+    minibatches,
+    plan_micro_batches,
+    rank_micro_batches,
+    share_units,
+    shared_length,
+)
 from rl_service.learner.forward import Models, active_or_dummy, critic_values, policy_logprobs
 from rl_service.learner.fsdp import all_reduce_metrics, clip_grad_norm
 from rl_service.learner.prepare import RolloutTensors
@@ -108,15 +116,21 @@ class _WorkPlan:
     cfg: LearnerConfig
     lengths: list[int]  # sequence length of each row of the batch
     world_size: int
+    groups: PromptGroups | None = None  # prompt sharing of the rows (learner.share_prompt)
     real: int = 0  # sample tokens
-    slots: int = 0  # tokens the forwards compute, padding included
+    slots: int = 0  # tokens the forwards compute, padding included (prompt sharing not counted)
     padded_slots: int = 0  # what padded micro-batches of micro_batch_size rows would compute
+    shared: int = 0  # prompt tokens not computed because a group shared its prompt
 
     def micro_batches(self, work: list[int], rank: int) -> list[list[int]]:
         """`rank`'s micro-batches of the minibatch rows `work` (the same count on every rank)."""
         cfg, W, packed = self.cfg, self.world_size, self.cfg.max_tokens_per_microbatch is not None
+        g = self.groups
+        share, plens = (None, None) if g is None else (g.group.tolist(), g.prompt_len.tolist())
         plans = [
-            plan_micro_batches(work, r, W, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, self.lengths)
+            plan_micro_batches(
+                work, r, W, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, self.lengths, share, plens
+            )
             for r in range(W)
         ]
         for r, plan in enumerate(plans):
@@ -124,15 +138,24 @@ class _WorkPlan:
             real, slots = token_slots(plan, self.lengths, packed)
             self.real, self.slots = self.real + real, self.slots + slots
             self.padded_slots += token_slots(padded, self.lengths, packed=False)[1]
+            for mb in plan if share is not None else ():
+                self.shared += sum(self.lengths[i] for i in mb) - sum(
+                    shared_length(u, self.lengths, share, plens) for u in share_units(mb, share)
+                )
         return plans[rank]
 
     def metrics(self) -> dict[str, float]:
         """train/pad_frac: share of the computed token slots that are padding; train/pad_frac_saved:
-        share of the padded path's token slots that packing did not compute (0 when padded)."""
-        return {
+        share of the padded path's token slots that packing did not compute (0 when padded);
+        with share_prompt, train/prompt_tokens_shared: prompt tokens the update's forwards did not
+        compute because a group's prompt was computed once (all ranks, all minibatches)."""
+        out = {
             "train/pad_frac": 1.0 - self.real / self.slots if self.slots else 0.0,
             "train/pad_frac_saved": 1.0 - self.slots / self.padded_slots if self.padded_slots else 0.0,
         }
+        if self.groups is not None:
+            out["train/prompt_tokens_shared"] = float(self.shared)
+        return out
 
 
 def ppo_update(
@@ -149,7 +172,7 @@ def ppo_update(
     kl_in_loss = cfg.kl.placement == "loss" and kl_coef > 0
     log = _UpdateLog()
     skip = [False] * N
-    plan = _WorkPlan(cfg, data.attention_mask.sum(-1).tolist(), W)
+    plan = _WorkPlan(cfg, data.attention_mask.sum(-1).tolist(), W, data.groups)
     if zero_advantage_skip(cfg, has_critic=models.critic is not None, kl_in_loss=kl_in_loss):
         skip = zero_signal_rows(data.advantages, data.mask).tolist()
     for epoch in range(cfg.ppo_epochs):
@@ -249,9 +272,10 @@ def _micro_step(
     """Forward + backward of one micro-batch; returns its local sums by name (_STEP_SUMS)."""
     mask = data.mask[idx] * float(active)  # a dummy micro-batch weighs 0 but still runs
     ids, am = data.input_ids[idx], data.attention_mask[idx]
+    groups = data.groups.select(idx) if data.groups is not None else None
     want_entropy_grad = cfg.entropy_coef > 0
     logprobs, entropy = policy_logprobs(
-        models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad, packed=models.packed
+        models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad, packed=models.packed, groups=groups
     )
     loss, pm = ppo_policy_loss(
         logprobs, data.old_logprobs[idx], data.advantages[idx], mask, cfg.clip_eps, cfg.loss_agg, denom
@@ -268,7 +292,7 @@ def _micro_step(
     vl, vm = torch.zeros(()), {"value/clipfrac": 0.0}
     if models.critic is not None:
         gae_cfg = cfg.advantage  # the variant that has a critic carries its value-loss knobs
-        values = critic_values(models.critic, ids, am, packed=models.packed)
+        values = critic_values(models.critic, ids, am, packed=models.packed, groups=groups)
         vl, vm = value_loss(
             values, data.old_values[idx], data.returns[idx], mask, gae_cfg.value_clip_eps, cfg.loss_agg, denom
         )

@@ -106,7 +106,7 @@ class _IgnoresPositions(nn.Module):
         super().__init__()
         self.inner, self.config = inner, inner.config
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, **attention_kwargs):
         return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
 
 
