@@ -224,13 +224,7 @@ class Learner:
         if self.rank == 0:
             meta = (state_dict_checksum(state_dict), state_dict_bytes(state_dict))
         checksum, num_bytes = fsdp.broadcast_object(meta)
-        pv = PolicyVersion(
-            version=version,
-            checksum=checksum,
-            num_bytes=num_bytes,
-            probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
-            probe_logprobs=probe_logprobs,
-        )
+        pv = _policy_version(version, checksum, num_bytes, probe_ids, probe_logprobs)
         return pv, (state_dict if self.rank == 0 or every_rank else None)
 
     def publish_stream(
@@ -247,7 +241,7 @@ class Learner:
         kept: dict[str, Tensor] = {}
         named = fsdp.full_tensors(self.models.policy)
         if keep_state_dict and self.rank == 0:
-            named = _keeping(named, kept)
+            named = weight_stream.keeping(named, kept)
         if self.rank == 0:
             if self._sync_group is None:
                 self._sync_group = weight_stream.SyncGroup(rank=0)
@@ -259,13 +253,7 @@ class Learner:
         sent = fsdp.broadcast_object(sent)
         meta = None
         if sent["error"] is None:
-            meta = PolicyVersion(
-                version=version,
-                checksum=sent["checksum"],
-                num_bytes=sent["num_bytes"],
-                probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
-                probe_logprobs=probe_logprobs,
-            )
+            meta = _policy_version(version, sent["checksum"], sent["num_bytes"], probe_ids, probe_logprobs)
         outcome = {"meta": meta, "error": sent["error"], "send_s": sent["send_s"]}
         return outcome, (kept if keep_state_dict and self.rank == 0 and meta is not None else None)
 
@@ -384,14 +372,6 @@ def _due(every: int, step: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def _keeping(named, kept: dict[str, Tensor]):
-    """`named` passed through, a copy of each tensor put in `kept` (the stream's tensors may be
-    the live parameters)."""
-    for name, t in named:
-        kept[name] = t.detach().to("cpu", copy=True)
-        yield name, t
-
-
 def _engine_mismatch(samples: list[Sample], engine_lp: Tensor, data: RolloutTensors) -> dict[str, float]:
     """|engine logprob - learner old logprob| on response tokens: off-policy drift / weight-sync check.
     engine_lp: [N, T-1] engine_logprobs(samples) on the learner's device."""
@@ -403,3 +383,13 @@ def _engine_mismatch(samples: list[Sample], engine_lp: Tensor, data: RolloutTens
         "rollout/logprob_diff_mean": float(masked_mean(diff, data.mask)),
         "rollout/logprob_diff_max": float(diff[on].max()) if on.any() else 0.0,
     }
+
+
+def _policy_version(version: int, checksum: str, num_bytes: int, probe_ids, probe_logprobs) -> PolicyVersion:
+    return PolicyVersion(
+        version=version,
+        checksum=checksum,
+        num_bytes=num_bytes,
+        probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
+        probe_logprobs=probe_logprobs,
+    )

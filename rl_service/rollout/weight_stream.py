@@ -244,3 +244,11 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def _first_line(text: str | None) -> str | None:
     return None if text is None else (str(text).strip().splitlines() or [""])[0]
+
+
+def keeping(named, kept: dict[str, torch.Tensor]):
+    """`named` passed through, a copy of each tensor put in `kept` (the stream's tensors may be
+    the live parameters)."""
+    for name, t in named:
+        kept[name] = t.detach().to("cpu", copy=True)
+        yield name, t
