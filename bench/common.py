@@ -10,6 +10,7 @@ bench/results/<name>.json.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -107,14 +108,22 @@ def alternate(rounds: int, sides: dict[str, Callable[[int], dict]]) -> list[dict
     return runs
 
 
-def pair_ratios(runs: list[dict], key: str, num: str, den: str) -> list[float]:
-    """Per-pair ratio runs[num][key] / runs[den][key], in pair order."""
-    by = {(r["pair"], r["side"]): r[key] for r in runs if key in r}
-    return [
-        by[(p, num)] / by[(p, den)]
-        for p in sorted({r["pair"] for r in runs})
-        if (p, num) in by and (p, den) in by and by[(p, den)]
-    ]
+def pair_ratios(runs: list[dict], key: str, num: str, den: str | tuple[str, ...]) -> list[float]:
+    """Per-pair ratio runs[num][key] / runs[den][key], in pair order; a pair missing either side
+    or with a value that is not a finite number is left out. A tuple `den` divides by the
+    largest of those sides in that pair (e.g. a peer at the best of its two modes)."""
+    by = {(r["pair"], r["side"]): r.get(key) for r in runs}
+    dens = (den,) if isinstance(den, str) else den
+    out = []
+    for p in sorted({r["pair"] for r in runs}):
+        d = [by.get((p, s)) for s in dens]
+        if _finite(by.get((p, num))) and all(_finite(x) for x in d) and max(d) > 0:
+            out.append(by[(p, num)] / max(d))
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def medians(runs: list[dict], keys: list[str]) -> dict[str, dict[str, float]]:

@@ -64,19 +64,6 @@ def spread(xs: list[float]) -> dict:
     return {"min": min(xs), "median": statistics.median(xs), "max": max(xs), "n": len(xs)}
 
 
-def pair_values(runs: list[dict], key: str, num: str, den: str | tuple[str, ...]) -> list[float]:
-    """Per round: runs[num][key] / runs[den][key]; a tuple `den` takes the best (largest) of those
-    sides in that round ("TRL at its best of its two modes")."""
-    by = {(r["pair"], r["side"]): r.get(key) for r in runs}
-    dens = (den,) if isinstance(den, str) else den
-    out = []
-    for p in sorted({r["pair"] for r in runs}):
-        d = [by.get((p, s)) for s in dens]
-        if by.get((p, num)) is not None and all(_finite(x) for x in d) and max(d) > 0:
-            out.append(by[(p, num)] / max(d))
-    return out
-
-
 def accuracy_summary(values: list[float], problems: int) -> dict:
     """Mean over seeds, the standard error of that mean (seed-to-seed spread), and the binomial
     standard error of one model's accuracy on `problems` problems."""

@@ -37,11 +37,10 @@ import time
 from pathlib import Path
 
 from bench import profile
-from bench.common import REPO, RESULTS, log, machine_info, table, target
+from bench.common import REPO, RESULTS, log, machine_info, medians, pair_ratios, table, target
 from bench.e2e_figures import (
     accuracy_gap,
     accuracy_summary,
-    pair_values,
     rls_figures,
     score_dirs,
     spread,
@@ -139,13 +138,14 @@ def run_shape(shape: Shape, rounds: int) -> dict:
 
 def summarise(shape: Shape, model: str, runs: list[dict], alone: dict, started: float, load: float) -> dict:
     sides = list(dict.fromkeys(r["side"] for r in runs))
-    med = {s: _medians([r for r in runs if r["side"] == s]) for s in sides}
+    numeric = {k for r in runs for k, v in r.items() if isinstance(v, (int, float)) and k not in ("pair", "seed")}
+    med = medians(runs, sorted(numeric))
     ratios = {}
     for key in ("tokens_per_s", "nonzero_tokens_per_s", "all_tokens_per_s"):
         for rls in [s for s in sides if s.startswith("rl_service")]:
             for den in ("trl_hf", "trl_vllm", ("trl_hf", "trl_vllm")):
                 name = "trl_best" if isinstance(den, tuple) else den
-                ratios[f"{key}/{rls}_over_{name}"] = spread(pair_values(runs, key, rls, den))
+                ratios[f"{key}/{rls}_over_{name}"] = spread(pair_ratios(runs, key, rls, den))
     lean = med["rl_service_lean"]
     ideal = alone["generate_s"] + alone["learner_s"]
     bar = {
@@ -237,15 +237,6 @@ def _previous(quick: bool) -> dict:
         return json.loads(path.read_text()).get("shapes", {})
     except (OSError, ValueError):
         return {}
-
-
-def _medians(rows: list[dict]) -> dict:
-    import statistics
-
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and k not in ("pair", "seed")]
-    return {
-        k: statistics.median(r[k] for r in rows) for k in keys if all(isinstance(r.get(k), (int, float)) for r in rows)
-    }
 
 
 def _brief(f: dict) -> str:
