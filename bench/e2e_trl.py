@@ -50,9 +50,17 @@ from bench.rls_run import RUN_ROOT, train_run
 from bench.shapes import EVAL_PROBLEMS, FULL, QUICK, Shape, config_path, overrides
 
 ROUNDS, QUICK_ROUNDS = 3, 1
-LEAN = ["learner.logprob_check_every=0", "learner.kl.measure_every=0"]
+LEAN = [
+    "learner.logprob_check_every=0",
+    "learner.kl.measure_every=0",
+    "learner.max_tokens_per_microbatch=4096",
+    "learner.share_prompt=true",
+]
 """TRL with beta 0 and num_iterations 1 runs one forward + backward per step: no reference
-model, no old-policy pass. lean does the same, and skips zero-advantage samples (the default)."""
+model, no old-policy pass. lean does the same, skips zero-advantage samples (the default), and
+packs: micro-batches of <= 4096 tokens with no padding, each group's prompt computed once
+(`learner.share_prompt`). Skipping and packing leave the update the same up to float rounding
+(tests/unit/algo, tests/integration/test_fsdp_learner, test_shared_prompt_learner)."""
 COLOCATED = ["placement=colocated", "train.max_policy_lag=0"]
 """One node: engines and learner ranks take turns in the same processes (docs/architecture.md)."""
 
