@@ -46,7 +46,7 @@ from bench.e2e_figures import (
     spread,
     trl_figures,
 )
-from bench.rls_run import RUN_ROOT, train_run
+from bench.rls_run import RUN_ROOT, recorded_process_s, reusable, train_run
 from bench.shapes import EVAL_PROBLEMS, FULL, QUICK, Shape, config_path, overrides
 
 ROUNDS, QUICK_ROUNDS = 3, 1
@@ -93,6 +93,14 @@ def trl_side(shape: Shape, model: str, seed: int, mode: str) -> dict:
     tag = f"e2e-{shape.name}-trl-{mode}-{seed}"
     out, log_path, prof = (RUN_ROOT / f"{tag}{ext}" for ext in (".json", ".log", ".collapsed"))
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    if reusable(out) and (RUN_ROOT / tag / "final").exists():
+        log(f"{tag}: reused (BENCH_REUSE)")
+        return {
+            **trl_figures(json.loads(out.read_text())),
+            "process_s": recorded_process_s(tag),
+            "final_dir": str(RUN_ROOT / tag / "final"),
+            "profile": None,
+        }
     cmd = [
         *(sys.executable, "-m", "bench.trl_grpo", "--mode", mode, "--config", str(config_path(shape))),
         *("--overrides", json.dumps(overrides(shape, model, seed)), "--save", str(RUN_ROOT / tag / "final")),
@@ -101,11 +109,13 @@ def trl_side(shape: Shape, model: str, seed: int, mode: str) -> dict:
     t0 = time.perf_counter()
     with log_path.open("w") as fh:
         proc = subprocess.run(profile.wrap(cmd, prof), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=7200)
+    process_s = time.perf_counter() - t0
+    (RUN_ROOT / f"{tag}.process_s").write_text(f"{process_s}\n")
     if proc.returncode != 0:
         raise RuntimeError(f"TRL {mode} run failed ({proc.returncode}); log {log_path}")
     return {
         **trl_figures(json.loads(out.read_text())),
-        "process_s": time.perf_counter() - t0,
+        "process_s": process_s,
         "final_dir": str(RUN_ROOT / tag / "final"),
         "profile": profile.stage_shares(prof) if profile.enabled() else None,
     }
@@ -114,6 +124,9 @@ def trl_side(shape: Shape, model: str, seed: int, mode: str) -> dict:
 def standalone(shape: Shape, model: str) -> dict:
     """bench/standalone.py for the lean side's config (its own process, nothing else running)."""
     out = RUN_ROOT / f"e2e-{shape.name}-standalone.json"
+    if reusable(out):
+        log(f"{out.name}: reused (BENCH_REUSE)")
+        return json.loads(out.read_text())
     args = json.dumps(overrides(shape, model, 0) + LEAN)
     cmd = [sys.executable, "-m", "bench.standalone", "--config", str(config_path(shape)), "--overrides", args]
     subprocess.run([*cmd, "--out", str(out)], cwd=REPO, check=True, timeout=3600)
