@@ -24,7 +24,8 @@ Step bar per shape (bench/standalone.py): lean's step vs the standalone engine t
 step's generation + the standalone learner time on those samples; overhead = 1 - that / step.
 
 BENCH_SHAPES=short,long picks shapes (the others' results stay from the JSON's last run, each
-with its own start time); BENCH_STEPS / BENCH_ROUNDS resize.
+with its own start time); BENCH_STEPS / BENCH_ROUNDS resize; BENCH_REUSE=<ISO time> reads back
+the runs that completed after that time (bench/rls_run.py `reusable`) instead of running them again.
 """
 
 from __future__ import annotations
@@ -93,31 +94,29 @@ def trl_side(shape: Shape, model: str, seed: int, mode: str) -> dict:
     tag = f"e2e-{shape.name}-trl-{mode}-{seed}"
     out, log_path, prof = (RUN_ROOT / f"{tag}{ext}" for ext in (".json", ".log", ".collapsed"))
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
-    if reusable(out) and (RUN_ROOT / tag / "final").exists():
+    final = RUN_ROOT / tag / "final"
+    if reusable(out) and final.exists():
         log(f"{tag}: reused (BENCH_REUSE)")
-        return {
-            **trl_figures(json.loads(out.read_text())),
-            "process_s": recorded_process_s(tag),
-            "final_dir": str(RUN_ROOT / tag / "final"),
-            "profile": None,
-        }
-    cmd = [
-        *(sys.executable, "-m", "bench.trl_grpo", "--mode", mode, "--config", str(config_path(shape))),
-        *("--overrides", json.dumps(overrides(shape, model, seed)), "--save", str(RUN_ROOT / tag / "final")),
-        *("--out", str(out), *(["--matched"] if mode == "vllm" else [])),
-    ]
-    t0 = time.perf_counter()
-    with log_path.open("w") as fh:
-        proc = subprocess.run(profile.wrap(cmd, prof), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=7200)
-    process_s = time.perf_counter() - t0
-    (RUN_ROOT / f"{tag}.process_s").write_text(f"{process_s}\n")
-    if proc.returncode != 0:
-        raise RuntimeError(f"TRL {mode} run failed ({proc.returncode}); log {log_path}")
+        process_s, stage_shares = recorded_process_s(tag), None
+    else:
+        cmd = [
+            *(sys.executable, "-m", "bench.trl_grpo", "--mode", mode, "--config", str(config_path(shape))),
+            *("--overrides", json.dumps(overrides(shape, model, seed)), "--save", str(final)),
+            *("--out", str(out), *(["--matched"] if mode == "vllm" else [])),
+        ]
+        t0 = time.perf_counter()
+        with log_path.open("w") as fh:
+            proc = subprocess.run(profile.wrap(cmd, prof), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=7200)
+        process_s = time.perf_counter() - t0
+        (RUN_ROOT / f"{tag}.process_s").write_text(f"{process_s}\n")
+        if proc.returncode != 0:
+            raise RuntimeError(f"TRL {mode} run failed ({proc.returncode}); log {log_path}")
+        stage_shares = profile.stage_shares(prof) if profile.enabled() else None
     return {
         **trl_figures(json.loads(out.read_text())),
         "process_s": process_s,
-        "final_dir": str(RUN_ROOT / tag / "final"),
-        "profile": profile.stage_shares(prof) if profile.enabled() else None,
+        "final_dir": str(final),
+        "profile": stage_shares,
     }
 
 

@@ -8,6 +8,7 @@ and `summary.json`. With BENCH_PROFILE=1 the run is sampled by py-spy (bench/pro
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import statistics
@@ -32,7 +33,8 @@ def train_run(name: str, overrides: list[str], timeout_s: float = 3600, config: 
     log_path = RUN_ROOT / f"{name}.log"
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
     if reusable(run_dir / "summary.json"):
-        return _finished_run(name, run_dir)
+        log(f"{name}: reused (BENCH_REUSE)")
+        return _read_run(run_dir, recorded_process_s(name), None)
     args = CLI + [str(config), f"name={name}", f"run_root={RUN_ROOT}", "tracking.wandb=false", *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
@@ -46,19 +48,18 @@ def train_run(name: str, overrides: list[str], timeout_s: float = 3600, config: 
     if proc.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
         raise RuntimeError(f"rl-service train {name} exited {proc.returncode}; log {log_path}:\n{tail}")
+    run = _read_run(run_dir, process_s, profile.stage_shares(prof) if profile.enabled() else None)
+    log(
+        f"{name}: {len(run['rows'])} steps, process {process_s:.0f}s, accuracy "
+        f"{run['summary'].get('eval/accuracy_start')} -> {run['summary'].get('eval/accuracy_end')}"
+    )
+    return run
+
+
+def _read_run(run_dir: Path, process_s: float, stage_shares) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     summary = json.loads((run_dir / "summary.json").read_text())
-    log(
-        f"{name}: {len(rows)} steps, process {process_s:.0f}s, accuracy "
-        f"{summary.get('eval/accuracy_start')} -> {summary.get('eval/accuracy_end')}"
-    )
-    return {
-        "rows": rows,
-        "summary": summary,
-        "process_s": process_s,
-        "run_dir": str(run_dir),
-        "profile": profile.stage_shares(prof) if profile.enabled() else None,
-    }
+    return {"rows": rows, "summary": summary, "process_s": process_s, "run_dir": str(run_dir), "profile": stage_shares}
 
 
 def reusable(done_marker: Path) -> bool:
@@ -69,8 +70,6 @@ def reusable(done_marker: Path) -> bool:
     since = os.environ.get("BENCH_REUSE")
     if not since or not done_marker.exists():
         return False
-    import datetime
-
     return done_marker.stat().st_mtime >= datetime.datetime.fromisoformat(since).timestamp()
 
 
@@ -78,19 +77,6 @@ def recorded_process_s(name: str) -> float:
     """The wall of a finished run's whole command, if its sidecar was written (NaN otherwise)."""
     side = RUN_ROOT / f"{name}.process_s"
     return float(side.read_text()) if side.exists() else float("nan")
-
-
-def _finished_run(name: str, run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    log(f"{name}: reused ({len(rows)} steps, BENCH_REUSE)")
-    return {
-        "rows": rows,
-        "summary": summary,
-        "process_s": recorded_process_s(name),
-        "run_dir": str(run_dir),
-        "profile": None,
-    }
 
 
 def step_tokens(row: dict) -> float:
