@@ -9,7 +9,10 @@
           rows), so EOS comes at ~1/260 per token, as a long answer would. Generation dominates
           the step, as in real RL post-training.
 - shared: a >= 200-token few-shot prefix common to every prompt (`a+b=c;` x 24, then the
-          problem) on the warm model: the prompt is most of every sequence.
+          problem; 232 prompt tokens in all) on the long shape's model, cap 64: the prompt is
+          ~80% of every sequence. (Not the warm model: SFT'd on ~8-token prompts, it answers
+          `1` to every prompt that long — measured 2026-12-02, 32 of 32 samples — so no group
+          had a reward spread and nothing was trained.)
 
 Each shape is one YAML file (written to .tmp/bench/configs/, from configs/quickstart.yaml) plus
 the run's overrides (`overrides`): rl_service trains on it through its CLI and bench/trl_grpo.py
@@ -17,10 +20,9 @@ builds its prompts (rl_service's PromptStream with the run seed, same order) and
 (rl_service's `build_reward` of the same section) from the very same file, so both sides see
 identical prompts, rewards, caps and group sizes.
 
-Rewards have a spread in every shape (long: share of digits in the completion; shared: exact
-answer 1, else partial credit by digits in place), so the learner has non-zero advantages to
-train on; short keeps the exact-match reward, whose all-wrong groups are what zero-advantage
-skipping saves.
+Rewards have a spread in the long and shared shapes (share of digits in the completion), so the
+learner has non-zero advantages to train on; short keeps the exact-match reward, whose all-wrong
+groups are what zero-advantage skipping saves.
 """
 
 from __future__ import annotations
@@ -65,12 +67,12 @@ class Shape:
 FULL = {
     "short": Shape("short", "warm", prompts=16, group=8, max_tokens=256, steps=16, accuracy=True),
     "long": Shape("long", "long", prompts=4, group=8, max_tokens=256, steps=8),
-    "shared": Shape("shared", "warm", prompts=8, group=8, max_tokens=64, steps=8),
+    "shared": Shape("shared", "long", prompts=8, group=8, max_tokens=64, steps=8),
 }
 QUICK = {
     "short": Shape("short", "warm", prompts=4, group=4, max_tokens=16, steps=3, accuracy=True, size="test"),
     "long": Shape("long", "long", prompts=2, group=4, max_tokens=48, steps=3, size="test"),
-    "shared": Shape("shared", "warm", prompts=2, group=4, max_tokens=16, steps=3, size="test"),
+    "shared": Shape("shared", "long", prompts=2, group=4, max_tokens=16, steps=3, size="test"),
 }
 EVAL_PROBLEMS = 1000
 
@@ -89,7 +91,7 @@ def config_path(shape: Shape) -> Path:
     else:
         train, held_out = _shared_prompt_files()
         data["task"] = {"name": "dataset", "train": str(train), "eval": str(held_out), "prompt_key": "prompt"}
-        data["reward"]["fn"] = f"{REWARDS}:addition_graded"
+        data["reward"]["fn"] = f"{REWARDS}:digit_share"
     CONFIGS.mkdir(parents=True, exist_ok=True)
     path = CONFIGS / f"{shape.name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

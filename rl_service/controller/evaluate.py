@@ -95,8 +95,21 @@ def _split(items: list, n: int) -> list[list]:
     return [items[i::n] for i in range(n)]
 
 
+PROBE_MAX_TOKENS = 64
+"""Probes keep their last 64 tokens. A probe only has to tell the synced weights from any others,
+and the fp32 engine's and learner's logprobs drift apart with sequence length (a 232-token
+few-shot probe differed by 1.24e-4 > verify_tolerance 1e-4 on correct weights, 2026-12-02);
+short probes keep the check tight and its scoring cheap. The tail keeps the part that differs
+between probes (the problem, its answer, EOS), not a prefix they may share."""
+
+
 def probe_sequences(model_path: str, task, count: int = 4) -> list[list[int]]:
-    """Fixed token sequences (held-out prompt + answer + EOS) for verifying weight syncs."""
+    """Fixed token sequences (held-out prompt + answer + EOS, at most PROBE_MAX_TOKENS: the
+    tail) for verifying weight syncs."""
+    return [seq[-PROBE_MAX_TOKENS:] for seq in _full_probes(model_path, task, count)]
+
+
+def _full_probes(model_path: str, task, count: int) -> list[list[int]]:
     if isinstance(task, DatasetTask):  # already tokenized with the policy's tokenizer
         return task.probe_sequences(count)
     from transformers import AutoTokenizer

@@ -213,3 +213,20 @@ def test_dataset_config_loads_from_yaml_overrides(tmp_path):
         REPO / "configs" / "ci" / "dataset.yaml", [f"task.train={path}", "task.eval=null", "task.num_eval=1"]
     )
     assert cfg.task.name == "dataset" and cfg.task.eval is None and cfg.task.success_threshold == 1.0
+
+
+def test_weight_sync_probes_are_the_tails_of_long_eval_prompts(tmp_path, tok):
+    """A shared few-shot prefix makes every eval prompt long; the probes keep each one's last
+    PROBE_MAX_TOKENS (the part that differs, ending with EOS), so the fp32 engine-vs-learner
+    check is not run on sequences long enough to drift past its tolerance."""
+    from rl_service.controller.evaluate import PROBE_MAX_TOKENS, probe_sequences
+
+    prefix = "1+2=3 hello world " * 20
+    rows = [{"prompt": f"{prefix}{i}+{i}=", "answer": str(2 * i)} for i in range(6)]
+    task = DatasetTask(task_cfg(write_jsonl(tmp_path / "d.jsonl", rows))).bind(tok)
+    full = task.probe_sequences(4)
+    assert min(len(s) for s in full) > PROBE_MAX_TOKENS  # the prefix alone is longer
+    probes = probe_sequences("unused: the dataset task carries its tokenizer", task, 4)
+    assert [len(p) for p in probes] == [PROBE_MAX_TOKENS] * 4
+    assert probes == [s[-PROBE_MAX_TOKENS:] for s in full] and all(p[-1] == tok.eos_token_id for p in probes)
+    assert len({tuple(p) for p in probes}) == 4  # still four different probes
