@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from rl_service.config import ConfigError, ServeConfig, load_config
+from rl_service.config.serve import secret
 
 
 def _config(args):
@@ -89,7 +90,7 @@ def cmd_feedback_export(args) -> int:
     db = args.db or sc.feedback_db
     if sc.feedback_dsn is None and not Path(db).is_file():
         raise ConfigError(f"--db: no feedback database at {db!r}")
-    store = FeedbackStore(db, None if args.db else sc.feedback_dsn)
+    store = FeedbackStore(db, None if args.db else secret(sc.feedback_dsn))
     try:
         count = export_preferences(store, args.out)
     finally:

@@ -53,8 +53,13 @@ class RewardConfig(Section):
     resources: Resources = Resources(num_cpus=0.5)
     """Resources per scorer."""
     on_error: Literal["fail", "drop"] = "drop"
-    """When the function raises or returns NaN/inf/non-number: fail the run, or drop the
-    sample and count it (`samples/dropped_invalid`). Never scored 0 silently."""
+    """When the function raises, hangs past `timeout_s` or returns anything but one finite
+    number: fail the run, or drop the sample and count it (`samples/dropped_invalid`). Never
+    scored 0 silently."""
+    timeout_s: float | None = Field(30.0, gt=0)
+    """Per call of a reward function: a call still running after this is treated as an invalid
+    reward (per `on_error`), so one hung verifier cannot stall the run. The call is given up on,
+    not killed (its thread runs on until it returns). None: no limit."""
     model: str | None = None
     """A reward model directory written by `rl-service train-rm` (an HF 1-output sequence
     classifier): the reward of a sample is its score of `prompt + completion`, one batched

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 
 from rl_service.config.base import Section, fold_legacy
 from rl_service.config.engine import LEGACY_ENGINE_FIELDS, EngineConfig
+
+SECRET_MASK = "***"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost` (a name that resolves elsewhere counts as not loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def secret(value: SecretStr | None) -> str | None:
+    """The secret's text, for the one place that uses it (auth check, database connect)."""
+    return None if value is None else value.get_secret_value()
 
 
 class ServeConfig(Section):
@@ -16,7 +35,9 @@ class ServeConfig(Section):
     enabled: bool = False
     """Serve the current policy while training and hot-swap each synced version."""
     host: str = "127.0.0.1"
-    """Bind address (loopback by default)."""
+    """Bind address (loopback by default). Any other address needs an API key (`api_key` or
+    $RL_SERVICE_API_KEY): without one, anyone who reaches the port could generate and write the
+    feedback that becomes reward-model training data, so such a config is refused."""
     port: int = Field(8000, ge=1, le=65535)
     """HTTP port."""
     model_name: str = "policy"
@@ -30,14 +51,22 @@ class ServeConfig(Section):
     """Logical CPUs Ray reserves per replica (0 = none, so serving fits beside training)."""
     num_gpus: float = Field(0.0, ge=0)
     """GPUs per replica."""
-    api_key: str | None = None
-    """Bearer key required on every /v1 route (None = $RL_SERVICE_API_KEY, unset = no auth)."""
+    api_key: SecretStr | None = None
+    """Bearer key required on every /v1 route (None = $RL_SERVICE_API_KEY, unset = no auth, only
+    on a loopback `host`). A secret: run files, checkpoints, W&B and logs show it as `***`."""
     max_tokens: int = Field(64, ge=1)
     """Cap on `max_tokens` per request (larger asks are rejected with 400, not clipped)."""
     default_max_tokens: int = Field(16, ge=1)
     """`max_tokens` when a request gives none (clipped to the context left after the prompt)."""
     max_n: int = Field(8, ge=1)
     """Cap on completions per request (`n`)."""
+    max_prompts: int = Field(16, ge=1)
+    """Cap on prompts in one /v1/completions request (a list prompt): a request generates at
+    most max_prompts x max_n completions under the engine's lock."""
+    max_abs_rating: float = Field(1000.0, gt=0)
+    """Ratings sent to /v1/feedback must be finite with |rating| <= this (400 otherwise): thumbs
+    (+-1), stars and 0-10 scores fit; NaN, infinities and 1e308 do not enter the means that
+    `feedback export` builds pairs from."""
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     """Request bodies larger than this are rejected with 413 before being parsed."""
     num_replicas: int = Field(1, ge=1)
@@ -57,13 +86,35 @@ class ServeConfig(Section):
     """While training: swap to every k-th synced policy version."""
     feedback_db: str = "runs/feedback.sqlite"
     """SQLite file (WAL) for completions and human feedback."""
-    feedback_dsn: str | None = None
-    """PostgreSQL DSN; when set it is used instead of feedback_db (needs psycopg)."""
+    feedback_dsn: SecretStr | None = None
+    """PostgreSQL DSN; when set it is used instead of feedback_db (needs psycopg). A secret (it may
+    hold a password): written as `***` like `api_key`."""
 
     @model_validator(mode="before")
     @classmethod
     def _legacy_layout(cls, data: Any) -> Any:
         return fold_legacy(data, "engine", "name", LEGACY_ENGINE_FIELDS)
+
+    @field_validator("api_key", "feedback_dsn", mode="before")
+    @classmethod
+    def _not_the_mask(cls, value: Any) -> Any:
+        if value == SECRET_MASK:  # a run file's config.yaml loaded back: the secret is not in it
+            raise ValueError(f"{SECRET_MASK!r} is how run files show a secret, not the secret: give it again")
+        return value
+
+    @field_serializer("api_key", "feedback_dsn", when_used="json")
+    def _masked(self, value: SecretStr | None) -> str | None:
+        """Every JSON/YAML dump (config.yaml, controller.json, W&B) shows a set secret as `***`."""
+        return None if value is None else SECRET_MASK
+
+    @model_validator(mode="after")
+    def _no_open_door(self) -> ServeConfig:
+        if not is_loopback(self.host) and self.api_key is None and not os.environ.get("RL_SERVICE_API_KEY"):
+            raise ValueError(
+                f"serve.host={self.host!r} is not a loopback address and no API key is set "
+                "(--api-key, serve.api_key or $RL_SERVICE_API_KEY): refusing to serve unauthenticated"
+            )
+        return self
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> ServeConfig:

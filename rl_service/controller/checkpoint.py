@@ -121,7 +121,29 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def resolve_resume(spec: str, run_dir: Path) -> Path | None:
     """`--resume auto` -> the run dir's latest checkpoint (None if there is none);
-    `--resume PATH` -> PATH itself (a step-N dir) or the latest one under PATH or PATH/checkpoints."""
+    `--resume PATH` -> PATH itself (a step-N dir) or the latest one under PATH or PATH/checkpoints.
+    The one chosen is checked to hold plain data only (check_plain_data) before anything loads it."""
+    found = _find_resume(spec, run_dir)
+    if found is not None:
+        check_plain_data(found)
+    return found
+
+
+def check_plain_data(ckpt: Path) -> None:
+    """CheckpointError if a pickled file of `ckpt` asks to build more than plain data
+    (learner/checkpoint_io.py): a checkpoint from elsewhere must not run code on resume."""
+    from rl_service.learner.checkpoint_io import UnsafeCheckpoint, check_dcp_metadata, read_local_state
+
+    try:
+        if (ckpt / LEARNER_DIR / ".metadata").is_file():
+            check_dcp_metadata(ckpt / LEARNER_DIR)
+        for local in sorted(ckpt.glob("learner_rank*.pt")):
+            read_local_state(local)
+    except UnsafeCheckpoint as err:
+        raise CheckpointError(str(err)) from None
+
+
+def _find_resume(spec: str, run_dir: Path) -> Path | None:
     if spec == "auto":
         return latest_checkpoint(run_dir / "checkpoints")
     path = Path(spec)
@@ -151,8 +173,11 @@ def load_policy_weights(ckpt: Path) -> dict:
     import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    from rl_service.learner.checkpoint_io import check_dcp_metadata
+
+    check_dcp_metadata(ckpt / LEARNER_DIR)  # converting unpickles it: nothing but DCP's classes
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "full.pt"
         dcp_to_torch_save(ckpt / LEARNER_DIR, out)
-        full = torch.load(out, weights_only=False)
+        full = torch.load(out, weights_only=True)
     return full["policy"]

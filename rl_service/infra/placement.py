@@ -246,11 +246,19 @@ def serve_deployment(server_cls, **options):
     return serve.deployment(serve.ingress(build_api(server_cls))(server_cls), **options)
 
 
+def _env_secret(name: str):
+    """$name as a SecretStr (None when unset or empty)."""
+    import os
+
+    from pydantic import SecretStr
+
+    return SecretStr(os.environ[name]) if os.environ.get(name) else None
+
+
 def serve_app(cfg: ServeConfig, model_path: str, board=None):
     """The bound Serve application for `serve.run`: the policy endpoint serving `model_path`,
     following `board` (a VersionBoard actor) when given. Paths are made absolute here because a
     replica's working directory is not the driver's; the API key falls back to $RL_SERVICE_API_KEY."""
-    import os  # local: this section stands apart from the actor wiring above
     from pathlib import Path
 
     from rl_service.infra.env import passed_env
@@ -258,7 +266,7 @@ def serve_app(cfg: ServeConfig, model_path: str, board=None):
 
     cfg = cfg.model_copy(
         update={
-            "api_key": cfg.api_key or os.environ.get("RL_SERVICE_API_KEY") or None,
+            "api_key": cfg.api_key or _env_secret("RL_SERVICE_API_KEY"),
             "feedback_db": str(Path(cfg.feedback_db).resolve()),
         }
     )

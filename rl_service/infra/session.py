@@ -4,7 +4,11 @@
                        loopback in its own temp dir; stopped (and the dir removed) on exit
 
 A private session never touches the machine's default Ray (/tmp/ray) and binds every
-listener to 127.0.0.1, so tests and quickstarts can run side by side.
+listener to 127.0.0.1, so tests and quickstarts can run side by side. It also has its own
+token: Ray's token auth (RAY_AUTH_MODE=token) with a random token this process makes and hands
+only to the processes it starts, not the machine-wide ~/.ray/auth_token any local user may be
+able to read. Binding to loopback alone keeps other machines out, the token other local
+processes: without it nothing can attach to the session, submit work or read its objects.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +38,14 @@ def requested_cpus(cfg: Config) -> float:
     )
 
 
+_TOKEN = secrets.token_hex(32)
+"""This process's token for the private sessions it starts (one per process: Ray caches the
+token it loaded, so a second session in the same process must find the same one)."""
+
+
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
 @contextmanager
 def local_ray(num_cpus: int, loopback_only: bool = False, prefix: str = "rls-ray-") -> Iterator[str]:
     """A private Ray on 127.0.0.1 in its own temp dir (yielded), shut down and removed on exit.
@@ -42,19 +55,51 @@ def local_ray(num_cpus: int, loopback_only: bool = False, prefix: str = "rls-ray
     tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     if loopback_only:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(
-        num_cpus=num_cpus,
-        _temp_dir=tmp,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
-    )
+    with session_token():
+        ray.init(
+            num_cpus=num_cpus,
+            _temp_dir=tmp,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
+        )
+        try:
+            yield tmp
+        finally:
+            ray.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def session_token() -> Iterator[str]:
+    """Token auth on, with this process's own token (yielded), while the private Ray this process
+    starts runs: set in the environment, which the raylet, the workers and any command started
+    meanwhile inherit (a second driver or `ray job submit` run from here can attach, nothing
+    else can). The variables are put back afterwards, so a later attach to a cluster of the
+    user's finds that cluster's token again."""
+    saved = {k: os.environ.get(k) for k in _AUTH_VARS}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=_TOKEN)
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    _reload_auth()
     try:
-        yield tmp
+        yield _TOKEN
     finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _reload_auth()
+
+
+def _reload_auth() -> None:
+    """Ray keeps the auth mode and token it read first; make it read them again."""
+    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import Config as RayConfig
+
+    RayConfig.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextmanager

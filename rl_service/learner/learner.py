@@ -31,6 +31,7 @@ from rl_service.config import LearnerConfig
 from rl_service.learner import export, fsdp
 from rl_service.learner.attention import use_segment_attention
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, group_runs, pad_samples
+from rl_service.learner.checkpoint_io import check_dcp_metadata, read_local_state
 from rl_service.learner.critic import load_value_model
 from rl_service.learner.forward import Models, check_packed_attention, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
@@ -328,6 +329,7 @@ class Learner:
         assert self.models is not None, "call setup() first"
         src = Path(ckpt_dir)
         state = self._dcp_state()  # templates (optimizer states initialised) that DCP fills in place
+        check_dcp_metadata(src / "learner")  # DCP unpickles it as is: nothing but its own classes
         dcp.load(state, checkpoint_id=str(src / "learner"))
         set_state_dict(
             self.models.policy, self.policy_opt, model_state_dict=state["policy"], optim_state_dict=state["policy_opt"]
@@ -340,7 +342,7 @@ class Learner:
                 optim_state_dict=state["critic_opt"],
             )
         local_file = src / f"learner_rank{self.rank}.pt"
-        local = torch.load(local_file if local_file.is_file() else src / "learner_rank0.pt", weights_only=False)
+        local = read_local_state(local_file if local_file.is_file() else src / "learner_rank0.pt")
         self.step, self.nan_streak = int(local["step"]), int(local["nan_streak"])
         self.kl_ctl.load_state_dict(local["kl_ctl"])
         self.policy_sched.load_state_dict(local["policy_sched"])

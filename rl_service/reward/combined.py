@@ -47,10 +47,12 @@ class RewardTerm:
 class Reward:
     """A run's reward: its terms, summed with their weights per sample."""
 
-    def __init__(self, terms: tuple[RewardTerm, ...], log_parts: bool):
+    def __init__(self, terms: tuple[RewardTerm, ...], log_parts: bool, timeout_s: float | None = None):
         self.terms = terms
         self.log_parts = log_parts
         """True for `reward.fns`: the per-name parts go to the metrics as reward/<name>."""
+        self.timeout_s = timeout_s
+        """reward.timeout_s: a call that takes longer is an InvalidReward (None: no limit)."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -64,7 +66,7 @@ class Reward:
         for term in self.terms:
             kwargs = {**metadata, **term.args} if term.args else metadata
             try:
-                value = checked_reward(term.fn, prompt, completion, kwargs)
+                value = checked_reward(term.fn, prompt, completion, kwargs, self.timeout_s)
             except InvalidReward as err:
                 raise InvalidReward(f"{term.label}{err}") from err.__cause__
             parts[term.name] = value
@@ -122,9 +124,10 @@ def build_reward(cfg: RewardConfig) -> Reward:
     if problem:
         raise ValueError(problem)
     if cfg.fns is None:
-        return Reward((RewardTerm(cfg.fn.rpartition(":")[2], resolve_reward_fn(cfg.fn)),), log_parts=False)
+        term = RewardTerm(cfg.fn.rpartition(":")[2], resolve_reward_fn(cfg.fn))
+        return Reward((term,), log_parts=False, timeout_s=cfg.timeout_s)
     terms = tuple(
         RewardTerm(e.part_name, resolve_reward_fn(e.fn), e.weight, dict(e.args), f"{e.part_name} (fns.{i}) ")
         for i, e in enumerate(cfg.fns)
     )
-    return Reward(terms, log_parts=True)
+    return Reward(terms, log_parts=True, timeout_s=cfg.timeout_s)

@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import math
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,15 +104,56 @@ class InvalidReward(ValueError):
     """The reward function raised or returned something that is not a finite number."""
 
 
-def checked_reward(fn: RewardFn, prompt: str, completion: str, metadata: dict[str, Any]) -> float:
-    """Call `fn` and insist on a finite real number; anything else raises InvalidReward."""
-    try:
-        value = fn(prompt, completion, **metadata)
-    except Exception as err:  # noqa: BLE001 - user code may raise anything
-        raise InvalidReward(f"raised {type(err).__name__}: {err}") from err
+def checked_reward(
+    fn: RewardFn, prompt: str, completion: str, metadata: dict[str, Any], timeout_s: float | None = None
+) -> float:
+    """Call `fn` and insist on a finite real number within `timeout_s` (None: wait for ever);
+    anything else -- it raised, hung, or returned what is not one number (a bool, a string, a
+    2-element tensor, NaN) -- raises InvalidReward."""
+    value = (
+        _call(fn, prompt, completion, metadata)
+        if timeout_s is None
+        else _call_within(timeout_s, fn, prompt, completion, metadata)
+    )
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise InvalidReward(f"returned {type(value).__name__} {value!r}, not a number")
-    value = float(value)
+        raise InvalidReward(f"returned {type(value).__name__} {_short(value)}, not a number")
+    try:
+        value = float(value)  # a 1-element tensor / numpy scalar converts; a 2-element one raises
+    except Exception as err:  # noqa: BLE001 - whatever __float__ of user data raises
+        raise InvalidReward(f"returned {type(value).__name__} {_short(value)}, not one number ({err})") from err
     if not math.isfinite(value):
         raise InvalidReward(f"returned {value}")
     return value
+
+
+def _call(fn: RewardFn, prompt: str, completion: str, metadata: dict[str, Any]) -> Any:
+    try:
+        return fn(prompt, completion, **metadata)
+    except Exception as err:  # noqa: BLE001 - user code may raise anything
+        raise InvalidReward(f"raised {type(err).__name__}: {err}") from err
+
+
+def _call_within(timeout_s: float, fn: RewardFn, prompt: str, completion: str, metadata: dict[str, Any]) -> Any:
+    """The call on its own daemon thread: after `timeout_s` it is given up on (a Python call
+    cannot be killed; a hung one keeps its thread, asleep or spinning, until it returns)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = _call(fn, prompt, completion, metadata)
+        except InvalidReward as err:
+            box["error"] = err
+
+    worker = threading.Thread(target=run, name="reward-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise InvalidReward(f"did not return within reward.timeout_s={timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

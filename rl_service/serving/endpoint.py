@@ -33,6 +33,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from rl_service.config import ServeConfig
+from rl_service.config.serve import secret
 from rl_service.models.hf_config import context_length
 from rl_service.rollout.weight_sync import WeightSyncError, load_verified
 from rl_service.serving import protocol as P
@@ -62,8 +63,8 @@ class PolicyServer:
         self.engine = _make_engine(self.cfg, model_path)
         self.tokenizer = self.engine.tokenizer
         self.context = context_length(model_path)
-        self.store = FeedbackStore(self.cfg.feedback_db, self.cfg.feedback_dsn)
-        self.api_key = self.cfg.api_key
+        self.store = FeedbackStore(self.cfg.feedback_db, secret(self.cfg.feedback_dsn))
+        self.api_key = secret(self.cfg.api_key)
         limit = self.cfg.max_ongoing_requests + self.cfg.max_queued_requests
         self.admission = Admission(limit)
         self.slot = EngineSlot(limit)
@@ -158,7 +159,7 @@ class PolicyServer:
 
     async def feedback(self, request: Request) -> JSONResponse:
         check_auth(request, self.api_key)
-        fb = P.parse_feedback(await read_body(request, self.cfg.max_body_bytes))
+        fb = P.parse_feedback(await read_body(request, self.cfg.max_body_bytes), self.cfg.max_abs_rating)
         fid = P.new_id("fb")
         if isinstance(fb, P.RatingFeedback):
             if not await asyncio.to_thread(self.store.has_completion, fb.completion_id, fb.choice_index):
@@ -190,7 +191,7 @@ class PolicyServer:
     async def _answer(self, request: Request, chat: bool, ticket: Ticket):
         req = P.parse(P.ChatRequest if chat else P.CompletionRequest, await read_body(request, self.cfg.max_body_bytes))
         check_model(req.model, self.cfg.model_name)
-        P.check_sampling(req, self.cfg.max_tokens, self.cfg.max_n)
+        P.check_sampling(req, self.cfg.max_tokens, self.cfg.max_n, self.cfg.max_prompts)
         # The engine gets token ids: a chat's are its template's own (P.chat_prompt_ids), so
         # re-tokenising rendered text can never change them; the text is what gets recorded.
         if chat:

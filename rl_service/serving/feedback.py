@@ -27,6 +27,7 @@ mean ratings (the higher-rated one is `chosen`).
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -149,6 +150,8 @@ class FeedbackStore:
         return bool(self._read("SELECT 1 FROM completions WHERE id = ? AND choice_index = ?", (rid, choice_index)))
 
     def add_rating(self, fid: str, completion_id: str, choice_index: int, rating: float, comment: str | None) -> None:
+        if not math.isfinite(rating):  # the endpoint refuses these first; no caller may store one
+            raise ValueError(f"rating must be finite (got {rating})")
         self._write(
             "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
             [(fid, completion_id, choice_index, float(rating), comment, time.time())],

@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 MAX_ERROR_MESSAGE = 512
 """Error messages are truncated to this many characters (bounded error bodies)."""
+MAX_STOP = 4
+"""Stop sequences per request (OpenAI's own limit)."""
+MAX_STOP_CHARS = 256
+"""Characters per stop sequence."""
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""`seed` is an int64 (the engines' generators take nothing wider)."""
 
 
 class APIError(Exception):
@@ -39,9 +45,14 @@ class APIError(Exception):
         return envelope(self.message, self.type, self.param, self.code)
 
 
-def store_unavailable(reason: str) -> APIError:
-    """503 when the feedback database cannot be reached: nothing was stored, the client may retry."""
-    return APIError(503, reason, "server_error", code="store_unavailable", headers={"retry-after": "1"})
+GENERATION_FAILED = "generation failed; see the server log"
+STORE_UNAVAILABLE = "the feedback store is unavailable; nothing was stored, retry later"
+
+
+def store_unavailable() -> APIError:
+    """503 when the feedback database cannot be reached: nothing was stored, the client may retry.
+    The body is fixed: the driver's error (host, port, user, DSN) stays in the server's log."""
+    return APIError(503, STORE_UNAVAILABLE, "server_error", code="store_unavailable", headers={"retry-after": "1"})
 
 
 def overloaded(limit: int) -> APIError:
@@ -125,12 +136,22 @@ class PreferenceFeedback(BaseModel):
     comment: StrictStr | None = None
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _loads(body: bytes) -> Any:
+    """Strict JSON: Python's parser also accepts NaN / Infinity, which no JSON client sends and
+    which no number field here can hold (a NaN rating would poison every mean it enters)."""
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise APIError(400, f"malformed JSON body: {err}", code="invalid_json") from None
+
+
 def parse(model: type[BaseModel], body: bytes) -> BaseModel:
     """Body bytes -> request; malformed JSON -> 400, schema/type errors -> 422."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise APIError(400, f"malformed JSON body: {err}", code="invalid_json") from None
+    data = _loads(body)
     if not isinstance(data, dict):
         raise APIError(422, "request body must be a JSON object", code="invalid_type")
     try:
@@ -144,17 +165,27 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel:
         ) from None
 
 
-def parse_feedback(body: bytes) -> RatingFeedback | PreferenceFeedback:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise APIError(400, f"malformed JSON body: {err}", code="invalid_json") from None
+def parse_feedback(body: bytes, max_abs_rating: float) -> RatingFeedback | PreferenceFeedback:
+    """Body bytes -> a rating (finite, |rating| <= max_abs_rating: 400 otherwise) or a preference."""
+    data = _loads(body)
     kind = PreferenceFeedback if isinstance(data, dict) and "chosen" in data else RatingFeedback
-    return parse(kind, body)  # type: ignore[return-value]
+    fb = parse(kind, body)
+    if isinstance(fb, RatingFeedback) and not abs(fb.rating) <= max_abs_rating:  # 1e400 parses as inf
+        raise APIError(
+            400, f"rating must be a finite number in [-{max_abs_rating:g}, {max_abs_rating:g}]", param="rating"
+        )
+    return fb  # type: ignore[return-value]
 
 
-def check_sampling(req: _Request, max_tokens_cap: int, max_n: int) -> None:
+def check_sampling(req: _Request, max_tokens_cap: int, max_n: int, max_prompts: int) -> None:
     """Value checks that need no tokenizer (400 each, naming the parameter)."""
+    if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and len(req.prompt) > max_prompts:
+        raise APIError(400, f"at most {max_prompts} prompts per request (got {len(req.prompt)})", param="prompt")
+    stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
+    if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise APIError(400, f"stop: at most {MAX_STOP} sequences of <= {MAX_STOP_CHARS} characters", param="stop")
+    if req.seed is not None and not SEED_RANGE[0] <= req.seed <= SEED_RANGE[1]:
+        raise APIError(400, f"seed must be a 64-bit signed integer (got {req.seed})", param="seed")
     mt = (
         req.max_completion_tokens
         if isinstance(req, ChatRequest) and req.max_completion_tokens is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from rl_service.serving.admission import EngineSlot, Ticket
 
 Put = Callable[[tuple[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 class DeltaFeed:
@@ -87,7 +89,8 @@ async def open_stream(engine, slot: EngineSlot, ticket: Ticket, prompts: list[st
         feed.cancel.set()  # the client left while waiting for the engine
         raise
     if what == "error":
-        raise P.APIError(500, f"generation failed: {type(item).__name__}: {item}", "server_error")
+        log.error("generation failed before its first token", exc_info=item)  # details: the log only
+        raise P.APIError(500, P.GENERATION_FAILED, "server_error", code="internal_error")
     return feed, item
 
 
@@ -118,7 +121,8 @@ async def sse_events(
             if kind == "end":
                 break
             if kind == "error":
-                body = P.envelope(f"generation failed: {type(item).__name__}: {item}", "server_error")
+                log.error("generation failed mid-stream", exc_info=item)
+                body = P.envelope(P.GENERATION_FAILED, "server_error", code="internal_error")
                 yield f"data: {json.dumps(body)}\n\n"
                 return
             i = item.index

@@ -34,6 +34,10 @@ REQUIRED = [
 ]
 
 
+KEY, DSN_PASSWORD = "sk-loop-91c3e7", "pw-loop-5d2a"
+"""Secrets given to the run: none may appear in any file of its run dir or in its output."""
+
+
 @pytest.mark.slow
 def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
     steps = 3
@@ -43,6 +47,9 @@ def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
             f"train.steps={steps}",
             f"model.path={tiny_model_dir}",
             f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits",
+            "train.checkpoint_every=2",
+            f"serve.api_key={KEY}",
+            f"serve.feedback_dsn=postgresql://fb:{DSN_PASSWORD}@127.0.0.1:1/feedback",
         ),
         capture_output=True,
         text=True,
@@ -71,6 +78,10 @@ def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
     assert rows[-1]["samples/trained"] == summary["samples/trained"]
     assert 0.0 <= summary["eval/accuracy_start"] <= 1.0 and 0.0 <= summary["eval/accuracy_end"] <= 1.0
     assert (run / "config.yaml").is_file()
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert any(p.name == "controller.json" for p in files), "no checkpoint was written to look into"
+    leaks = [str(p) for p in files if any(s.encode() in p.read_bytes() for s in (KEY, DSN_PASSWORD))]
+    assert not leaks and KEY not in proc.stdout + proc.stderr, leaks
 
     # The final policy is an HF directory loadable by transformers, with the trained weights.
     from transformers import AutoModelForCausalLM

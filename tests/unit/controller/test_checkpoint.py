@@ -193,3 +193,63 @@ def test_a_checkpoint_of_the_old_config_layout_resumes(tmp_path):
                 None, ["task.digits=2", "task.num_eval=52", "rollout.samples_per_prompt=4", "train.prompts_per_step=16"]
             ),
         )
+
+
+# ---------------------------------------------------------------- foreign checkpoints
+
+
+class _RunsCode:
+    """A pickle payload that, when loaded, creates the file `marker` (any code could run)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def _real_checkpoint(root):
+    """A checkpoint laid out as the learner writes it: DCP shards of a tiny policy and its
+    AdamW state (one process), the per-rank torch.save file, the controller state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from tests.unit.conftest import tiny_llama
+
+    policy = tiny_llama()
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    policy(torch.randint(0, 32, (2, 6))).logits.sum().backward()
+    opt.step()
+    model_sd, opt_sd = get_state_dict(policy, opt)
+    tmp = checkpoint.begin(root, 1)
+    dcp.save({"policy": model_sd, "policy_opt": opt_sd}, checkpoint_id=str(tmp / "learner"), no_dist=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    local = {"step": 1, "nan_streak": 0, "kl_ctl": {"value": 0.1}, "policy_sched": sched.state_dict()}
+    torch.save({**local, "rng": {"torch": torch.get_rng_state()}, "world_size": 1}, tmp / "learner_rank0.pt")
+    return checkpoint.commit(root, tmp, 1, {"step": 1}, 2)
+
+
+@pytest.mark.parametrize("poisoned", ["learner_rank0.pt", "learner/.metadata"])
+def test_a_checkpoint_whose_pickles_would_run_code_is_refused_before_loading(tmp_path, poisoned):
+    import pickle
+
+    ckpt = _real_checkpoint(tmp_path / "checkpoints")
+    assert checkpoint.resolve_resume(str(ckpt), tmp_path / "run") == ckpt  # the real one passes
+    assert set(checkpoint.load_policy_weights(ckpt)) >= {"model.embed_tokens.weight", "lm_head.weight"}
+
+    marker = tmp_path / "code-ran"
+    target = ckpt / poisoned
+    if poisoned.endswith(".pt"):
+        torch.save({"step": 1, "rng": _RunsCode(marker)}, target)
+    else:  # DCP metadata keeps its classes, one entry smuggles a payload in
+        meta = pickle.loads(target.read_bytes())
+        meta.storage_meta = _RunsCode(marker)
+        target.write_bytes(pickle.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match=f"{target.name}.*refusing to load"):
+        checkpoint.resolve_resume(str(ckpt), tmp_path / "run")
+    if poisoned.endswith(".metadata"):
+        with pytest.raises(Exception, match="refusing to load"):
+            checkpoint.load_policy_weights(ckpt)  # `rl-service serve --checkpoint` of a run dir
+    assert not marker.exists()

@@ -23,6 +23,14 @@ def text(prompt, completion, **meta):
     return "high"
 def length(prompt, completion, answer="", **meta):
     return float(len(completion)) + (1.0 if completion == answer else 0.0)
+def vector(prompt, completion, **meta):
+    import torch
+    return torch.tensor([1.0, 2.0]) if completion == "two" else torch.tensor([0.25])
+def hangs(prompt, completion, **meta):
+    import time
+    if completion == "hang":
+        time.sleep(3600)
+    return 1.0
 """
 
 
@@ -99,3 +107,27 @@ def test_scorer_fail_policy_names_sample_and_batch(plugin):
     scorer = RewardScorer(RewardConfig(fn=f"{plugin}:raises", on_error="fail"))
     with pytest.raises(RewardFunctionError, match=r"sample 1/0 \(batch 7\).*kaboom"):
         scorer.score(make_batch(["ok", "ok", "boom", "ok"]))
+
+
+def test_a_two_element_tensor_is_dropped_with_its_sample_id_not_a_dead_scorer(plugin):
+    scorer = RewardScorer(RewardConfig(fn=f"{plugin}:vector", on_error="drop"))
+    out = scorer.score(make_batch(["one", "two", "one", "one"]))
+    assert [s.sample_id for s in out.samples] == ["0/0", "1/0", "1/1"] and out.rewards == (0.25, 0.25, 0.25)
+    ((sid, reason),) = out.dropped
+    assert sid == "0/1" and reason.startswith("invalid_reward: returned Tensor tensor([1., 2.]), not one number")
+    with pytest.raises(RewardFunctionError, match=r"sample 0/1 \(batch 7\).*not one number"):
+        RewardScorer(RewardConfig(fn=f"{plugin}:vector", on_error="fail")).score(make_batch(["one", "two"]))
+
+
+def test_a_hung_call_is_given_up_after_timeout_s_and_treated_as_invalid(plugin):
+    import time
+
+    scorer = RewardScorer(RewardConfig(fn=f"{plugin}:hangs", on_error="drop", timeout_s=0.5))
+    start = time.perf_counter()
+    out = scorer.score(make_batch(["ok", "hang", "ok", "ok"]))
+    assert time.perf_counter() - start < 5  # not the hour the call would take
+    assert [s.sample_id for s in out.samples] == ["0/0", "1/0", "1/1"]
+    assert dict(out.dropped)["0/1"] == "invalid_reward: did not return within reward.timeout_s=0.5 s"
+    with pytest.raises(RewardFunctionError, match=r"sample 0/1 .*timeout_s=0.5"):
+        fail = RewardScorer(RewardConfig(fn=f"{plugin}:hangs", on_error="fail", timeout_s=0.5))
+        fail.score(make_batch(["ok", "hang"]))

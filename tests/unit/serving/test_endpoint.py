@@ -98,3 +98,44 @@ def test_swap_is_verified_by_the_shared_load_check(server, model_dir):
     assert out["applied"] and out["probe_max_diff"] < 1e-5 and server.version == 1
     assert server.apply_version(1, sd, good) == {"version": 1, "applied": False}  # not newer: ignored
     assert server.stats()["swaps"] == 1
+
+
+BAD_COMPLETIONS = {
+    "too many prompts": ({"prompt": ["1+1="] * 17}, "prompt"),
+    "too many stops": ({"prompt": "1+1=", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    "a long stop": ({"prompt": "1+1=", "stop": "x" * 257}, "stop"),
+    "seed above int64": ({"prompt": "1+1=", "seed": 2**64 + 1}, "seed"),
+    "seed below int64": ({"prompt": "1+1=", "seed": -(2**63) - 1}, "seed"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_COMPLETIONS, ids=list(BAD_COMPLETIONS))
+def test_unbounded_inputs_are_400s_that_generate_nothing_and_free_their_slot(server, case):
+    http = TestClient(build_api(server))
+    extra, param = BAD_COMPLETIONS[case]
+    body = {"model": "policy", "max_tokens": 2, **extra}
+    r = http.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    stats = server.stats()
+    assert (stats["generations"], stats["admitted"]) == (0, 0)  # no engine call, the one slot free
+    ok = http.post(
+        "/v1/completions", json={**body, **{param: BAD_OK[param]}}, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert ok.status_code == 200, ok.text  # ... so the next request gets it
+
+
+BAD_OK = {"prompt": ["1+1="] * 16, "stop": ["a", "b", "c", "d"], "seed": 2**63 - 1}
+
+
+@pytest.mark.parametrize("rating", ["NaN", "Infinity", "-Infinity", "1e308", "1e400", "1001"])
+def test_ratings_must_be_finite_and_in_range(server, rating):
+    http = TestClient(build_api(server))
+    auth = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    done = http.post("/v1/completions", json={"model": "policy", "prompt": "1+2=", "max_tokens": 2}, headers=auth)
+    cid = done.json()["id"]
+    raw = f'{{"completion_id": "{cid}", "rating": {rating}}}'  # as a client would put it on the wire
+    r = http.post("/v1/feedback", content=raw, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_json", None), r.text
+    assert server.store.counts()["ratings"] == 0
+    r = http.post("/v1/feedback", content=f'{{"completion_id": "{cid}", "rating": -1000}}', headers=auth)
+    assert r.status_code == 200 and server.store.counts()["ratings"] == 1
