@@ -5,12 +5,18 @@
             controller.json    data position, policy version, ledger, prompt batches in flight, counters
             learner/           torch.distributed.checkpoint shards: policy, critic, both optimizers
             learner_rank{r}.pt per rank: LR schedule, KL controller, step, NaN streak, RNG states
+            manifest.json      every other file with its size and checksum (written last)
         latest                 "step-000004", replaced atomically (os.replace) after the rename
         .tmp-step-000005/      a write in progress, or what a crash left (never read, removed later)
 
 A crash at any point leaves `latest` naming a complete checkpoint: the temp dir is only
-renamed once every part is written and fsynced, and `latest` is written after the rename.
-Older checkpoints are deleted only after `latest` names a newer one (keep the last K).
+renamed once every part is written and fsynced (every file and directory in it, whichever
+process wrote it), and `latest` is written after the rename. Older checkpoints are deleted
+only after `latest` names a newer one (keep the last K).
+
+A resume loads a checkpoint only once its manifest verifies (every file there, with its size
+and checksum): one that does not -- a disk that filled up, a file lost or changed since --
+is passed over with a warning for the newest one before it that does (`verified_latest`).
 
 Pure Python + torch (only for reading weights back); no Ray.
 """
@@ -21,11 +27,15 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from rl_service.infra.files import fsync_dir, write_atomic
+
 CONTROLLER_FILE = "controller.json"
 LEARNER_DIR = "learner"
+MANIFEST_FILE = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -37,27 +47,14 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON so a reader sees the old file or the whole new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        json.dump(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomic(path, json.dumps(obj))
 
 
 def is_complete(ckpt: Path) -> bool:
-    """A committed checkpoint dir: named step-N with its controller state (written last inside)."""
+    """A committed checkpoint dir: named step-N with its controller state (a cheap test; a
+    resume also verifies the manifest, manifest_problem)."""
     return _STEP_DIR.match(ckpt.name) is not None and (ckpt / CONTROLLER_FILE).is_file()
 
 
@@ -79,20 +76,99 @@ def begin(root: Path, step: int) -> Path:
 
 
 def commit(root: Path, tmp: Path, step: int, controller_state: dict, keep_last: int) -> Path:
-    """Finish a checkpoint whose learner parts are in `tmp`: controller state, rename, `latest`, prune."""
+    """Finish a checkpoint whose learner parts are in `tmp`: controller state, every file and
+    directory fsynced, the manifest, rename, `latest`, prune."""
     with (tmp / CONTROLLER_FILE).open("w") as fh:
         json.dump(controller_state, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    files = _fsync_tree(tmp)  # the learners' files too: durable before the manifest vouches for them
+    write_json_atomic(tmp / MANIFEST_FILE, {"hash": _HASH_NAME, "files": {rel: _describe(tmp / rel) for rel in files}})
     final = root / step_name(step)
     if final.exists():  # same step written again (e.g. a halt right after a periodic save)
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     write_json_atomic(root / "latest", {"checkpoint": final.name, "step": step})
     prune(root, keep_last)
     return final
+
+
+def _fsync_tree(top: Path) -> list[str]:
+    """fsync every file and directory under `top` (deepest first); their paths relative to it."""
+    rels = []
+    for dirpath, _dirs, names in os.walk(top, topdown=False):
+        for name in names:
+            path = Path(dirpath) / name
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+            rels.append(str(path.relative_to(top)))
+        fsync_dir(Path(dirpath))
+    return sorted(rels)
+
+
+def _new_hash(name: str):
+    """xxh3_128 (fast: the manifest is checked on every resume) or any hashlib name."""
+    if name == "xxh3_128":
+        import xxhash
+
+        return xxhash.xxh3_128()
+    import hashlib
+
+    return hashlib.new(name)
+
+
+try:  # the hash is recorded in the manifest, so a checkpoint verifies wherever it is read
+    import xxhash  # noqa: F401
+
+    _HASH_NAME = "xxh3_128"
+except ImportError:
+    _HASH_NAME = "sha256"
+
+
+def _describe(path: Path, hash_name: str = _HASH_NAME) -> dict:
+    h = _new_hash(hash_name)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, hash_name: h.hexdigest()}
+
+
+def manifest_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` does not verify against its manifest (None: every file is there, same size,
+    same checksum). A checkpoint written before manifests existed verifies by its controller
+    state alone."""
+    path = ckpt / MANIFEST_FILE
+    if not path.is_file():
+        return None if (ckpt / CONTROLLER_FILE).is_file() else "no manifest"
+    try:
+        manifest = json.loads(path.read_text())
+        hash_name, files = manifest["hash"], manifest["files"]
+        _new_hash(hash_name)
+    except (ValueError, KeyError, TypeError, ImportError):
+        return "unreadable manifest (or its hash is not available here)"
+    for rel, want in files.items():
+        file = ckpt / rel
+        if not file.is_file():
+            return f"{rel} is missing"
+        if file.stat().st_size != want["bytes"]:
+            return f"{rel} has {file.stat().st_size} bytes, the manifest says {want['bytes']}"
+        if _describe(file, hash_name) != want:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def verified_latest(root: Path) -> Path | None:
+    """The newest checkpoint under `root` whose manifest verifies, `latest` first; each one
+    passed over is named in a warning on stderr."""
+    first = latest_checkpoint(root)
+    rest = [p for p in reversed(complete_checkpoints(root)) if p != first]
+    for ckpt in ([first] if first is not None else []) + rest:
+        problem = manifest_problem(ckpt)
+        if problem is None:
+            return ckpt
+        print(f"warning: checkpoint {ckpt} does not verify ({problem}); trying the one before it", file=sys.stderr)
+    return None
 
 
 def prune(root: Path, keep_last: int) -> None:
@@ -145,12 +221,15 @@ def check_plain_data(ckpt: Path) -> None:
 
 def _find_resume(spec: str, run_dir: Path) -> Path | None:
     if spec == "auto":
-        return latest_checkpoint(run_dir / "checkpoints")
+        return verified_latest(run_dir / "checkpoints")
     path = Path(spec)
-    if is_complete(path):
+    if is_complete(path):  # asked for by name: it verifies or the resume stops
+        problem = manifest_problem(path)
+        if problem is not None:
+            raise CheckpointError(f"--resume {spec}: the checkpoint does not verify ({problem})")
         return path
     for root in (path / "checkpoints", path):
-        found = latest_checkpoint(root)
+        found = verified_latest(root)
         if found is not None:
             return found
     raise CheckpointError(

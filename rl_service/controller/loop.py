@@ -251,7 +251,8 @@ class Controller:
             self.recovery.retrying(st.pipe, comps.load_published)
         else:
             st.accuracy_start = self.evaluate()["eval/accuracy"]
-        truncate_logs(self.run_dir, st.step)  # rows of steps after the checkpoint are redone
+        # rows of steps after the checkpoint are redone; a line the crash cut short is dropped
+        self.flog.add("faults/torn_log_lines", truncate_logs(self.run_dir, st.step))
         comps.start_loops()
         self.tracker = RunTracker(self.run_dir, cfg.train.steps, start_step=st.step, accuracy=st.accuracy, cfg=cfg)
         self.consumed = ConsumedLog(self.run_dir)

@@ -39,6 +39,7 @@ COUNTERS = (
     "faults/batches_regenerated",
     "faults/duplicates_dropped",
     "faults/recover_s",
+    "faults/torn_log_lines",
 )
 
 
@@ -179,7 +180,7 @@ def restart_learners(
             flog.add("faults/restarts_learner")
             if flog.counts["faults/restarts_learner"] > max_restarts:
                 raise LearnerFailure(f"{err}; no restarts left (train.max_restarts={max_restarts})") from err
-            resume_from = checkpoint.latest_checkpoint(checkpoints)
+            resume_from = checkpoint.verified_latest(checkpoints)
             flog.failed_at = time.perf_counter()
             flog.restarted_from.append(checkpoint.load_controller_state(resume_from)["step"] if resume_from else 0)
             print(

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rl_service.infra.env import free_port
+from rl_service.infra.files import write_atomic
 
 STATE_FILE = "cluster.json"
 DEFAULT_DIR = ".tmp/rls-cluster"
@@ -206,9 +207,7 @@ def _wait_dashboard(url: str, timeout: float) -> None:
 
 
 def _write(root: Path, st: dict) -> None:
-    tmp = root / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(st, indent=2))
-    tmp.replace(root / STATE_FILE)
+    write_atomic(root / STATE_FILE, json.dumps(st, indent=2))
 
 
 def read_state(root: str | Path) -> dict | None:

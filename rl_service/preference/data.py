@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 
 from rl_service.config import AdditionConfig, ConfigError, PreferenceRunConfig
+from rl_service.infra.files import write_atomic
 from rl_service.tasks.addition import AdditionTask, make_problem
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -101,9 +102,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
 def write_jsonl(pairs: list[dict[str, str]], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps({k: p[k] for k in PAIR_KEYS}) + "\n" for p in pairs))
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps({k: p[k] for k in PAIR_KEYS}) + "\n" for p in pairs))
 
 
 def load_pairs(

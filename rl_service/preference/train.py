@@ -32,6 +32,7 @@ from rl_service.algo.logprobs import token_logprobs
 from rl_service.algo.preference import bradley_terry_loss, dpo_loss, sequence_logprobs
 from rl_service.config import PreferenceRunConfig
 from rl_service.infra.env import free_port
+from rl_service.infra.files import write_atomic
 from rl_service.learner import fsdp
 from rl_service.reward.learned import rm_inputs
 
@@ -312,7 +313,7 @@ def run_rank(
                 **{f"{k}_end": v for k, v in end.items() if k != "step"},
                 **last_train,
             }
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_atomic(out / "summary.json", json.dumps(summary, indent=2))
             log.close()
     finally:
         fsdp.destroy()

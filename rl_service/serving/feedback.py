@@ -34,6 +34,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from rl_service.infra.files import write_atomic
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS completions (
         id TEXT NOT NULL, choice_index INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL,
@@ -200,7 +202,5 @@ def export_preferences(store: FeedbackStore, out: str | Path) -> int:
     pairs = store.preference_pairs()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    tmp.replace(out)
+    write_atomic(out, "".join(json.dumps(p) + "\n" for p in pairs))
     return len(pairs)

@@ -24,6 +24,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from rl_service.infra.files import read_jsonl, write_atomic
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -82,13 +84,20 @@ def start_ray_metrics(cfg) -> Any:
     return RayMetricsExporter(run=cfg.name)
 
 
-def truncate_logs(run_dir: Path, last_step: int) -> None:
+def truncate_logs(run_dir: Path, last_step: int) -> int:
     """Drop the rows of metrics.jsonl and consumed.jsonl a crashed run logged after its last
-    checkpoint (those steps are redone)."""
+    checkpoint (those steps are redone), each file replaced atomically (a kill mid-rewrite
+    leaves the old one). A torn last line -- the crash cut an append short -- is dropped too;
+    returns how many were (warned about on stderr)."""
+    torn = 0
     for path in (run_dir / "metrics.jsonl", run_dir / "consumed.jsonl"):
         if path.is_file():
-            rows = [line for line in path.read_text().splitlines() if line.strip()]
-            path.write_text("".join(r + "\n" for r in rows if json.loads(r).get("step", 0) <= last_step))
+            rows, cut = read_jsonl(path)
+            if cut:
+                print(f"warning: {path}: dropped a torn last line (the run was stopped mid-write)", file=sys.stderr)
+            torn += cut
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= last_step))
+    return torn
 
 
 class ConsumedLog:
@@ -142,7 +151,7 @@ class RunTracker:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         clean = {k: _clean(v) for k, v in summary.items()}
-        (self.run_dir / "summary.json").write_text(json.dumps(clean, indent=2))
+        write_atomic(self.run_dir / "summary.json", json.dumps(clean, indent=2))
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in clean.items() if v is not None})
 

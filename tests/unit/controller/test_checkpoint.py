@@ -253,3 +253,26 @@ def test_a_checkpoint_whose_pickles_would_run_code_is_refused_before_loading(tmp
         with pytest.raises(Exception, match="refusing to load"):
             checkpoint.load_policy_weights(ckpt)  # `rl-service serve --checkpoint` of a run dir
     assert not marker.exists()
+
+
+def test_a_checkpoint_that_does_not_verify_is_passed_over_for_the_one_before(tmp_path, capsys):
+    run = tmp_path / "run"
+    _write(run / "checkpoints", 1, payload=b"shards-1")
+    two = _write(run / "checkpoints", 2, payload=b"shards-2")
+    manifest = json.loads((two / checkpoint.MANIFEST_FILE).read_text())
+    assert sorted(manifest["files"]) == ["controller.json", "learner/data.bin"]
+    assert checkpoint.manifest_problem(two) is None
+    assert checkpoint.resolve_resume("auto", run) == two
+
+    shard = two / "learner" / "data.bin"
+    for damage, problem in (
+        (lambda: shard.write_bytes(b"shards-X"), "learner/data.bin does not match its checksum"),
+        (lambda: shard.write_bytes(b"sha"), "learner/data.bin has 3 bytes, the manifest says 8"),
+        (lambda: shard.unlink(), "learner/data.bin is missing"),
+    ):
+        damage()
+        assert checkpoint.manifest_problem(two) == problem
+        assert checkpoint.resolve_resume("auto", run).name == "step-000001"
+        assert f"{two} does not verify ({problem})" in capsys.readouterr().err
+        with pytest.raises(checkpoint.CheckpointError, match="does not verify"):
+            checkpoint.resolve_resume(str(two), run)  # asked for by name: no silent substitute
