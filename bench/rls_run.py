@@ -35,7 +35,10 @@ def train_run(name: str, overrides: list[str], timeout_s: float = 3600, config: 
     if reusable(run_dir / "summary.json"):
         log(f"{name}: reused (BENCH_REUSE)")
         return _read_run(run_dir, recorded_process_s(name), None)
-    args = CLI + [str(config), f"name={name}", f"run_root={RUN_ROOT}", "tracking.wandb=false", *overrides]
+    # No periodic checkpoints (on by default since 2026-12-02): the benchmarks time training, and
+    # the systems they are compared with write none either. A bench's own overrides come after.
+    base = [f"name={name}", f"run_root={RUN_ROOT}", "tracking.wandb=false", "train.checkpoint_every=0"]
+    args = CLI + [str(config), *base, *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     prof = RUN_ROOT / f"{name}.collapsed"

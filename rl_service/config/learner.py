@@ -165,8 +165,9 @@ class LearnerConfig(Section):
     tokens still count in the loss normaliser (token_mean and seq_mean alike), so the update is
     the same up to float rounding. Only where that is exact: no critic (group estimators), no
     KL term in the loss (`kl.placement: loss` with a coefficient > 0), `entropy_coef` 0, no
-    `target_kl` nor `kl_hard_limit` (their guards read the approx KL of every token); otherwise
-    every sample runs. The token means policy/approx_kl, policy/clipfrac and entropy/mean then
+    `target_kl` (it reads the approx KL of every token); otherwise every sample runs.
+    `kl_hard_limit` then reads the approx KL of the samples that ran. The token means
+    policy/approx_kl, policy/clipfrac and entropy/mean then
     cover the samples that ran; the skipped ones are counted in `train/skipped_zero_adv_samples` and
     `train/skipped_zero_adv_tokens`."""
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
@@ -178,9 +179,12 @@ class LearnerConfig(Section):
     kl_stop_multiple: float = Field(1.5, gt=0)
     """With target_kl set: a minibatch whose approx KL to the old policy exceeds
     kl_stop_multiple * target_kl ends this update at once (the remaining minibatches and epochs)."""
-    kl_hard_limit: float | None = Field(None, gt=0)
+    kl_hard_limit: float | None = Field(1.0, gt=0)
     """Halt the run (with a checkpoint and a message) when any minibatch's approx KL to the
-    old policy exceeds this: the policy has blown up. None = no hard limit."""
+    old policy exceeds this (per token, nats): the policy has blown up. Decided before that
+    minibatch's step; the update's earlier steps are undone, so the halt checkpoint holds the
+    policy that generated the batch. 1.0 is far above a healthy update's KL (~1e-3..1e-2).
+    None = no hard limit."""
 
     @model_validator(mode="before")
     @classmethod

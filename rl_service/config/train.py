@@ -21,9 +21,11 @@ class TrainConfig(Section):
     """Held-out accuracy every N steps (0 = only at start and end)."""
     timeout_s: float = Field(600.0, gt=0)
     """Give up on a step whose batches have not arrived after this long."""
-    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_every: int = Field(10, ge=0)
     """Write a checkpoint every N steps (0 = only at the end) under <run_dir>/checkpoints/.
-    A checkpoint is also written at the end and whenever a guard halts the run."""
+    A checkpoint is also written at the end and whenever a guard halts the run. On by default:
+    a crashed learner restarts from the last checkpoint, and a killed driver resumes from it
+    (`--resume auto`), instead of losing the run."""
     keep_last: int = Field(2, ge=1)
     """Checkpoints kept on disk; older ones are deleted after a newer one is complete."""
     max_nan_steps: int = Field(3, ge=1)

@@ -153,11 +153,9 @@ class Components:
         return out
 
     # ------------------------------------------------------------------ replacing what died
-    def dead_actors(self, timeout_s: float = 10) -> list[int]:
-        """Indices into `workers + scorers` of the actors that do not answer a ping."""
-        pings = [a.__ray_ready__.remote() for a in self.workers + self.scorers]
-        ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
-        return [i for i, p in enumerate(pings) if not _answers(p)]
+    def dead_actors(self, timeout_s: float = 10, pings: int = 3) -> list[int]:
+        """Indices into `workers + scorers` of the actors that are dead (unresponsive())."""
+        return unresponsive(self.workers + self.scorers, timeout_s, pings)
 
     def dead_queues(self) -> list[str]:
         return [q.name for q in self.queues() if not q.alive()]
@@ -317,6 +315,21 @@ def _streamer(cfg: Config, learners: list, pg, nccl: bool) -> WeightStreamer:
         defer=cfg.train.max_policy_lag >= 1,
         keep_state_dict=cfg.serve.enabled,
     )
+
+
+def unresponsive(actors: list, timeout_s: float = 10, pings: int = 3) -> list[int]:
+    """Indices of `actors` that are dead: the ping fails with RayActorError (dead for sure:
+    at once), or `pings` pings in a row of `timeout_s` each went unanswered. One missed ping is
+    not enough: a live actor on a loaded machine (or inside a long call) may miss one."""
+    dead, suspects = [], list(range(len(actors)))
+    for _ in range(pings):
+        refs = {i: actors[i].__ray_ready__.remote() for i in suspects}
+        ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        dead += [i for i, ref in refs.items() if _died(ref)]
+        suspects = [i for i, ref in refs.items() if not _answers(ref) and i not in dead]
+        if not suspects:
+            break
+    return sorted(dead + suspects)
 
 
 def _answers(ref) -> bool:

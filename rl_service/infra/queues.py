@@ -74,15 +74,20 @@ class RayBatchQueue:
     def qsize(self) -> int:
         return self._q.qsize()
 
-    def alive(self, timeout: float = 5.0) -> bool:
-        """False if the queue actor is dead (its contents are gone) or does not answer."""
+    def alive(self, timeout: float = 5.0, pings: int = 3) -> bool:
+        """False if the queue actor is dead (its contents are gone) or missed `pings` pings in a
+        row (one missed ping on a loaded machine is not death)."""
         import ray
 
-        try:
-            ray.get(self._q.actor.qsize.remote(), timeout=timeout)
-            return True
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return False
+        for _ in range(pings):
+            try:
+                ray.get(self._q.actor.qsize.remote(), timeout=timeout)
+                return True
+            except ray.exceptions.RayActorError:
+                return False
+            except ray.exceptions.GetTimeoutError:
+                continue
+        return False
 
     def kill(self) -> None:
         """Kill the queue actor but keep this handle (a crash; rl_service/testing/faults.py): calls on it raise."""

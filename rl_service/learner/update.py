@@ -10,8 +10,10 @@ Guards (every rank sees the same all-reduced sums and norms, so all decide alike
       tracks the streak and the controller halts after train.max_nan_steps in a row);
     - a minibatch whose approx KL to the old policy passes kl_stop_multiple * target_kl ends
       the update at once; target_kl alone ends it between epochs;
-    - above kl_hard_limit the update ends and `policy/kl_hard_limit_hit` tells the controller
-      to halt the run.
+    - above kl_hard_limit the update ends, its steps are undone (weights and optimizer
+      states back to what they were before the update: the policy that generated the data,
+      the last one known healthy) and `policy/kl_hard_limit_hit` tells the controller to halt
+      the run, so the halt checkpoint never holds the policy that blew up.
 
 Zero-advantage samples (cfg.skip_zero_advantage, where `zero_advantage_skip` says it is exact)
 are left out of the micro-batches but not out of `denom`: their loss and gradient are exactly 0,
@@ -24,6 +26,7 @@ sums them over ranks name by name.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -173,6 +176,9 @@ def ppo_update(
     log = _UpdateLog()
     skip = [False] * N
     plan = _WorkPlan(cfg, data.attention_mask.sum(-1).tolist(), W, data.groups)
+    # Only needed when a step of this update can come before the one that trips the limit.
+    undo = cfg.kl_hard_limit is not None and cfg.ppo_epochs * cfg.num_minibatches > 1
+    before = _Snapshot(models, (policy_opt, critic_opt)) if undo else None
     if zero_advantage_skip(cfg, has_critic=models.critic is not None, kl_in_loss=kl_in_loss):
         skip = zero_signal_rows(data.advantages, data.mask).tolist()
     for epoch in range(cfg.ppo_epochs):
@@ -187,13 +193,19 @@ def ppo_update(
                 for k, v in _micro_step(models, data, cfg, idx, active, denom, kl_coef, kl_in_loss).items():
                     local[k] += v
             sums = all_reduce_metrics(local, models.device)
-            grad_norm = _optimizer_step(models, policy_opt, critic_opt, cfg, sums)
-            mb_kl = log.record(sums, grad_norm)
-            epoch_kl += sums["policy/approx_kl"]
-            epoch_tokens += sums["tokens"]
+            mb_kl = sums["policy/approx_kl"] / max(sums["tokens"], 1.0)  # of the weights as they are now
             if cfg.kl_hard_limit is not None and mb_kl > cfg.kl_hard_limit:
+                # Decided before this step is applied; the steps before it made these weights: undone.
+                _drop_grads(policy_opt, critic_opt)
+                if before is not None:
+                    before.restore()
+                log.kl_max = max(log.kl_max, mb_kl)
                 log.hard_hit = log.early_stop = True
                 break
+            grad_norm = _optimizer_step(models, policy_opt, critic_opt, cfg, sums)
+            log.record(sums, grad_norm)
+            epoch_kl += sums["policy/approx_kl"]
+            epoch_tokens += sums["tokens"]
             if cfg.target_kl is not None and mb_kl > cfg.kl_stop_multiple * cfg.target_kl:
                 log.early_stop = True
                 break
@@ -221,19 +233,32 @@ def ppo_update(
     }
 
 
+class _Snapshot:
+    """This rank's parameter shards and optimizer states at the start of an update (a copy:
+    ~3x the parameters' bytes with Adam), put back when the KL hard limit trips."""
+
+    def __init__(self, models: Models, opts: tuple[torch.optim.Optimizer | None, ...]):
+        nets = [m for m in (models.policy, models.critic) if m is not None]
+        self.params = [(p, p.detach().clone()) for net in nets for p in net.parameters()]
+        self.opts = [(opt, copy.deepcopy(opt.state_dict())) for opt in opts if opt is not None]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, saved in self.params:
+            p.copy_(saved)
+        for opt, state in self.opts:
+            opt.load_state_dict(state)
+
+
 def zero_advantage_skip(cfg: LearnerConfig, has_critic: bool, kl_in_loss: bool) -> bool:
     """Whether samples with all-zero advantages may skip their forward and backward exactly:
     their loss is then -0 * ratio on every token. A critic's value loss, a KL term in the loss
-    and an entropy bonus are not zero on them; target_kl / kl_hard_limit decide on the approx
-    KL of every token, which needs their forward."""
-    return (
-        cfg.skip_zero_advantage
-        and not has_critic
-        and not kl_in_loss
-        and cfg.entropy_coef == 0
-        and cfg.target_kl is None
-        and cfg.kl_hard_limit is None
-    )
+    and an entropy bonus are not zero on them; target_kl decides the update's length on the
+    approx KL of every token, which needs their forward. kl_hard_limit (on by default) does not
+    prevent it: that guard then reads the KL of the samples that ran, which only decides whether
+    a blown-up run halts, never the update of a healthy one."""
+    exact = not has_critic and not kl_in_loss and cfg.entropy_coef == 0 and cfg.target_kl is None
+    return cfg.skip_zero_advantage and exact
 
 
 def _optimizer_step(
@@ -253,10 +278,14 @@ def _optimizer_step(
         policy_opt.step()
         if critic_opt is not None:
             critic_opt.step()
-    policy_opt.zero_grad(set_to_none=True)
-    if critic_opt is not None:
-        critic_opt.zero_grad(set_to_none=True)
+    _drop_grads(policy_opt, critic_opt)
     return norm if finite else None
+
+
+def _drop_grads(*opts: torch.optim.Optimizer | None) -> None:
+    for opt in opts:
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
 
 
 def _micro_step(

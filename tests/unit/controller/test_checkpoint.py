@@ -139,15 +139,27 @@ def test_kl_blowup_stops_epochs_early_and_trips_the_hard_limit():
     models, data = _tiny_setup()
     # A huge learning rate: the first minibatch step wrecks the policy, the next minibatch
     # measures a large KL to the sampling policy.
-    m = _update(models, data, lr=10.0, num_minibatches=4, ppo_epochs=3, target_kl=0.01, kl_stop_multiple=2.0)
+    m = _update(
+        models, data, lr=10.0, num_minibatches=4, ppo_epochs=3, target_kl=0.01, kl_stop_multiple=2.0, kl_hard_limit=None
+    )
     assert m["policy/early_stop"] == 1 and m["policy/approx_kl_max"] > 0.02
     assert m["train/optimizer_steps"] + m["train/skipped_steps"] < 12, "stopped before all 12 minibatches"
     assert m["policy/kl_hard_limit_hit"] == 0, "no hard limit configured"
 
     models, data = _tiny_setup()
-    m = _update(models, data, lr=10.0, num_minibatches=4, ppo_epochs=3, kl_hard_limit=0.05)
+    before = {k: v.clone() for k, v in models.policy.state_dict().items()}
+    from rl_service.learner.update import ppo_update
+
+    cfg = LearnerConfig(advantage="grpo", lr=10.0, num_minibatches=4, ppo_epochs=3, kl_hard_limit=0.05)
+    opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr)
+    m = ppo_update(models, opt, None, data, cfg, kl_coef=0.0, seed=0)
     assert m["policy/kl_hard_limit_hit"] == 1 and m["policy/approx_kl_max"] > 0.05
-    assert m["train/optimizer_steps"] < 12
+    assert 1 <= m["train/optimizer_steps"] < 12
+    # The steps that blew the policy up are undone: the weights the halt checkpoint saves are
+    # the ones that generated the data, and the optimizer has no state from the undone steps.
+    after = models.policy.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert opt.state_dict()["state"] == {}
 
 
 def test_small_lr_never_trips_the_kl_guards():

@@ -76,7 +76,6 @@ def test_skipping_zero_advantage_samples_leaves_the_weights_unchanged(loss_agg, 
     [
         {"entropy_coef": 0.01},
         {"target_kl": 0.1},
-        {"kl_hard_limit": 1.0},
         {"skip_zero_advantage": False},
     ],
 )
@@ -90,3 +89,10 @@ def test_skip_only_where_exact(overrides):
     opt = torch.optim.SGD(policy.parameters(), lr=0.1)
     m = ppo_update(Models(policy, None, None, torch.device("cpu"), 0, 1), opt, None, data, cfg, kl_coef=0.0, seed=0)
     assert m["train/skipped_zero_adv_samples"] == 0
+
+
+def test_the_default_kl_hard_limit_keeps_skipping_on():
+    """The hard limit is on by default; it only reads the KL of the samples that ran."""
+    assert LearnerConfig(advantage="grpo").kl_hard_limit == 1.0
+    assert zero_advantage_skip(LearnerConfig(advantage="grpo"), has_critic=False, kl_in_loss=False)
+    assert zero_advantage_skip(LearnerConfig(advantage="grpo", kl_hard_limit=None), has_critic=False, kl_in_loss=False)

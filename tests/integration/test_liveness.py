@@ -1,0 +1,32 @@
+"""Liveness: an actor is declared dead when its ping fails with RayActorError (killed) or it
+misses several pings in a row, never for one missed ping (a live actor inside a long call,
+or on a loaded machine, misses one). Real actors on the suite's Ray."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from rl_service.infra.components import unresponsive
+
+
+@ray.remote(num_cpus=0)
+class Holder:
+    def hold(self, seconds: float) -> None:
+        time.sleep(seconds)  # pings queue behind this call, as behind a long generate
+
+
+def test_a_busy_actor_survives_missed_pings_a_killed_one_does_not(session_ray):
+    busy, killed, idle = (Holder.remote() for _ in range(3))
+    ray.get([a.__ray_ready__.remote() for a in (busy, killed, idle)])
+    busy.hold.remote(2.5)
+    ray.kill(killed, no_restart=True)
+    start = time.perf_counter()
+    assert unresponsive([busy, killed, idle], timeout_s=1.0, pings=4) == [1]
+    assert time.perf_counter() - start < 4.5  # the busy one answered once its call ended
+
+    busy.hold.remote(2.5)
+    assert unresponsive([busy, idle], timeout_s=1.0, pings=1) == [0]  # one ping: wrongly dead
+    for a in (busy, idle):
+        ray.kill(a, no_restart=True)
