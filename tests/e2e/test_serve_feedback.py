@@ -37,7 +37,7 @@ KEY = "durable-key"
 class ServerProcess:
     """`rl-service serve` in its own session; killed by PID (with its descendants) at the end."""
 
-    def __init__(self, model_dir: Path, cfg_path: Path, log_path: Path):
+    def __init__(self, model_dir: Path, cfg_path: Path, log_path: Path, api_key: str | None = KEY):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "RL_SERVICE_API_KEY"}
@@ -52,8 +52,7 @@ class ServerProcess:
                 str(model_dir),
                 "--port",
                 str(self.port),
-                "--api-key",
-                KEY,
+                *(["--api-key", api_key] if api_key else []),
                 "--config",
                 str(cfg_path),
             ],
@@ -366,3 +365,31 @@ def test_postgres_store_reconnects_after_a_dropped_connection(postgres) -> None:
         assert [r[0] for r in postgres.rows("SELECT id FROM preferences ORDER BY id")] == ["p1", "p2", "p3", "p4"]
     finally:
         store.close()
+
+
+def test_the_default_bind_is_loopback_and_the_no_key_mode_answers(servers, tiny_model_dir, tmp_path):
+    """No --host, no key: the HTTP socket listens on 127.0.0.1 only (read from the process
+    table, not assumed from the config) and requests without a key are served."""
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(f"serve:\n  engine: hf\n  feedback_db: {tmp_path / 'fb.sqlite'}\nray:\n  num_cpus: 2\n")
+    servers.append(ServerProcess(tiny_model_dir, cfg, tmp_path / "server.log", api_key=None))
+    s = servers[-1]
+    s.wait_ready()
+    listening = {
+        c.laddr.ip
+        for p in s.tree()
+        for c in _connections(p)
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == s.port
+    }
+    assert listening == {"127.0.0.1"}, listening
+    body = {"model": "policy", "prompt": "3+4=", "max_tokens": 2}
+    r = httpx.post(f"{s.url}/v1/completions", json=body, timeout=120)  # no Authorization header
+    assert r.status_code == 200 and r.json()["choices"], r.text
+    assert s.terminate() == 0
+
+
+def _connections(p: psutil.Process) -> list:
+    try:
+        return p.net_connections(kind="inet")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
