@@ -38,6 +38,8 @@ def _config(args):
             cfg.serve = ServeConfig.model_validate({**cfg.serve.model_dump(), **updates})
         except ValidationError as err:
             e = err.errors()[0]
+            if not e["loc"]:  # a check across fields (a public host without a key)
+                raise ConfigError(e["msg"].removeprefix("Value error, ")) from None
             raise ConfigError(f"--{e['loc'][0]}: {e['msg']} (got {e.get('input')!r})") from None
     return cfg
 

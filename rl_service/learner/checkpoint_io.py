@@ -42,21 +42,25 @@ def read_local_state(path: Path) -> dict[str, Any]:
 
 class _MetadataOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("torch.distributed.checkpoint.") and name[:1] != "_" or (module, name) in _DCP_PRIVATE:
+        if module.startswith("torch.distributed.checkpoint."):
             obj = super().find_class(module, name)
-            if isinstance(obj, type):  # a dataclass / enum of DCP's, never a function
+            if isinstance(obj, type):  # a dataclass / enum of DCP's (private ones too), never a function
                 return obj
         if module == "torch":
             obj = getattr(torch, name, None)
             if obj is torch.Size or isinstance(obj, _TORCH_VALUES):
                 return obj
-        if (module, name) == ("collections", "OrderedDict"):
+        if (module, name) in _SAFE_CALLABLES:
             return super().find_class(module, name)
         raise UnsafeCheckpoint(f"{self.source}: DCP metadata refers to {module}.{name}, refusing to load it")
 
 
-_DCP_PRIVATE = {("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
-"""Private DCP classes a .metadata file holds (per-item file offsets)."""
+_SAFE_CALLABLES = {
+    ("collections", "OrderedDict"),
+    ("torch.serialization", "_get_layout"),  # a layout by its name (torch.strided): a lookup
+    ("pathlib", "PosixPath"),  # the checkpoint id DCP records (a path value, nothing opened)
+}
+"""Callables a .metadata pickle calls that only build plain values."""
 
 
 def check_dcp_metadata(dcp_dir: Path) -> None:

@@ -20,7 +20,7 @@ def _no_env_key(monkeypatch):
     monkeypatch.delenv("RL_SERVICE_API_KEY", raising=False)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "example.org"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "192.0.2.7", "example.org"])
 def test_a_non_loopback_bind_without_a_key_is_refused(host):
     with pytest.raises(ConfigError, match="not a loopback address and no API key"):
         load_config(None, [f"serve.host={host}"])

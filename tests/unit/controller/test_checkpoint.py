@@ -259,6 +259,12 @@ def test_a_checkpoint_whose_pickles_would_run_code_is_refused_before_loading(tmp
         meta = pickle.loads(target.read_bytes())
         meta.storage_meta = _RunsCode(marker)
         target.write_bytes(pickle.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointError, match="does not verify"):
+        checkpoint.resolve_resume(str(ckpt), tmp_path / "run")  # changed after it was written
+    # A checkpoint crafted elsewhere comes with a manifest that matches: the unpickler refuses it.
+    manifest = json.loads((ckpt / checkpoint.MANIFEST_FILE).read_text())
+    manifest["files"] = {rel: checkpoint._describe(ckpt / rel, manifest["hash"]) for rel in manifest["files"]}
+    (ckpt / checkpoint.MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(checkpoint.CheckpointError, match=f"{target.name}.*refusing to load"):
         checkpoint.resolve_resume(str(ckpt), tmp_path / "run")
     if poisoned.endswith(".metadata"):
