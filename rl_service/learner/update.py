@@ -178,7 +178,7 @@ def ppo_update(
     plan = _WorkPlan(cfg, data.attention_mask.sum(-1).tolist(), W, data.groups)
     # Only needed when a step of this update can come before the one that trips the limit.
     undo = cfg.kl_hard_limit is not None and cfg.ppo_epochs * cfg.num_minibatches > 1
-    before = _Snapshot(models, (policy_opt, critic_opt)) if undo else None
+    before = _Snapshot((policy_opt, critic_opt)) if undo else None
     if zero_advantage_skip(cfg, has_critic=models.critic is not None, kl_in_loss=kl_in_loss):
         skip = zero_signal_rows(data.advantages, data.mask).tolist()
     for epoch in range(cfg.ppo_epochs):
@@ -237,17 +237,24 @@ class _Snapshot:
     """This rank's parameter shards and optimizer states at the start of an update (a copy:
     ~3x the parameters' bytes with Adam), put back when the KL hard limit trips."""
 
-    def __init__(self, models: Models, opts: tuple[torch.optim.Optimizer | None, ...]):
-        nets = [m for m in (models.policy, models.critic) if m is not None]
-        self.params = [(p, p.detach().clone()) for net in nets for p in net.parameters()]
-        self.opts = [(opt, copy.deepcopy(opt.state_dict())) for opt in opts if opt is not None]
+    def __init__(self, opts: tuple[torch.optim.Optimizer | None, ...]):
+        # The optimizers' parameters, not module.parameters(): after a no-grad forward the FSDP2
+        # root module holds unsharded tensors that are freed later (copying into one segfaults).
+        opts = tuple(opt for opt in opts if opt is not None)
+        self.params = [(p, _local(p).detach().clone()) for opt in opts for g in opt.param_groups for p in g["params"]]
+        self.opts = [(opt, copy.deepcopy(opt.state_dict())) for opt in opts]
 
     @torch.no_grad()
     def restore(self) -> None:
         for p, saved in self.params:
-            p.copy_(saved)
+            _local(p).copy_(saved)  # into this rank's shard (a DTensor-level copy_ segfaults on gloo)
         for opt, state in self.opts:
             opt.load_state_dict(state)
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 parameter (a DTensor), or the tensor itself."""
+    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def zero_advantage_skip(cfg: LearnerConfig, has_critic: bool, kl_in_loss: bool) -> bool:

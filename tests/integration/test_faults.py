@@ -95,4 +95,11 @@ def test_kl_blowup_halts_with_a_checkpoint(tmp_path, tiny_model_dir):
     ckpt = checkpoint.latest_checkpoint(run / "checkpoints")
     assert ckpt is not None and ckpt.name == "step-000001"
     assert json.loads((run / "summary.json").read_text())["samples/lost"] == 0
+    # Decided before the blowing-up step, and the update's first step undone: the halt
+    # checkpoint holds the policy that generated the batch (here the starting one), not the wreck.
+    from transformers import AutoModelForCausalLM
+
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    saved = checkpoint.load_policy_weights(ckpt)
+    assert max((saved[k] - start[k]).abs().max().item() for k in saved) == 0.0
     print(f"\n[faults] KL halt after 1 step: {secs:.1f}s")
