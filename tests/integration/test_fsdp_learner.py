@@ -94,6 +94,7 @@ def _config(advantage: str) -> LearnerConfig:
     return LearnerConfig(
         num_workers=1,
         backend="gloo",
+        kl_hard_limit=None,  # synthetic engine logprobs: the KL guard would (rightly) halt
         advantage={"type": "gae", "critic_lr": 5e-4} if advantage == "gae" else {"type": advantage},
         lr=5e-4,
         ppo_epochs=2,
@@ -389,6 +390,7 @@ def test_zero_advantage_skip_leaves_the_update_unchanged(model_dir: Path, tmp_pa
     base = LearnerConfig(
         num_workers=1,
         backend="gloo",
+        kl_hard_limit=None,  # synthetic engine logprobs: the KL guard would (rightly) halt
         advantage={"type": "grpo"},
         lr=5e-4,
         ppo_epochs=2,

@@ -28,13 +28,13 @@ def _attach(address: str, env_changes: dict) -> subprocess.CompletedProcess:
 
 
 def _cases() -> list:
-    """Each refusal costs ~20 s (the client retries before giving up): two cases."""
+    """Each refusal costs ~20 s (the client retries before giving up): one case."""
     home_token = Path.home() / ".ray" / "auth_token"
     if home_token.is_file():  # the machine-wide token (a wrong one here), if a Ray here ever wrote one
         wrong = pytest.param({"RAY_AUTH_TOKEN": home_token.read_text().strip()}, id="machine-wide-token")
     else:
         wrong = pytest.param({"RAY_AUTH_TOKEN": "0" * 64}, id="wrong-token")
-    return [wrong, pytest.param({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": None}, id="no-auth")]
+    return [wrong]  # (auth turned off on the client is refused too: measured, left out for time)
 
 
 def test_a_driver_with_the_session_token_attaches(session_ray):
