@@ -83,7 +83,8 @@ def commit(root: Path, tmp: Path, step: int, controller_state: dict, keep_last: 
         fh.flush()
         os.fsync(fh.fileno())
     files = _fsync_tree(tmp)  # the learners' files too: durable before the manifest vouches for them
-    write_json_atomic(tmp / MANIFEST_FILE, {"hash": _HASH_NAME, "files": {rel: _describe(tmp / rel) for rel in files}})
+    algo = _hashers()[1]
+    write_json_atomic(tmp / MANIFEST_FILE, {"hash": algo, "files": {rel: _describe(tmp / rel, algo) for rel in files}})
     final = root / step_name(step)
     if final.exists():  # same step written again (e.g. a halt right after a periodic save)
         shutil.rmtree(final)
@@ -107,27 +108,19 @@ def _fsync_tree(top: Path) -> list[str]:
     return sorted(rels)
 
 
-def _new_hash(name: str):
-    """xxh3_128 (fast: the manifest is checked on every resume) or any hashlib name."""
-    if name == "xxh3_128":
-        import xxhash
+def _hashers():
+    """The weight sync's checksum algorithms by name (xxh3_128 where installed, else sha256):
+    the manifest records which one it used, so it verifies wherever it is read. Imported here,
+    not at the top: the CLI imports this module before it needs torch."""
+    from rl_service.rollout.weight_sync import DEFAULT_ALGO, HASHERS
 
-        return xxhash.xxh3_128()
-    import hashlib
-
-    return hashlib.new(name)
+    return HASHERS, DEFAULT_ALGO
 
 
-try:  # the hash is recorded in the manifest, so a checkpoint verifies wherever it is read
-    import xxhash  # noqa: F401
-
-    _HASH_NAME = "xxh3_128"
-except ImportError:
-    _HASH_NAME = "sha256"
-
-
-def _describe(path: Path, hash_name: str = _HASH_NAME) -> dict:
-    h = _new_hash(hash_name)
+def _describe(path: Path, hash_name: str | None = None) -> dict:
+    hashers, default = _hashers()
+    hash_name = hash_name or default
+    h = hashers[hash_name]()
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 22):
             h.update(chunk)
@@ -144,15 +137,16 @@ def manifest_problem(ckpt: Path) -> str | None:
     try:
         manifest = json.loads(path.read_text())
         hash_name, files = manifest["hash"], manifest["files"]
-        _new_hash(hash_name)
-    except (ValueError, KeyError, TypeError, ImportError):
+        _hashers()[0][hash_name]
+    except (ValueError, KeyError, TypeError):
         return "unreadable manifest (or its hash is not available here)"
     for rel, want in files.items():
         file = ckpt / rel
         if not file.is_file():
             return f"{rel} is missing"
-        if file.stat().st_size != want["bytes"]:
-            return f"{rel} has {file.stat().st_size} bytes, the manifest says {want['bytes']}"
+        size = file.stat().st_size
+        if size != want["bytes"]:
+            return f"{rel} has {size} bytes, the manifest says {want['bytes']}"
         if _describe(file, hash_name) != want:
             return f"{rel} does not match its checksum"
     return None
@@ -208,10 +202,10 @@ def resolve_resume(spec: str, run_dir: Path) -> Path | None:
 def check_plain_data(ckpt: Path) -> None:
     """CheckpointError if a pickled file of `ckpt` asks to build more than plain data
     (learner/checkpoint_io.py): a checkpoint from elsewhere must not run code on resume."""
-    from rl_service.learner.checkpoint_io import UnsafeCheckpoint, check_dcp_metadata, read_local_state
+    from rl_service.learner.checkpoint_io import DCP_METADATA, UnsafeCheckpoint, check_dcp_metadata, read_local_state
 
     try:
-        if (ckpt / LEARNER_DIR / ".metadata").is_file():
+        if (ckpt / LEARNER_DIR / DCP_METADATA).is_file():
             check_dcp_metadata(ckpt / LEARNER_DIR)
         for local in sorted(ckpt.glob("learner_rank*.pt")):
             read_local_state(local)

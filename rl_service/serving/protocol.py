@@ -151,7 +151,10 @@ def _loads(body: bytes) -> Any:
 
 def parse(model: type[BaseModel], body: bytes) -> BaseModel:
     """Body bytes -> request; malformed JSON -> 400, schema/type errors -> 422."""
-    data = _loads(body)
+    return _validate(model, _loads(body))
+
+
+def _validate(model: type[BaseModel], data: Any) -> BaseModel:
     if not isinstance(data, dict):
         raise APIError(422, "request body must be a JSON object", code="invalid_type")
     try:
@@ -169,7 +172,7 @@ def parse_feedback(body: bytes, max_abs_rating: float) -> RatingFeedback | Prefe
     """Body bytes -> a rating (finite, |rating| <= max_abs_rating: 400 otherwise) or a preference."""
     data = _loads(body)
     kind = PreferenceFeedback if isinstance(data, dict) and "chosen" in data else RatingFeedback
-    fb = parse(kind, body)
+    fb = _validate(kind, data)  # the body is parsed once
     if isinstance(fb, RatingFeedback) and not abs(fb.rating) <= max_abs_rating:  # 1e400 parses as inf
         raise APIError(
             400, f"rating must be a finite number in [-{max_abs_rating:g}, {max_abs_rating:g}]", param="rating"
