@@ -28,6 +28,11 @@ PASSED_VARS = (
 )
 
 
+ACTOR_ENV = "RL_SERVICE_ACTOR"
+"""Set in each actor process's environment to its name (`rollout-0`, `reward-0`, `learner-1`):
+which component a process is can be read from outside, in /proc/<pid>/environ (rl_service/testing/chaos.py)."""
+
+
 def project_env(cwd: Path | None = None) -> None:
     """Set (where unset) the defaults every command runs with."""
     cwd = cwd or Path.cwd()

@@ -30,7 +30,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl_service.config import Config, LearnerConfig, Resources, ServeConfig
-from rl_service.infra.env import engine_env, free_port
+from rl_service.infra.env import ACTOR_ENV, engine_env, free_port
 from rl_service.infra.queues import RayBatchQueue
 from rl_service.testing import faults
 
@@ -50,6 +50,9 @@ def actor_options(res: Resources, name: str, max_concurrency: int = 1) -> dict:
             "env_vars": {
                 "OMP_NUM_THREADS": str(max(1, int(res.num_cpus))),
                 "OMP_WAIT_POLICY": "PASSIVE",
+                # which component a process is, readable from outside (/proc/<pid>/environ):
+                # for operators, and for the chaos harness that kills them (testing/chaos.py)
+                ACTOR_ENV: name,
                 **faults.actor_env(),
             }
         },

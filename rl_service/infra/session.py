@@ -43,6 +43,12 @@ _TOKEN = secrets.token_hex(32)
 token it loaded, so a second session in the same process must find the same one)."""
 
 
+START_ATTEMPTS = 2
+STARTUP_TIMEOUT = "timed out during startup"
+"""Ray gives its raylet a fixed 30 s to register (ray/_private/node.py); on a saturated machine it
+can miss that (seen 2026-12-02: a serve restart while the suite ran two files at once), and the
+node is then fine on a second try."""
+
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
@@ -56,14 +62,21 @@ def local_ray(num_cpus: int, loopback_only: bool = False, prefix: str = "rls-ray
     if loopback_only:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     with session_token():
-        ray.init(
-            num_cpus=num_cpus,
-            _temp_dir=tmp,
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
-        )
+        for attempt in range(START_ATTEMPTS):
+            try:
+                ray.init(
+                    num_cpus=num_cpus,
+                    _temp_dir=tmp,
+                    _node_ip_address="127.0.0.1",
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=os.environ.get("RL_SERVICE_ACTOR_LOGS") == "1",
+                )
+                break
+            except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for this one
+                if STARTUP_TIMEOUT not in str(err) or attempt + 1 == START_ATTEMPTS:
+                    raise
+                ray.shutdown()  # the half-started node's processes go; a fresh one is started
         try:
             yield tmp
         finally:

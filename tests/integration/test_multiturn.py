@@ -6,7 +6,7 @@
    right mask; and vLLM scoring the finished sequence must reproduce the rollout logprobs
    (it generated each turn from exactly these tokens). vLLM runs in its own process (one
    in-process engine per process).
-2. `rl-service train` on the environment for 2 steps (Ray, 2 vLLM workers, 2 FSDP2 learners).
+2. `rl-service train` on the environment for 2 steps (Ray, a vLLM worker, 2 FSDP2 learners).
 """
 
 from __future__ import annotations
@@ -180,6 +180,7 @@ def test_train_two_steps_on_the_environment(tmp_path, guess_model_dir):
             "rollout.samples_per_prompt=4",
             "train.eval_every=0",
             "train.queue_size=4",
+            "rollout.num_workers=1",
         ],
         capture_output=True,
         text=True,

@@ -48,6 +48,7 @@ def test_train_cli_runs_full_loop(tmp_path, tiny_model_dir):
             f"model.path={tiny_model_dir}",
             f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits",
             "train.checkpoint_every=2",
+            "rollout.num_workers=2",
             f"serve.api_key={KEY}",
             f"serve.feedback_dsn=postgresql://fb:{DSN_PASSWORD}@127.0.0.1:1/feedback",
         ),

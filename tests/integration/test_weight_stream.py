@@ -27,6 +27,7 @@ def _cfg(tmp_path: Path, model_dir: Path, name: str, *overrides: str):
             f"train.steps={STEPS}",
             "train.eval_every=0",
             "task.num_eval=16",
+            "rollout.num_workers=2",  # the stream goes to several workers
             f"reward.fn={Path(__file__).parent / 'partial_credit.py'}:leading_digits",  # a reward signal
             *overrides,
         ],

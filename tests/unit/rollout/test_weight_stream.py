@@ -88,10 +88,10 @@ def meta_of(sent: dict, version: int = 1) -> PolicyVersion:
     return PolicyVersion(version, sent["checksum"], sent["num_bytes"], PROBES, PROBE_LOGPROBS)
 
 
-def results(out_q, n: int) -> dict:
+def results(out_q, n: int, timeout_s: float = 60) -> dict:
     got = {}
     for _ in range(n):
-        rank, stream_id, what, detail = out_q.get(timeout=60)
+        rank, stream_id, what, detail = out_q.get(timeout=timeout_s)
         got[(rank, stream_id)] = (what, detail)
     return got
 
@@ -140,7 +140,10 @@ def test_a_worker_dying_mid_stream_fails_the_send_and_the_next_generation_recove
     failed = send(group, first, iter(sorted(sd.items())))
     assert failed["error"] is not None and failed["checksum"] is None
     assert time.perf_counter() - t0 < 20  # the dead peer is noticed, not waited out
-    assert results(queues["survivor"][1], 1)[(1, 1)][0] == "receive failed"  # rank 0 aborted: fails fast
+    # The survivor fails too (rank 0 dropped the group; at worst its own 20 s op timeout fires):
+    # reported, not hung. The bound is generous: a loaded 2-core machine (the suite runs two files
+    # at once) has taken > 60 s to schedule it (CI 2026-12-02).
+    assert results(queues["survivor"][1], 1, timeout_s=180)[(1, 1)][0] == "receive failed"
     dying.join(10)
     replacement = start(ctx, 2, [second], *queues["replacement"])
     sent = send(group, second, iter(sorted(sd.items())))  # same store, the next generation's prefix
