@@ -7,6 +7,8 @@
         sleep U(0, max_delay_s)                              somewhere inside a step: generating,
                                                              scoring, training, syncing, checkpointing
         SIGKILL one process of that role (drawn at random)   a `Kill` recorded with the moment
+                                                             (none of that role right now: the
+                                                             same role after the next step)
       .stop() -> the kills made; `leftovers()` after the run: every process it ever saw still alive
 
 Nothing here is cooperative: the run is not told, no fault hook fires (compare faults.py, whose
@@ -142,7 +144,8 @@ class Chaos:
 
     def _run(self) -> None:
         last = last_step_logged(self.metrics_path)  # a resumed run starts with the rows of its past
-        for role in self.plan:
+        plan = list(self.plan)
+        while plan:
             n = self._wait_for_step(last)
             if n is None:
                 return
@@ -153,6 +156,7 @@ class Chaos:
                 # The final step and the end of the run (stop the loops, evaluate with a worker,
                 # save) are left alone: a worker lost there is not replaced (docs/reliability.md).
                 return
+            role = plan[0]
             if role == "driver":
                 victim, name = self.driver, "driver"
             else:
@@ -160,13 +164,16 @@ class Chaos:
                     ((p, rn[1]) for p in self._observe() if (rn := role_of(p)) and rn[0] == role),
                     key=lambda x: x[0].pid,
                 )
-                if not found:  # e.g. being replaced right now: this trial is not made
+                if not found:  # none right now (e.g. being replaced): tried again after the next step
+                    last = n
                     continue
                 victim, name = found[self.rng.randrange(len(found))]
             try:
                 victim.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
+                last = n
                 continue
+            plan.pop(0)
             self.kills.append(Kill(role, name, victim.pid, time.monotonic() - self._t0, n, delay))
             last = last_step_logged(self.metrics_path)
             if role == "driver":

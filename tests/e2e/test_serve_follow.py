@@ -25,6 +25,8 @@ from rl_service.serving.follow import ServeFollower, VersionBoard
 from rl_service.types import PolicyVersion
 
 PROMPT = "12+34="
+LONG = 48
+"""Tokens of the stream a swap is asked for during (version 1 generates them all)."""
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,9 @@ def follower(serve_port, tiny_model_dir):
     f.stop()
 
 
-def perturbed(tiny_model_dir) -> dict[str, torch.Tensor]:
+def perturbed(tiny_model_dir, seed: int = 0) -> dict[str, torch.Tensor]:
     sd = load_file(str(tiny_model_dir / "model.safetensors"))
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     return {
         k: v + 0.5 * v.std() * torch.randn(v.shape, generator=gen) if v.ndim == 2 else v.clone() for k, v in sd.items()
     }
@@ -92,19 +94,49 @@ def test_hot_swap_in_place_keeps_streams(follower, serve_port, tiny_model_dir):
     assert stats["generations"] > stats_before["generations"]
     print(f"\nswap visible after {swap_s:.2f}s")
 
+    # Token for token: a greedy stream on version v (perturbed weights do not stop early, so it
+    # runs long) with a swap to v + 1 asked for while it generates. The swap waits for the stream
+    # (chosen design: the stream holds the engine slot): every stream equals version v's greedy
+    # answer from the same engine, and at least one swap arrived while its stream was running
+    # (the replica counts the generations it found running). Whether a swap lands inside a
+    # stream is timing, so up to 5 tries; every try must match.
+    overlapped, version = 0, 1
+    for _ in range(5):
+        ref = client.completions.create(model="policy", prompt=PROMPT, max_tokens=LONG, temperature=0)
+        assert ref.model == f"policy@v{version}"
+        assert ref.usage.completion_tokens == LONG, "stopped early: the stream would end before the swap"
+        nxt = perturbed(tiny_model_dir, seed=version)
+        meta = publish_meta(version + 1, nxt, hf)
+        stream = client.completions.create(model="policy", prompt=PROMPT, max_tokens=LONG, temperature=0, stream=True)
+        chunks = [next(iter(stream))]
+        swap = follower.handle.swap.remote(version + 1, [ray.put(nxt)], meta)  # straight to the replica
+        chunks += list(stream)
+        result = swap.result()
+        assert result["applied"], result
+        assert {c.model for c in chunks} == {f"policy@v{version}"}
+        assert "".join(c.choices[0].text for c in chunks) == ref.choices[0].text, "a token after the swap changed"
+        version += 1
+        overlapped += result["generations_waited_for"] >= 1
+        if overlapped:
+            break
+    assert overlapped, "no swap arrived while its stream was generating: the check above proved nothing"
+    after = client.completions.create(model="policy", prompt=PROMPT, max_tokens=4, temperature=0)
+    assert after.model == f"policy@v{version}"
+
 
 def test_corrupt_version_is_refused(follower, serve_port, tiny_model_dir):
     import ray
 
     sd = perturbed(tiny_model_dir)
-    bad_meta = PolicyVersion(version=2, checksum="0" * 64, num_bytes=state_dict_bytes(sd))
-    follower.on_version(2, ray.put(sd), bad_meta)
+    before = httpx.get(f"http://127.0.0.1:{serve_port}/health").json()["policy_version"]
+    bad_meta = PolicyVersion(version=99, checksum="0" * 64, num_bytes=state_dict_bytes(sd))
+    follower.on_version(99, ray.put(sd), bad_meta)
     deadline = time.monotonic() + 30
     while follower.handle.stats.remote().result()["swap_errors"] == 0:
-        assert time.monotonic() < deadline, "replica never tried version 2"
+        assert time.monotonic() < deadline, "replica never tried version 99"
         time.sleep(0.2)
     r = httpx.get(f"http://127.0.0.1:{serve_port}/health").json()
-    assert r["policy_version"] == 1
+    assert r["policy_version"] == before
 
 
 def test_update_every_skips_versions(serve_port):

@@ -80,6 +80,7 @@ def runs(session_ray, tiny_model_dir, tmp_path_factory):
             root,
             tiny_model_dir,
             "placement=colocated",
+            "rollout.num_workers=2",  # one engine per learner rank
             "train.checkpoint_every=1",
             fault="kill_learner:2",
         ),
