@@ -1,7 +1,7 @@
 """Random kills from outside and exact resume, on real runs (vLLM engines, Ray actors, 2 FSDP2
 learner processes), all compared with one uninterrupted run. Lag 0, so a run is deterministic.
 
-    U   uninterrupted, 14 steps, a checkpoint after every step, keep the last 10
+    U   uninterrupted, 16 steps, a checkpoint after every step, keep the last 12
     C   chaos (rl_service/testing/chaos.py, 2 rollout workers): 10 SIGKILLs from outside, each at
         a random moment inside a step once the run logged the previous one: rollout, reward,
         queue, learner, rollout, reward, queue, rollout, reward, and at last the driver (which
@@ -33,7 +33,7 @@ from tests.integration.conftest import train_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = f"{Path(__file__).parent / 'partial_credit.py'}:leading_digits"
-STEPS = 14
+STEPS = 16
 SEED = int(os.environ.get("RL_SERVICE_CHAOS_SEED", "20261202"))
 C_PLAN = ["rollout", "reward", "queue", "learner", "rollout", "reward", "queue", "rollout", "reward", "driver"]
 RESTART_KEY = {"rollout": "rollout", "reward": "reward", "queue": "queue", "learner": "learner"}
@@ -61,7 +61,7 @@ def _train(
         f"train.steps={STEPS}",
         "train.max_policy_lag=0",
         "train.checkpoint_every=1",
-        "train.keep_last=10",
+        "train.keep_last=12",
         "train.max_restarts=4",
         "task.digits=1",
         "task.num_eval=52",
@@ -145,11 +145,15 @@ def test_random_kills_of_every_component_change_nothing(uninterrupted, tiny_mode
     kills = chaos.kills
     assert [k.role for k in kills] == C_PLAN, chaos.record()  # every planned trial was made
     assert proc.returncode == -9, (proc.returncode, _error(proc))  # the last one: the driver
-    # the run's metrics rows up to the driver's death carry the restarts: one per kill
+    # the run's metrics rows up to the driver's death carry the restarts: one per kill (the kill
+    # just before the driver's may be repaired in a step the driver did not live to log)
     c_dir, u_dir = runs / "C", runs / "U"
     last = _rows(c_dir / "metrics.jsonl")[-1]
     for role in ("rollout", "reward", "queue", "learner"):
-        assert last[f"faults/restarts_{role}"] == sum(k.role == role for k in kills), (role, last, chaos.record())
+        made = sum(k.role == role for k in kills)
+        maybe_unlogged = int(kills[-2].role == role)
+        counted = last[f"faults/restarts_{role}"]
+        assert made - maybe_unlogged <= counted <= made, (role, counted, made, chaos.record())
     c2_proc, c2_s, _ = _train(runs, "C", tiny_model_dir, "rollout.num_workers=2", resume="auto")
     _no_leftovers("C (driver SIGKILLed)", chaos, DRIVER_KILLED_GRACE_S)
     assert c2_proc.returncode == 0, _error(c2_proc)
@@ -169,9 +173,9 @@ def test_resume_is_exact_after_a_kill_mid_checkpoint(uninterrupted, tiny_model_d
     runs = uninterrupted
     u_dir, b_dir = runs / "U", runs / "B"
     u_ckpts = u_dir / "checkpoints"
-    # keep-last-10 rotation; `latest` names the final step
-    assert [p.name for p in checkpoint.complete_checkpoints(u_ckpts)] == [f"step-{i:06d}" for i in range(5, 15)]
-    assert checkpoint.latest_checkpoint(u_ckpts).name == "step-000014"
+    # keep-last-12 rotation; `latest` names the final step
+    assert [p.name for p in checkpoint.complete_checkpoints(u_ckpts)] == [f"step-{i:06d}" for i in range(5, 17)]
+    assert checkpoint.latest_checkpoint(u_ckpts).name == "step-000016"
     u_consumed = _rows(u_dir / "consumed.jsonl")
     assert [r["step"] for r in u_consumed] == list(range(1, STEPS + 1))
     ids = [p for r in u_consumed for p in r["prompt_ids"]]
