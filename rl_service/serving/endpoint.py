@@ -69,7 +69,7 @@ class PolicyServer:
         self.admission = Admission(limit)
         self.slot = EngineSlot(limit)
         self._swap_lock = threading.Lock()  # one swap at a time; generations go on until the load
-        self._swaps = {"swaps": 0, "swap_errors": 0, "busy_at_last_swap": 0}
+        self._swaps = {"swaps": 0, "swap_errors": 0}
         self._board, self._stop = board, threading.Event()
         if board is not None:
             from rl_service.serving.follow import follow_board
@@ -129,7 +129,6 @@ class PolicyServer:
                     self._swaps["swap_errors"] += 1
                     raise
         self._swaps["swaps"] += 1
-        self._swaps["busy_at_last_swap"] = busy
         return {
             "version": version,
             "applied": True,

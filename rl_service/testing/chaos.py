@@ -22,7 +22,6 @@ No ray, no torch: it runs in the test process, beside the run it attacks.
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import threading
@@ -33,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from rl_service.infra.env import ACTOR_ENV
+from rl_service.infra.files import read_jsonl
 
 ROLES = ("rollout", "reward", "queue", "learner", "driver")
 
@@ -69,18 +69,13 @@ def role_of(proc: psutil.Process) -> tuple[str, str] | None:
 
 
 def last_step_logged(metrics_path: Path) -> int:
-    """The step of metrics.jsonl's last complete row (0: none yet; a torn last line is skipped).
+    """The step of metrics.jsonl's last complete row (0: none yet; a torn last line is not a row).
     A step number, not a row count: a resumed run first truncates the rows past its checkpoint."""
     try:
-        lines = metrics_path.read_text().splitlines()
+        rows, _torn = read_jsonl(metrics_path)
     except FileNotFoundError:
         return 0
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return 0
+    return int(rows[-1]["step"]) if rows else 0
 
 
 class Chaos:
@@ -118,9 +113,6 @@ class Chaos:
         self._thread.join(30)
         return self.kills
 
-    def _alive(self) -> bool:
-        return self.driver.is_running() and self.driver.status() != psutil.STATUS_ZOMBIE
-
     def _observe(self) -> list[psutil.Process]:
         try:
             procs = self.driver.children(recursive=True)
@@ -134,7 +126,7 @@ class Chaos:
         """Block until a step past `after` is logged -> that step (None: the run ended)."""
         while not self._stop.is_set():
             self._observe()
-            if not self._alive():
+            if not _alive(self.driver):
                 return None
             n = last_step_logged(self.metrics_path)
             if n > after:
@@ -150,7 +142,7 @@ class Chaos:
             if n is None:
                 return
             delay = self.rng.uniform(0, self.max_delay_s)
-            if self._stop.wait(delay) or not self._alive():
+            if self._stop.wait(delay) or not _alive(self.driver):
                 return
             if last_step_logged(self.metrics_path) >= self.last_step - 1:
                 # The final step and the end of the run (stop the loops, evaluate with a worker,

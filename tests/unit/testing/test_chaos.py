@@ -32,6 +32,7 @@ def test_last_step_logged_skips_a_torn_line(tmp_path):
 def test_kills_one_process_of_the_planned_role_after_a_logged_step(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
     try:
         pids = [int(p) for p in driver.stdout.readline().split()]
         chaos = Chaos(driver.pid, metrics, ["rollout", "rollout"], seed=7, last_step=10, max_delay_s=0.2).start()
@@ -63,7 +64,7 @@ def test_kills_one_process_of_the_planned_role_after_a_logged_step(tmp_path):
         assert chaos.leftovers(grace_s=5) == []
     finally:
         driver.kill()
-        for p in locals().get("pids", []):
+        for p in pids:
             try:
                 os.kill(p, 9)
             except OSError:
