@@ -4,8 +4,9 @@
       for role in plan:                                      e.g. rollout, reward, queue, learner, driver
         wait until the run logged a step since the last kill (it recovered and moves on)
         (none once the final step started)
-        sleep U(0, max_delay_s)                              somewhere inside a step: generating,
-                                                             scoring, training, syncing, checkpointing
+        sleep U(0, the last step's length)                   somewhere inside the next step:
+                                                             generating, scoring, training, syncing,
+                                                             checkpointing (capped at max_delay_s)
         SIGKILL one process of that role (drawn at random)   a `Kill` recorded with the moment
                                                              (none of that role right now: the
                                                              same role after the next step)
@@ -100,6 +101,8 @@ class Chaos:
         """The run's final step: nothing is killed once it started (see `_run`)."""
         self.kills: list[Kill] = []
         self.seen: dict[int, psutil.Process] = {}
+        self.seen_at: dict[int, float] = {}
+        """step -> when its row was first seen (the steps' lengths pace the random delays)."""
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"chaos-{seed}")
@@ -129,10 +132,22 @@ class Chaos:
             if not _alive(self.driver):
                 return None
             n = last_step_logged(self.metrics_path)
+            if any(k > n for k in self.seen_at):  # rows truncated (a learner restart redoes steps)
+                self.seen_at = {k: t for k, t in self.seen_at.items() if k < n}
+            self.seen_at.setdefault(n, time.monotonic())
             if n > after:
                 return n
             time.sleep(0.05)
         return None
+
+    def step_length(self, n: int) -> float:
+        """How long step `n` took, as seen from here (its row's arrival after the previous one's);
+        max_delay_s when unknown. A delay drawn in [0, this) lands inside the next step: a delay
+        longer than a step would skip steps, and a plan of k kills would need ~2k steps, not k
+        (tiny models run a step in ~0.5 s; CI saw 10 kills not fit into 16 steps that way)."""
+        if n in self.seen_at and n - 1 in self.seen_at:
+            return min(self.max_delay_s, max(self.seen_at[n] - self.seen_at[n - 1], 0.05))
+        return self.max_delay_s
 
     def _run(self) -> None:
         last = last_step_logged(self.metrics_path)  # a resumed run starts with the rows of its past
@@ -141,7 +156,7 @@ class Chaos:
             n = self._wait_for_step(last)
             if n is None:
                 return
-            delay = self.rng.uniform(0, self.max_delay_s)
+            delay = self.rng.uniform(0, self.step_length(n))
             if self._stop.wait(delay) or not _alive(self.driver):
                 return
             if last_step_logged(self.metrics_path) >= self.last_step - 1:

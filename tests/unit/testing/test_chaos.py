@@ -29,6 +29,14 @@ def test_last_step_logged_skips_a_torn_line(tmp_path):
     assert last_step_logged(path) == 4
 
 
+def test_the_random_delay_is_paced_by_the_last_step(tmp_path):
+    chaos = Chaos(os.getpid(), tmp_path / "metrics.jsonl", [], seed=1, last_step=10, max_delay_s=1.0)
+    assert chaos.step_length(3) == 1.0  # nothing seen yet: the cap
+    chaos.seen_at = {2: 10.0, 3: 10.3, 4: 15.0}
+    assert abs(chaos.step_length(3) - 0.3) < 1e-9  # a 0.3 s step: the kill lands within the next 0.3 s
+    assert chaos.step_length(4) == 1.0  # a long step (a recovery): capped
+
+
 def test_kills_one_process_of_the_planned_role_after_a_logged_step(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True)
