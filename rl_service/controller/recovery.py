@@ -93,6 +93,11 @@ class Recovery:
         """Replacements per actor/queue name (`rollout-0`, `reward-0`, `prompt-queue`...)."""
         self.suspects: dict[str, set[int]] = {}
         """name -> batch ids in flight at every one of its deaths (named when restarts run out)."""
+        self.replaced = {"rollout": 0, "reward": 0, "queue": 0}
+        """What the latest replacement replaced (for the fault event)."""
+        self.loops_down = False
+        """The loops were stopped by a replacement that then met another death: the next one
+        must start them again (its own drop_queues finds none running)."""
 
     def retrying(self, pipe: BatchPipeline, fn: Callable[[], T]) -> T:
         """fn(), recovering from component crashes until it succeeds."""
@@ -104,44 +109,50 @@ class Recovery:
 
     def recover(self, pipe: BatchPipeline, err: ComponentFailure | None) -> None:
         """Replace what died and put every batch not trained (nor collected) again."""
-        while err is not None:  # recovery itself may meet another crash
-            t, replaced, redo = time.perf_counter(), {}, []
+        while err is not None:  # recovery itself may meet another crash: go round again
+            t, redo = time.perf_counter(), []
+            self.replaced = {"rollout": 0, "reward": 0, "queue": 0}
             try:
-                replaced = self.replace_dead(sorted(set(pipe.pending) - set(pipe.got)))
-                if replaced["reward"]:  # scored refs are owned by their scorer: gone with it
-                    pipe.got.clear()
+                self.replace_dead(pipe)
                 redo = [b for b in sorted(pipe.pending) if b not in pipe.got]
                 for b in redo:
                     self.comps.put_prompts(pipe.pending[b])
                 err = None
             except ComponentFailure as again:
                 err = again
-            for kind, count in replaced.items():
-                self.flog.add(f"faults/restarts_{kind}", count)
             self.flog.add("faults/batches_regenerated", len(redo))
             self.flog.event(
                 kind="component",
                 step=self.flog.step,
-                replaced=replaced,
+                replaced=self.replaced,
                 batches_regenerated=redo,
                 recover_s=time.perf_counter() - t,
+                again=None if err is None else str(err),
             )
 
-    def replace_dead(self, in_flight: list[int]) -> dict[str, int]:
+    def replace_dead(self, pipe: BatchPipeline) -> dict[str, int]:
         """Replace every dead rollout worker and scorer, rebuild all three queues, restart the loops.
 
         All queues are rebuilt (not only a dead one): items in them may be refs owned by a dead
         actor, and loops of live actors blocked on an old queue only stop when it is killed. The
         caller re-puts every batch it issued and has not trained. A replacement worker reruns its
         constructor (the base model) and so loads the newest published weights before its loop starts.
-        in_flight: batch ids issued and not collected, named in the error when restarts run out.
-        Returns how many of each kind were replaced: {"rollout": n, "reward": n, "queue": n}."""
-        comps = self.comps
+        The batch ids issued and not collected are named in the error when restarts run out.
+        Returns how many of each kind were replaced: {"rollout": n, "reward": n, "queue": n}
+        (also `self.replaced`, and counted in the fault log at once)."""
+        comps, in_flight = self.comps, sorted(set(pipe.pending) - set(pipe.got))
         dead, dead_queues = comps.dead_actors(), comps.dead_queues()
         names = comps.actor_names()
         for name in [names[i] for i in dead] + dead_queues:
             self._count_death(name, in_flight)
-        was_running = comps.drop_queues()
+        n_rollout = sum(i < len(comps.workers) for i in dead)
+        self.replaced = {"rollout": n_rollout, "reward": len(dead) - n_rollout, "queue": len(dead_queues)}
+        for kind, count in self.replaced.items():  # counted now: a death below must not lose them
+            self.flog.add(f"faults/restarts_{kind}", count)
+        if self.replaced["reward"]:  # scored refs are owned by their scorer: gone with it
+            pipe.got.clear()
+        was_running = comps.drop_queues() or self.loops_down
+        self.loops_down = was_running  # until start_loops below: a death in between goes round again
         for i in dead:
             comps.replace_actor(i)
         comps.new_queues()
@@ -149,8 +160,8 @@ class Recovery:
         comps.catch_up([i for i in dead if i < len(comps.workers)])
         if was_running:
             comps.start_loops()
-        n_rollout = sum(i < len(comps.workers) for i in dead)
-        return {"rollout": n_rollout, "reward": len(dead) - n_rollout, "queue": len(dead_queues)}
+        self.loops_down = False
+        return self.replaced
 
     def _count_death(self, name: str, in_flight: list[int]) -> None:
         self.restarts[name] += 1

@@ -185,8 +185,13 @@ class Components:
         self.prompt_q, self.rollout_q, self.scored_q = placement.make_queues(self.cfg)
 
     def ready(self) -> None:
-        """Wait until every rollout worker and scorer has finished its constructor."""
-        ray.get([a.__ray_ready__.remote() for a in self.workers + self.scorers])
+        """Wait until every rollout worker and scorer has finished its constructor. One that dies
+        meanwhile (e.g. a replacement killed while it starts) raises ComponentFailure: the
+        recovery goes round again and replaces it too."""
+        try:
+            ray.get([a.__ray_ready__.remote() for a in self.workers + self.scorers])
+        except ray.exceptions.RayActorError as err:
+            raise ComponentFailure(f"an actor died while the others started: {_first_line(err)}") from err
 
     def catch_up(self, worker_indices: list[int]) -> None:
         """Load the newest published version into these (replacement) workers: a restarted
@@ -194,7 +199,10 @@ class Components:
         if worker_indices and self.streamer is not None:
             self.streamer.catch_up(self.learners, self.workers)
         elif worker_indices and self.published is not None:
-            ray.get([self.workers[i].load_weights.remote(*self.published) for i in worker_indices])
+            try:
+                ray.get([self.workers[i].load_weights.remote(*self.published) for i in worker_indices])
+            except ray.exceptions.RayActorError as err:
+                raise ComponentFailure(f"a replacement worker died loading weights: {_first_line(err)}") from err
 
     # ------------------------------------------------------------------ learner group and weights
     def _learner_get(self, refs: list, what: str) -> list:

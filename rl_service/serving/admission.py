@@ -69,6 +69,8 @@ class EngineSlot:
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="engine")
         self.generations = self.active = self.peak_active = 0
+        self.cancelled = self.stream_tokens = 0
+        """Streams stopped before the engine ended them (client gone, or every choice already stopped)."""
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """`fn()` holding the engine lock, in the calling thread (a pool thread)."""
@@ -86,7 +88,13 @@ class EngineSlot:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.run, fn)
 
     def stats(self) -> dict[str, int]:
-        return {"generations": self.generations, "active": self.active, "peak_active": self.peak_active}
+        return {
+            "generations": self.generations,
+            "active": self.active,
+            "peak_active": self.peak_active,
+            "streams_cancelled": self.cancelled,
+            "stream_tokens": self.stream_tokens,
+        }
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

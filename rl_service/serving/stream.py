@@ -71,8 +71,10 @@ async def open_stream(engine, slot: EngineSlot, ticket: Ticket, prompts: list[st
                 deltas = engine.stream(prompts, **sampling)
                 try:
                     for delta in deltas:
+                        slot.stream_tokens += len(delta.token_ids)
                         put(("delta", delta))
                         if cancel.is_set():
+                            slot.cancelled += 1  # under the engine lock
                             break
                 finally:
                     deltas.close()  # aborts what the engine still runs

@@ -130,6 +130,40 @@ def test_hot_swap_in_place_keeps_streams(follower, serve_port, tiny_model_dir):
     assert after.model == f"policy@v{version}"
 
 
+def test_a_client_leaving_mid_stream_frees_its_slot(follower, serve_port, tiny_model_dir):
+    """The client reads one chunk of a long greedy stream (16 prompts x 8 choices, to the end of
+    the context) and closes the connection: the replica stops the generation (it produced fewer
+    tokens than the whole answer; counted in `streams_cancelled`), releases its admission slot
+    and the engine, and answers the next request at once."""
+    import ray
+
+    hf = make_engine(EngineConfig(name="hf"), tiny_model_dir, seed=0)
+    version = follower.handle.stats.remote().result()["version"] + 1
+    sd = perturbed(tiny_model_dir, seed=LONG_SEEDS[0], scale=2.0)  # answers that do not stop early
+    assert follower.handle.swap.remote(version, [ray.put(sd)], publish_meta(version, sd, hf)).result()["applied"]
+    body = {"model": "policy", "prompt": [PROMPT] * 16, "n": 8, "max_tokens": 56, "temperature": 0}
+    url = f"http://127.0.0.1:{serve_port}/v1/completions"
+    full = httpx.post(url, json=body, timeout=60).json()
+    assert full["usage"]["completion_tokens"] >= 16 * 8 * LONG, "the answers stop early: nothing to cut short"
+    before = follower.handle.stats.remote().result()
+    with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as r:
+        first = next(line for line in r.iter_lines() if line.startswith("data: "))
+        assert '"text"' in first
+    # the connection is closed here, the stream unread
+    deadline = time.monotonic() + 15
+    while True:
+        stats = follower.handle.stats.remote().result()
+        if stats["streams_cancelled"] > before["streams_cancelled"] and stats["admitted"] == stats["active"] == 0:
+            break
+        assert time.monotonic() < deadline, ("the stream was not stopped and its slot not freed", before, stats)
+        time.sleep(0.05)
+    assert stats["generations"] == before["generations"] + 1
+    produced = stats["stream_tokens"] - before["stream_tokens"]
+    assert produced < full["usage"]["completion_tokens"], f"the engine ran the whole stream ({produced} tokens)"
+    after = httpx.post(url, json={**body, "prompt": PROMPT, "n": 1, "max_tokens": 4}, timeout=30)
+    assert after.status_code == 200 and after.json()["model"] == f"policy@v{version}"
+
+
 def test_corrupt_version_is_refused(follower, serve_port, tiny_model_dir):
     import ray
 

@@ -146,14 +146,17 @@ def test_random_kills_of_every_component_change_nothing(uninterrupted, tiny_mode
     assert [k.role for k in kills] == C_PLAN, chaos.record()  # every planned trial was made
     assert proc.returncode == -9, (proc.returncode, _error(proc))  # the last one: the driver
     # the run's metrics rows up to the driver's death carry the restarts: one per kill (the kill
-    # just before the driver's may be repaired in a step the driver did not live to log)
+    # just before the driver's may be repaired in a step the driver did not live to log). A queue
+    # killed while a scorer's or worker's recovery rebuilds all three queues is absorbed by that
+    # rebuild (seen: reward killed at t=95.5 s, queue at 96.2 s): at least one queue restart.
     c_dir, u_dir = runs / "C", runs / "U"
     last = _rows(c_dir / "metrics.jsonl")[-1]
     for role in ("rollout", "reward", "queue", "learner"):
         made = sum(k.role == role for k in kills)
         maybe_unlogged = int(kills[-2].role == role)
+        least = made - maybe_unlogged if role != "queue" else min(1, made - maybe_unlogged)
         counted = last[f"faults/restarts_{role}"]
-        assert made - maybe_unlogged <= counted <= made, (role, counted, made, chaos.record())
+        assert least <= counted <= made, (role, counted, made, chaos.record())
     c2_proc, c2_s, _ = _train(runs, "C", tiny_model_dir, "rollout.num_workers=2", resume="auto")
     _no_leftovers("C (driver SIGKILLed)", chaos, DRIVER_KILLED_GRACE_S)
     assert c2_proc.returncode == 0, _error(c2_proc)
