@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.run NAME [--quick] [--profile]
     NAME: rollout | e2e_trl | overlap | weight_sync | overhead | learner_step | packing | serve | all
+          | chaos_soak (not in `all`: random SIGKILL trials, bench/chaos_soak.py)
 
 Each benchmark writes bench/results/<NAME>.json (`<NAME>.quick.json` with --quick):
 machine, versions, command, settings, every run's figures, medians, targets; and
@@ -32,8 +33,10 @@ MODULES = {
     "overhead": "bench.overhead",
     "learner_step": "bench.learner_step",
     "packing": "bench.packing",
+    "chaos_soak": "bench.chaos_soak",
 }
 ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "packing", "e2e_trl", "serve"]
+"""What `all` runs: the speed benchmarks. chaos_soak (faults, ~5 min a trial) runs only by name."""
 
 
 def run_serve(quick: bool) -> dict:
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.run", description="rl_service benchmarks (see docs/benchmarks.md)"
     )
-    ap.add_argument("name", choices=[*ORDER, "all"])
+    ap.add_argument("name", choices=[*ORDER, "chaos_soak", "all"])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1-2 steps")
     ap.add_argument(
         "--profile",

@@ -10,6 +10,7 @@ and update_every skips versions.
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -162,6 +163,85 @@ def test_a_client_leaving_mid_stream_frees_its_slot(follower, serve_port, tiny_m
     assert produced < full["usage"]["completion_tokens"], f"the engine ran the whole stream ({produced} tokens)"
     after = httpx.post(url, json={**body, "prompt": PROMPT, "n": 1, "max_tokens": 4}, timeout=30)
     assert after.status_code == 200 and after.json()["model"] == f"policy@v{version}"
+
+
+def test_a_redeploy_lets_streams_in_flight_finish(follower, serve_port, tiny_model_dir):
+    """`serve.run` of the app again with a changed config (what redeploying `rl-service serve`
+    does) while two clients stream back to back: Serve starts a new replica and drains the old
+    one. No stream fails or is cut: each one ends with [DONE] and equals, token for token, the
+    greedy answer of the version that served it; streams ran on both replicas."""
+    import threading
+
+    import ray
+    from ray import serve
+
+    from rl_service.infra.placement import serve_app
+
+    hf = make_engine(EngineConfig(name="hf"), tiny_model_dir, seed=0)
+    old = follower.handle.stats.remote().result()
+    version = old["version"] + 1
+    sd = perturbed(tiny_model_dir, seed=LONG_SEEDS[0], scale=2.0)
+    assert follower.handle.swap.remote(version, [ray.put(sd)], publish_meta(version, sd, hf)).result()["applied"]
+    url = f"http://127.0.0.1:{serve_port}/v1/completions"
+    body = {"model": "policy", "prompt": [PROMPT] * 4, "n": 4, "max_tokens": 56, "temperature": 0}
+
+    def greedy() -> tuple[str, str]:
+        r = httpx.post(url, json={**body, "prompt": PROMPT, "n": 1}, timeout=60).json()
+        return r["model"], r["choices"][0]["text"]
+
+    refs = dict([greedy()])
+    assert list(refs) == [f"policy@v{version}"]
+    done, stop = [], threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            t0, texts, model, ended = time.monotonic(), {}, None, False
+            try:
+                with httpx.stream("POST", url, json={**body, "stream": True}, timeout=120) as r:
+                    assert r.status_code == 200, r.read()
+                    for line in r.iter_lines():
+                        if line == "data: [DONE]":
+                            ended = True
+                        elif line.startswith("data: "):
+                            chunk = json.loads(line[6:])
+                            assert "error" not in chunk, chunk
+                            model = chunk["model"]
+                            for c in chunk["choices"]:
+                                texts[c["index"]] = texts.get(c["index"], "") + (c["text"] or "")
+                done.append((t0, time.monotonic(), model, texts, ended, None))
+            except Exception as err:  # noqa: BLE001 - recorded, asserted below
+                done.append((t0, time.monotonic(), model, texts, ended, repr(err)))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    cfg = ServeConfig(port=serve_port, engine="vllm", default_max_tokens=17)  # a changed config: new replicas
+    t_redeploy = time.monotonic()
+    serve.run(serve_app(cfg, str(tiny_model_dir), follower.board), name="follow", route_prefix="/")
+    deadline = time.monotonic() + 120
+    while follower.handle.stats.remote().result()["pid"] == old["pid"]:
+        assert time.monotonic() < deadline, "the redeploy never replaced the replica"
+        time.sleep(0.2)
+    time.sleep(2.0)  # streams on the new replica too
+    stop.set()
+    for t in threads:
+        t.join(120)
+    new_model, new_text = greedy()
+    refs[new_model] = new_text
+    failed = [d for d in done if d[5] is not None or not d[4]]
+    assert not failed, f"streams failed or were cut during the redeploy: {failed[:3]}"
+    for _t0, _t1, model, texts, _ended, _err in done:
+        assert model in refs, (model, refs)
+        assert sorted(texts) == list(range(16)) and set(texts.values()) == {refs[model]}, (model, texts)
+    old_streams = [d for d in done if d[2] == f"policy@v{version}"]
+    new_streams = [d for d in done if d[2] == new_model and d[0] > t_redeploy]
+    assert old_streams and new_streams and new_model != f"policy@v{version}", (len(old_streams), new_model)
+    overlap = max(d[1] for d in old_streams) - min(d[0] for d in new_streams)
+    print(
+        f"\nredeploy: {len(old_streams)} streams on the old replica, {len(new_streams)} on the new, none failed; "
+        f"the last old one ended {overlap:+.2f}s after the first new one began"
+    )
 
 
 def test_corrupt_version_is_refused(follower, serve_port, tiny_model_dir):

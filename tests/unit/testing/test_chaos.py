@@ -77,3 +77,16 @@ def test_kills_one_process_of_the_planned_role_after_a_logged_step(tmp_path):
                 os.kill(p, 9)
             except OSError:
                 pass
+
+
+def test_a_random_plan_kills_every_role_and_the_driver_last():
+    import random
+
+    from rl_service.testing.chaos_trial import random_plan
+
+    plans = [random_plan(random.Random(seed), 10) for seed in range(20)]
+    for plan in plans:
+        assert len(plan) == 10 and plan[-1] == "driver" and "driver" not in plan[:-1]
+        assert {"rollout", "reward", "queue", "learner"} <= set(plan)
+    assert len({tuple(p) for p in plans}) > 10, "the seed draws the order"
+    assert random_plan(random.Random(3), 10) == random_plan(random.Random(3), 10)
