@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from rl_service.controller import checkpoint
 from rl_service.infra.components import ComponentFailure, Components, LearnerFailure
+from rl_service.testing import faults
 
 if TYPE_CHECKING:
     from rl_service.controller.pipeline import BatchPipeline
@@ -95,6 +96,12 @@ class Recovery:
         """name -> batch ids in flight at every one of its deaths (named when restarts run out)."""
         self.replaced = {"rollout": 0, "reward": 0, "queue": 0}
         """What the latest replacement replaced (for the fault event)."""
+        self.uncaught: set[int] = set()
+        """Replacement workers not yet given the current weights: a round that replaced them and
+        then met another death leaves them to the next round (which would else catch up only
+        its own, and they would generate with the base model: stale samples)."""
+        self.recoveries = 0
+        """replace_dead calls so far (the fault plan's `kill_in_recovery:<n>` key)."""
         self.loops_down = False
         """The loops were stopped by a replacement that then met another death: the next one
         must start them again (its own drop_queues finds none running)."""
@@ -155,9 +162,13 @@ class Recovery:
         self.loops_down = was_running  # until start_loops below: a death in between goes round again
         for i in dead:
             comps.replace_actor(i)
+        self.uncaught |= {i for i in dead if i < len(comps.workers)}
         comps.new_queues()
+        self.recoveries += 1
+        faults.point("kill_in_recovery", self.recoveries, actor=comps.scorers[0])  # test hook
         comps.ready()
-        comps.catch_up([i for i in dead if i < len(comps.workers)])
+        comps.catch_up(sorted(self.uncaught))
+        self.uncaught.clear()
         if was_running:
             comps.start_loops()
         self.loops_down = False

@@ -107,30 +107,33 @@ def final_weights(run_dir: Path) -> dict:
     return checkpoint.load_policy_weights(checkpoint.latest_checkpoint(run_dir / "checkpoints"))
 
 
-def differences(u_dir: Path, c_dir: Path, tolerance: float = 1e-5) -> list[str]:
-    """What the finished run `c_dir` ended with that the uninterrupted `u_dir` did not: the
-    ledger (nothing lost, stale or trained twice), each step once with U's batches and prompts,
-    every metrics row, the final policy within `tolerance`. Empty: the same run."""
+def differences(u_dir: Path, c_dir: Path, steps: int = STEPS, tolerance: float = 1e-5) -> list[str]:
+    """What the finished run `c_dir` (of `steps` steps) ended with that the uninterrupted `u_dir`
+    had at that step: the ledger (nothing lost, stale or trained twice), each step once with U's
+    batches and prompts, every metrics row, the policy within `tolerance` of U's checkpoint of
+    that step. Empty: the same run."""
     found = []
+    want = steps * SAMPLES // STEPS
     summary = json.loads((c_dir / "summary.json").read_text())
     if summary["samples/lost"] or summary["samples/dropped_stale"]:
         found.append(f"ledger: lost {summary['samples/lost']}, stale {summary['samples/dropped_stale']}")
-    if not summary["samples/trained"] == summary["samples/issued"] == SAMPLES:
-        found.append(f"ledger: trained {summary['samples/trained']}, issued {summary['samples/issued']}, not {SAMPLES}")
-    if summary["policy_version"] != STEPS:
-        found.append(f"policy version {summary['policy_version']}, not {STEPS}")
-    c_consumed, u_consumed = rows(c_dir / "consumed.jsonl"), rows(u_dir / "consumed.jsonl")
-    if [r["step"] for r in c_consumed] != list(range(1, STEPS + 1)):
+    if not summary["samples/trained"] == summary["samples/issued"] == want:
+        found.append(f"ledger: trained {summary['samples/trained']}, issued {summary['samples/issued']}, not {want}")
+    if summary["policy_version"] != steps:
+        found.append(f"policy version {summary['policy_version']}, not {steps}")
+    c_consumed, u_consumed = rows(c_dir / "consumed.jsonl"), rows(u_dir / "consumed.jsonl")[:steps]
+    if [r["step"] for r in c_consumed] != list(range(1, steps + 1)):
         found.append(f"consumed.jsonl steps {[r['step'] for r in c_consumed]}: not each step once")
     elif c_consumed != u_consumed:
         bad = [a["step"] for a, b in zip(c_consumed, u_consumed) if a != b]
         found.append(f"consumed.jsonl: other batches or prompts than U's at steps {bad}")
     metric_steps = [r["step"] for r in rows(c_dir / "metrics.jsonl")]
-    if metric_steps != list(range(1, STEPS + 1)):
+    if metric_steps != list(range(1, steps + 1)):
         found.append(f"metrics.jsonl steps {metric_steps}")
-    diff = max_diff(final_weights(u_dir), final_weights(c_dir))
+    u_weights = checkpoint.load_policy_weights(u_dir / "checkpoints" / checkpoint.step_name(steps))
+    diff = max_diff(u_weights, final_weights(c_dir))
     if not diff < tolerance:
-        found.append(f"final weights differ from U's by {diff:.2e} >= {tolerance:g}")
+        found.append(f"final weights differ from U's step {steps} by {diff:.2e} >= {tolerance:g}")
     return found
 
 

@@ -7,6 +7,7 @@ $RL_SERVICE_FAULT is a comma-separated list of `kind:key[xN]`:
     kill_queue:<batch_id>       the driver kills the prompt-queue actor right after putting that batch
     kill_learner:<step>         the driver kills the last learner process while it trains that step
     kill_in_checkpoint:<step>   the driver SIGKILLs itself after the learners wrote that step's shards
+    kill_in_recovery:<n>        the n-th recovery kills reward scorer 0 while its replacements start
 
 Production code holds one call per fault point and nothing else:
 
@@ -100,6 +101,7 @@ _AT_POINT: dict[str, Callable[..., None]] = {
     "kill_in_checkpoint": _kill_self,  # the driver dies between shards and commit
     "kill_queue": lambda queue: queue.kill(),  # the queue actor dies, the handle stays
     "kill_learner": lambda learner: _after(0.1, lambda: _kill_actor(learner)),  # dies mid-step
+    "kill_in_recovery": _kill_actor,  # a second death while the first one's replacement starts
 }
 
 

@@ -11,6 +11,8 @@ learner processes), all compared with one uninterrupted run. Lag 0, so a run is 
         driver SIGKILLs itself while writing the step-7 checkpoint (fault hook: shards on disk,
         not committed)
     B2  --resume auto on B's run dir (step 6), 2 rollout workers: the run ends
+    R   6 steps, 2 workers: a rollout worker dies, and a scorer dies while that recovery waits for
+        the replacement (fault hooks): compared with U's step 6
 
 Every trial, asserted: the ledger balances (nothing lost or trained twice), consumed.jsonl is U's
 prompt order, the final weights are U's within 1e-5, no process of the run outlives it.
@@ -97,6 +99,28 @@ def test_random_kills_of_every_component_change_nothing(uninterrupted, tiny_mode
     # ledger, each step once with U's prompts, every metrics row, the final weights within 1e-5
     assert differences(u_dir, c_dir) == [], chaos.record()
     print(f"[chaos] C2 (resume after the driver's SIGKILL) {c2_s:.1f}s")
+
+
+def test_a_death_during_a_recovery_changes_nothing(uninterrupted, tiny_model_dir):
+    """The fixed-point twin of a sequence chaos found (CI 2026-12-02: reward-0 killed 0.5 s into a
+    rollout worker's replacement): rollout worker dies on batch 5, and while that recovery waits
+    for the replacement to start, reward scorer 0 is killed (`kill_in_recovery:1`). The second
+    round replaces the scorer; the worker replaced in the first round must still get the current
+    weights (it once did not: 96 stale samples, other weights). 6 steps, compared with U's step 6."""
+    runs = uninterrupted
+    proc, secs, _ = _train(
+        runs,
+        "R",
+        tiny_model_dir,
+        "rollout.num_workers=2",
+        "train.steps=6",
+        env={"RL_SERVICE_FAULT": "kill_rollout:5,kill_in_recovery:1"},
+    )
+    assert proc.returncode == 0, error_line(proc)
+    last = rows(runs / "R" / "metrics.jsonl")[-1]
+    assert (last["faults/restarts_rollout"], last["faults/restarts_reward"]) == (1, 1), last
+    assert differences(runs / "U", runs / "R", steps=6) == []
+    print(f"\n[chaos] R (a death during a recovery) {secs:.1f}s")
 
 
 def test_resume_is_exact_after_a_kill_mid_checkpoint(uninterrupted, tiny_model_dir):
