@@ -18,6 +18,7 @@ from rl_service.config import load_config
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)  # ConfigError -> exit 2, before anything heavy
+    from rl_service.controller.evaluate import prepare_text_eval
     from rl_service.controller.loop import train
     from rl_service.controller.run_dir import open_run_dir, summary_lines
     from rl_service.infra.session import ray_session
@@ -27,6 +28,7 @@ def cmd_train(args) -> int:
     task = make_task(cfg.task)  # a dataset task reads and checks its rows: DataError -> exit 2
     model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
     bind_task(task, str(model_path), cfg.rollout.max_new_tokens)  # tokenized; DataError -> exit 2
+    prepare_text_eval(cfg, task, str(model_path))  # eval.metrics' references / texts: DataError -> exit 2
     run_dir, resume_from = open_run_dir(cfg, args.resume)  # only now is an older run dir moved aside
     if resume_from is not None:
         print(f"resuming from {resume_from}")

@@ -8,6 +8,7 @@
     reward.py      reward:   function | weighted functions (fns) | reward model, teacher, error policy
     learner.py     learner:  FSDP2 learner; advantage GAEConfig | GroupAdvantageConfig (by `type`)
     train.py       train:    the loop; ray: how to reach Ray
+    eval.py        eval:     held-out metrics beyond accuracy (ROUGE-L, BLEU, perplexity)
     serve.py       serve:    the OpenAI endpoint
     tracking.py    tracking: W&B, Ray metrics
     preference.py  preference: RMTrainConfig | DPOTrainConfig               (by `type`)
@@ -19,6 +20,7 @@ Never imports ray, vllm or torch: a bad config fails in well under a second, bef
 
 from rl_service.config.base import Resources, Section
 from rl_service.config.engine import EngineConfig
+from rl_service.config.eval import EvalConfig
 from rl_service.config.learner import AdvantageConfig, GAEConfig, GroupAdvantageConfig, KLConfig, LearnerConfig
 from rl_service.config.loading import (
     ConfigError,
@@ -47,6 +49,7 @@ __all__ = [
     "ConfigError",
     "DPOTrainConfig",
     "EngineConfig",
+    "EvalConfig",
     "GAEConfig",
     "GroupAdvantageConfig",
     "DatasetConfig",

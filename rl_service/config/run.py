@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from rl_service.config.base import Section
+from rl_service.config.eval import EvalConfig
 from rl_service.config.learner import LearnerConfig
 from rl_service.config.model import ModelConfig
 from rl_service.config.preference import PreferenceConfig, RMTrainConfig
@@ -50,6 +51,8 @@ class Config(RunHeader):
     """PPO learner on FSDP2."""
     train: TrainConfig = TrainConfig()
     """The loop: steps, batch, staleness, queues."""
+    eval: EvalConfig = EvalConfig()
+    """Held-out metrics beyond `eval/accuracy` (ROUGE-L, BLEU, perplexity)."""
     ray: RayConfig = RayConfig()
     """How to reach Ray."""
     serve: ServeConfig = ServeConfig()
@@ -89,6 +92,7 @@ class Config(RunHeader):
             )
         if self.placement == "colocated":
             _check_colocated(self)
+        _check_eval(self)
         if lc.backend == "nccl" and lc.resources.num_gpus == 0:
             raise ValueError("learner.backend=nccl needs learner.resources.num_gpus > 0")
         # `37+48=` plus EOS; guess_number keeps the bound of the old schema's default digits (2).
@@ -98,6 +102,19 @@ class Config(RunHeader):
         if self.model.path is None and self.task.name != "dataset" and too_long:
             raise ValueError("rollout.max_new_tokens plus the prompt exceeds model.build.max_position_embeddings")
         return self
+
+
+def _check_eval(cfg: Config) -> None:
+    """Text metrics need text with references: a dataset task's rows (or a perplexity file)."""
+    if cfg.task.name == "dataset" or not cfg.eval.metrics:
+        return
+    if cfg.eval.needs_references:
+        wanted = [m for m in cfg.eval.metrics if m != "perplexity" or cfg.eval.perplexity_file is None]
+        raise ValueError(
+            f"eval.metrics {wanted} compare with references, which only a dataset task's rows have "
+            f"(task.name=dataset with task.reference_key; task.name is {cfg.task.name!r})"
+            + ("; perplexity alone works on any task with eval.perplexity_file" if "perplexity" in wanted else "")
+        )
 
 
 def _check_colocated(cfg: Config) -> None:

@@ -78,6 +78,9 @@ class DatasetConfig(Section):
     max_prompt_tokens: int | None = Field(None, ge=1)
     """Drop (and count) rows whose prompt is longer than this many tokens; never truncated.
     Rows that leave no room for rollout.max_new_tokens in the model's context are dropped too."""
+    reference_key: str | None = None
+    """Column holding an eval row's reference text, for `eval.metrics` rouge_l / bleu / perplexity.
+    None = the row's response (`response_key`, or a trailing assistant turn of its messages)."""
     success_threshold: float = 1.0
     """An eval completion counts as solved when its reward is >= this (`eval/accuracy`)."""
     eval_samples: int = Field(1, ge=1, le=64)

@@ -1,6 +1,7 @@
 """What the controller measures on the rollout workers' current policy.
 
     evaluate(workers, task, cfg)          held-out metrics, the eval set split across workers
+    prepare_text_eval(cfg, task, path)    eval.metrics' references and texts, read and checked
     probe_sequences(model_path, task)     fixed token sequences every weight sync is verified on
 
 Both are task-shaped. `eval/accuracy` keeps one meaning on every task, the share of held-out
@@ -8,6 +9,8 @@ prompts the greedy policy solves: an environment task's episodes solved; the add
 matches; a dataset task's completions whose reward (the run's reward function) is at least
 `task.success_threshold`, with `eval/reward_mean` beside it and `eval/pass@k` when
 `task.eval_samples` k > 1 (k completions sampled at rollout.temperature, solved if any one is).
+`eval.metrics` add `eval/rouge_l` and `eval/bleu` of the same greedy completions, and
+`eval/perplexity` from the engines' logprobs of fixed texts (tasks/text_metrics.py).
 """
 
 from __future__ import annotations
@@ -20,11 +23,33 @@ from rl_service.config import Config
 from rl_service.reward.combined import build_reward
 from rl_service.reward.functions import InvalidReward
 from rl_service.tasks.dataset import DatasetTask
+from rl_service.tasks.text_metrics import TextEval, perplexity
 from rl_service.types import Prompt
 
 
-def evaluate(workers: list, task, cfg: Config) -> dict[str, float]:
-    """Held-out metrics of the policy the workers hold now (`eval/accuracy` always)."""
+def evaluate(workers: list, task, cfg: Config, text_eval: TextEval | None = None) -> dict[str, float]:
+    """Held-out metrics of the policy the workers hold now (`eval/accuracy` always, and those of
+    `text_eval`)."""
+    out = _task_metrics(workers, task, cfg, text_eval)
+    if text_eval is not None and text_eval.perplexity_sequences is not None:
+        out["eval/perplexity"] = _perplexity(workers, text_eval.perplexity_sequences)
+    return out
+
+
+def prepare_text_eval(cfg: Config, task, model_path: str) -> TextEval | None:
+    """What `eval.metrics` need (None without any), tokenized with the policy's tokenizer;
+    DataError (one line) when a reference or the perplexity file is missing or malformed."""
+    if not cfg.eval.metrics:
+        return None
+    from transformers import AutoTokenizer
+
+    from rl_service.models.hf_config import context_length
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return TextEval.prepare(cfg.eval, task, tokenizer, context_length(model_path))
+
+
+def _task_metrics(workers: list, task, cfg: Config, text_eval: TextEval | None) -> dict[str, float]:
     max_new_tokens = cfg.rollout.max_new_tokens
     if getattr(task, "is_env", False):
         metas = [p.metadata for p in task.eval_prompts]
@@ -32,7 +57,7 @@ def evaluate(workers: list, task, cfg: Config) -> dict[str, float]:
         results = ray.get([w.evaluate_episodes.remote(c, max_new_tokens) for w, c in zip(workers, chunks)])
         return {"eval/accuracy": sum(r["env_success"] for rs in results for r in rs) / len(metas)}
     if isinstance(task, DatasetTask):
-        return evaluate_dataset(workers, task, cfg)
+        return evaluate_dataset(workers, task, cfg, text_eval)
     problems = task.eval_problems
     chunks = _split(problems, len(workers))
     texts = ray.get([w.evaluate.remote([p.prompt for p in c], max_new_tokens) for w, c in zip(workers, chunks)])
@@ -40,9 +65,10 @@ def evaluate(workers: list, task, cfg: Config) -> dict[str, float]:
     return {"eval/accuracy": correct / len(problems)}
 
 
-def evaluate_dataset(workers: list, task: DatasetTask, cfg: Config) -> dict[str, float]:
+def evaluate_dataset(workers: list, task: DatasetTask, cfg: Config, text_eval: TextEval | None = None) -> dict:
     """Greedy completions of the eval rows scored by the run's reward (a reward that raises or is
-    not a finite number counts as unsolved, and in `eval/invalid`); pass@k from k samples."""
+    not a finite number counts as unsolved, and in `eval/invalid`); pass@k from k samples;
+    ROUGE-L / BLEU of the greedy completions against the references."""
     score = EvalReward(cfg)
     prompts, k, thr = task.eval_prompts, task.cfg.eval_samples, task.cfg.success_threshold
     greedy = [group[0] for group in _completions(workers, prompts, cfg.rollout.max_new_tokens)]
@@ -53,6 +79,8 @@ def evaluate_dataset(workers: list, task: DatasetTask, cfg: Config) -> dict[str,
         "eval/reward_mean": sum(valid) / len(valid) if valid else math.nan,
         "eval/invalid": float(len(rewards) - len(valid)),
     }
+    if text_eval is not None:
+        out.update(text_eval.completion_metrics(greedy))
     if k > 1:
         rc = cfg.rollout
         sampled = _completions(
@@ -88,6 +116,13 @@ def _completions(workers: list, prompts: list[Prompt], max_new_tokens: int, **sa
         for i, group in zip(share, groups):
             out[i] = group
     return out
+
+
+def _perplexity(workers: list, sequences) -> float:
+    """Corpus perplexity of the policy on `sequences` (ScoredSequence), scored by the engines."""
+    shares = _split(list(sequences), len(workers))
+    rows = ray.get([w.score.remote([list(s.ids) for s in share]) for w, share in zip(workers, shares)])
+    return perplexity([s.take(lp) for share, lps in zip(shares, rows) for s, lp in zip(share, lps)])
 
 
 def _split(items: list, n: int) -> list[list]:

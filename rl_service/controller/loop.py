@@ -46,7 +46,7 @@ from pathlib import Path
 
 from rl_service.config import Config
 from rl_service.controller import checkpoint
-from rl_service.controller.evaluate import evaluate, probe_sequences
+from rl_service.controller.evaluate import evaluate, prepare_text_eval, probe_sequences
 from rl_service.controller.ledger import SampleLedger
 from rl_service.controller.pipeline import BatchPipeline, batch_from_json
 from rl_service.controller.recovery import FaultLog, Recovery, restart_learners
@@ -86,6 +86,7 @@ class Controller:
     def __init__(self, cfg: Config, run_dir: Path, model_path: str, flog: FaultLog, task=None):
         self.cfg, self.run_dir, self.model_path, self.flog = cfg, run_dir, model_path, flog
         self.task = task if task is not None else prepare_task(cfg.task, model_path, cfg.rollout.max_new_tokens)
+        self.text_eval = prepare_text_eval(cfg, self.task, model_path)  # eval.metrics' references and texts
         self.comps: Components | None = None
         self.follower = self.tracker = self.consumed = None
         self.state: RunState  # set by _start, like the recovery and the probe sequences
@@ -213,7 +214,7 @@ class Controller:
         mean and pass@k). Waits for every rollout worker's pass over its share of the eval set
         (generation of training batches waits with it)."""
         self.settle_weights()
-        evaluation = evaluate(self.comps.workers, self.task, self.cfg)
+        evaluation = evaluate(self.comps.workers, self.task, self.cfg, self.text_eval)
         self.state.accuracy = evaluation["eval/accuracy"]
         return evaluation
 
@@ -250,7 +251,8 @@ class Controller:
             comps.publish(st.version, self.probes)
             self.recovery.retrying(st.pipe, comps.load_published)
         else:
-            st.accuracy_start = self.evaluate()["eval/accuracy"]
+            st.eval_start = self.evaluate()
+            st.accuracy_start = st.eval_start["eval/accuracy"]
         # rows of steps after the checkpoint are redone; a line the crash cut short is dropped
         self.flog.add("faults/torn_log_lines", truncate_logs(self.run_dir, st.step))
         comps.start_loops()
@@ -270,7 +272,7 @@ class Controller:
         if st.last_saved != tc.steps:
             self.checkpoint()
         self.settle_weights()
-        end = evaluate(self.comps.workers, self.task, self.cfg)
+        end = evaluate(self.comps.workers, self.task, self.cfg, self.text_eval)
         acc_end = end["eval/accuracy"]
         self.comps.save_final(self.run_dir / "final")
         summary = {
@@ -286,6 +288,7 @@ class Controller:
             **st.ledger.check(),
             **self.flog.summary(),
             "faults/restarted_from_steps": self.flog.restarted_from,
+            **{f"{k}_start": v for k, v in st.eval_start.items() if k != "eval/accuracy"},
             **{f"{k}_end": v for k, v in end.items() if k != "eval/accuracy"},
             **(self.task.summary() if hasattr(self.task, "summary") else {}),
         }

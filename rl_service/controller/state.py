@@ -10,7 +10,7 @@ it (rl_service/controller/checkpoint.py lays the files out). Pure Python, no Ray
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rl_service.config import Config
@@ -34,6 +34,8 @@ class RunState:
     accuracy_start: float = float("nan")
     accuracy: float = float("nan")
     """Held-out accuracy at the start of the run and at its latest evaluation."""
+    eval_start: dict[str, float] = field(default_factory=dict)
+    """Every held-out metric of the start evaluation (`eval/accuracy`, `eval/rouge_l`, ...)."""
     resumed_from: int | None = None
     """The checkpoint step this attempt started from, None for a fresh start."""
     last_saved: int = -1
@@ -56,6 +58,7 @@ class RunState:
         self.step = self.resumed_from = self.last_saved = saved["step"]
         self.version = saved["policy_version"]
         self.accuracy_start, self.accuracy = saved["accuracy_start"], saved["accuracy"]
+        self.eval_start = saved.get("eval_start", {"eval/accuracy": self.accuracy_start})
 
     def controller_state(self, learner_info: dict, cfg: Config) -> dict:
         """What controller.json holds: everything the driver owns at this step boundary."""
@@ -67,6 +70,7 @@ class RunState:
             "ledger": self.ledger.state_dict(),
             "pending": self.pipe.pending_json(),
             "accuracy_start": self.accuracy_start,
+            "eval_start": self.eval_start,
             "accuracy": self.accuracy,
             "learner": learner_info,
             "config": cfg.model_dump(mode="json"),

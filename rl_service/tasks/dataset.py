@@ -142,6 +142,24 @@ class DatasetTask:
         eos = self._tokenizer.eos_token_id
         return [list(p.token_ids) + [eos] for p in self.eval_prompts[:count]]
 
+    def eval_references(self) -> list[str]:
+        """The reference text of every kept eval row (`task.reference_key`, or the row's response),
+        in `eval_prompts` order; DataError naming the first row that has none (or a non-string)."""
+        key, out = self.cfg.reference_key, []
+        for row in self._eval_rows_kept:
+            ref = row.response if key is None else row.metadata.get(key)
+            if not isinstance(ref, str):
+                if key is None:
+                    why = f"no response (field {self.cfg.response_key!r} or a trailing assistant turn"
+                    why += "; or set task.reference_key)"
+                elif ref is None:
+                    why = f"field {key!r} is missing"
+                else:
+                    why = f"field {key!r} is {type(ref).__name__} {ref!r:.40}, not a string"
+                raise DataError(f"{row.where}: eval.metrics need a reference text: {why}")
+            out.append(ref)
+        return out
+
     def corpus(self, limit: int = 20_000) -> list[str]:
         """Texts to train a tokenizer on (a built model): prompts, responses and string fields."""
         out = []

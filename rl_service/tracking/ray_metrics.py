@@ -30,6 +30,9 @@ GAUGES = {
     "policy/lag_mean": "mean versions between the generating and the trained policy",
     "policy_version": "latest published policy version",
     "eval/accuracy": "held-out greedy exact match",
+    "eval/rouge_l": "held-out ROUGE-L F1 of greedy completions (eval.metrics)",
+    "eval/bleu": "held-out corpus BLEU of greedy completions (eval.metrics)",
+    "eval/perplexity": "held-out perplexity of the policy (eval.metrics)",
     "timing_s/step": "seconds per learner step",
     # cumulative totals of the run
     "samples/trained": "samples used in an update",

@@ -5,6 +5,8 @@
     entropy.png           entropy/mean
     response_length.png   response_length/mean (and clip ratio)
     step_time.png         stacked seconds per step: generate / reward / train / weight_sync / idle
+    eval_metrics.png      eval/rouge_l, eval/bleu, eval/perplexity per evaluation, one panel each
+                          (only for runs with eval.metrics)
 
 Idle is the part of a step not spent in the other four (`timing_s/idle` when the run logged
 it, else step - generate - reward - train - weight_sync, floored at 0): time the learner
@@ -40,6 +42,20 @@ def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
         if isinstance(v, (int, float)):
             xs.append(r.get("step", i + 1))
             ys.append(float(v))
+    return xs, ys
+
+
+TEXT_METRICS = ("eval/rouge_l", "eval/bleu", "eval/perplexity")
+
+
+def eval_series(rows: list[dict], summary: dict, key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of a held-out metric: step 0 and the last step come from summary.json's
+    `<key>_start` / `<key>_end` (measured outside the step loop), the rest from metrics.jsonl."""
+    xs, ys = series(rows, key)
+    if f"{key}_start" in summary:
+        xs, ys = [0] + xs, [summary[f"{key}_start"]] + ys
+    if f"{key}_end" in summary and rows:
+        xs, ys = xs + [rows[-1].get("step", len(rows))], ys + [summary[f"{key}_end"]]
     return xs, ys
 
 
@@ -80,7 +96,7 @@ def _save(fig, ax, path: Path, title: str) -> Path:
 
 
 def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Draw the five PNGs into `out_dir` (default RUN_DIR/plots); returns their paths."""
+    """Draw the PNGs into `out_dir` (default RUN_DIR/plots); returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -98,11 +114,7 @@ def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
         _, std = series(rows, "reward/std")
         if len(std) == len(mean):
             ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-    acc_x, acc_y = series(rows, "eval/accuracy")
-    if "eval/accuracy_start" in summary:  # start/end accuracy are measured outside the step loop
-        acc_x, acc_y = [0] + acc_x, [summary["eval/accuracy_start"]] + acc_y
-    if "eval/accuracy_end" in summary and rows:
-        acc_x, acc_y = acc_x + [rows[-1].get("step", len(rows))], acc_y + [summary["eval/accuracy_end"]]
+    acc_x, acc_y = eval_series(rows, summary, "eval/accuracy")
     if acc_x:
         ax.plot(acc_x, acc_y, marker="s", color="tab:green", label="held-out accuracy")
     if not ax.lines:
@@ -129,5 +141,16 @@ def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
     else:
         _missing(ax, "timing_s/*")
     paths.append(_save(fig, ax, out / "step_time.png", f"{name}: step-time breakdown"))
+
+    drawn = [k for k in TEXT_METRICS if eval_series(rows, summary, k)[0]]
+    if drawn:
+        fig, axes = plt.subplots(1, len(drawn), figsize=(4 * len(drawn), 3.5), squeeze=False)
+        for ax, key in zip(axes[0], drawn):
+            ax.plot(*eval_series(rows, summary, key), marker="s", color="tab:purple")
+            ax.set(title=f"{name}: {key}", xlabel="step")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "eval_metrics.png", dpi=100)
+        paths.append(out / "eval_metrics.png")
     plt.close("all")
     return paths

@@ -95,7 +95,7 @@ def test_dataset_task_trains_with_row_fields_and_resumes_exactly(tmp_path, chat_
     for split, n, seed in (("train", 40, 1), ("eval", 24, 2)):
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(n, seed)))
 
-    a = _run(tmp_path, "A", chat_model_dir, data, "task.eval_samples=4")
+    a = _run(tmp_path, "A", chat_model_dir, data, "task.eval_samples=4", *TEXT_METRICS)
     assert "data: 40 train rows, 24 eval rows; dropped as too long: 0 train, 0 eval" in a.stdout
     a_dir = tmp_path / "runs" / "A"
     summary = json.loads((a_dir / "summary.json").read_text())
@@ -106,12 +106,13 @@ def test_dataset_task_trains_with_row_fields_and_resumes_exactly(tmp_path, chat_
         assert 0.0 <= summary[key] <= 1.0, key
     rewards = [r["reward/mean"] for r in _jsonl(a_dir / "metrics.jsonl")]
     assert max(rewards) > 0, "the partial-credit reward never paid: the test would prove nothing"
+    _check_text_metrics(a_dir, summary, chat_model_dir, data)
 
     # The step-2 checkpoint holds step 3's prompts, issued as token ids (chat template rows among them).
     ckpt = a_dir / "checkpoints" / "step-000002"
     pending = checkpoint.load_controller_state(ckpt)["pending"]
     assert pending and all(len(p) == 4 for b in pending for p in b["prompts"]), "pending prompts lost their ids"
-    b = _run(tmp_path, "B", chat_model_dir, data, "task.eval_samples=4", resume=str(ckpt))
+    b = _run(tmp_path, "B", chat_model_dir, data, "task.eval_samples=4", *TEXT_METRICS, resume=str(ckpt))
     assert f"resuming from {ckpt}" in b.stdout
     b_dir = tmp_path / "runs" / "B"
     assert _jsonl(b_dir / "consumed.jsonl") == _jsonl(a_dir / "consumed.jsonl")[2:]
@@ -121,3 +122,44 @@ def test_dataset_task_trains_with_row_fields_and_resumes_exactly(tmp_path, chat_
     diff = lambda x, y: max((x[k].float() - y[k].float()).abs().max().item() for k in x)  # noqa: E731
     assert diff(w_a, w_2) > 1e-4, "steps 3-4 changed nothing: the comparison would be vacuous"
     assert diff(w_a, w_b) < 1e-5
+    b_summary = json.loads((b_dir / "summary.json").read_text())
+    assert b_summary["eval/perplexity_start"] == summary["eval/perplexity_start"], "resume lost the start metrics"
+
+
+TEXT_METRICS = (
+    "eval.metrics=[rouge_l,bleu,perplexity]",
+    "task.reference_key=answer",
+    "eval.bleu_tokenize=char",
+    "eval.bleu_max_order=2",
+    "train.eval_every=2",
+)
+
+
+def _check_text_metrics(run_dir: Path, summary: dict, model_dir: Path, data: Path) -> None:
+    """eval/<metric> at the step-2 evaluation and at start/end; the start perplexity (the
+    untrained model, scored by vLLM) equal to transformers' own loss on the same sequences."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl_service.config import DatasetConfig
+    from rl_service.tasks.dataset import DatasetTask
+    from rl_service.tasks.text_metrics import reference_sequences
+
+    rows = {r["step"]: r for r in _jsonl(run_dir / "metrics.jsonl")}
+    for key, lo, hi in (("eval/rouge_l", 0, 1), ("eval/bleu", 0, 100), ("eval/perplexity", 1, math.inf)):
+        for value in (rows[2][key], summary[f"{key}_start"], summary[f"{key}_end"]):
+            assert lo <= value <= hi, (key, value)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    path = str(data / "eval.jsonl")
+    task = DatasetTask(DatasetConfig(train=path, eval=path, reference_key="answer")).bind(tok)
+    seqs = reference_sequences([p.token_ids for p in task.eval_prompts], task.eval_references(), tok, 10_000)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    nll = count = 0.0
+    with torch.no_grad():
+        for s in seqs:
+            labels = torch.tensor([[-100] * s.start + list(s.ids[s.start :])])
+            n = len(s.ids) - s.start
+            nll, count = nll + model(torch.tensor([list(s.ids)]), labels=labels).loss.item() * n, count + n
+    assert summary["eval/perplexity_start"] == pytest.approx(math.exp(nll / count), rel=1e-3)

@@ -109,3 +109,16 @@ def test_built_models_are_reused_across_the_redesign(name, key):
     path = ROOT / "configs" / f"{name}.yaml"
     cfg = load_preference_config(path, kind=name) if name in ("rm", "dpo") else load_config(path)
     assert cache_key(cfg.model, cfg.task, cfg.seed) == key
+
+
+def test_eval_metrics_need_references_a_dataset_task_has():
+    refs = r"eval.metrics \['rouge_l', 'perplexity'\] compare with references.*'addition'"
+    with pytest.raises(ConfigError, match=refs):
+        load_config(QUICKSTART, ["eval.metrics=[rouge_l,perplexity]"])
+    unknown = r"eval.metrics.0: Input should be 'rouge_l', 'bleu' or 'perplexity' \(got 'meteor'\)"
+    with pytest.raises(ConfigError, match=unknown):
+        load_config(QUICKSTART, ["eval.metrics=[meteor]"])
+    with pytest.raises(ConfigError, match=r"lists a metric twice"):
+        load_config(QUICKSTART, ["eval.metrics=[perplexity,perplexity]", "eval.perplexity_file=x.txt"])
+    cfg = load_config(QUICKSTART, ["eval.metrics=[perplexity]", "eval.perplexity_file=held.txt"])
+    assert cfg.eval.metrics == ["perplexity"] and not cfg.eval.needs_references

@@ -96,3 +96,27 @@ def test_report_tolerates_missing_metrics(tmp_path):
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.0}) + "\n")
     paths = make_report(run)
     assert len(paths) == 5 and all(_png_size(p) for p in paths)
+
+
+def test_text_metrics_get_a_panel_each_with_start_and_end_from_the_summary(tmp_path):
+    from rl_service.tracking.report import eval_series
+
+    run = tmp_path / "run"
+    rows = _write_run(run)
+    rows[1].update({"eval/rouge_l": 0.5, "eval/perplexity": 9.0})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"eval/rouge_l_start": 0.2, "eval/rouge_l_end": 0.7, "eval/perplexity_start": 12.0}
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert eval_series(rows, summary, "eval/rouge_l") == ([0, 2, 4], [0.2, 0.5, 0.7])
+    assert eval_series(rows, summary, "eval/perplexity") == ([0, 2], [12.0, 9.0])
+    assert eval_series(rows, summary, "eval/bleu") == ([], [])
+    paths = make_report(run)
+    assert paths[-1].name == "eval_metrics.png"
+    w, h = _png_size(paths[-1])
+    assert w == 800 and h == 350  # two panels (rouge_l, perplexity) of 4 x 3.5 inches at 100 dpi
+
+
+def test_no_eval_metrics_png_without_text_metrics(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run)
+    assert "eval_metrics.png" not in [p.name for p in make_report(run)]
