@@ -41,6 +41,7 @@ HEAVIEST_FIRST = [
     "integration/test_chaos.py",  # ~510 s in a loaded suite run (2026-12-02, -n 2)
     "integration/test_dataset_task.py",  # ~150 s
     "integration/test_colocated.py",  # ~150 s
+    "e2e/test_sweep.py",  # ~150 s
     "integration/test_weight_stream.py",
     "e2e/test_serve_feedback.py",
     "integration/test_faults.py",

@@ -3,6 +3,7 @@ the exit codes. The commands live one group per module:
 
     train.py        train, build-model
     sft.py          sft                               (supervised fine-tuning, warm start before RL)
+    sweep.py        sweep                             (hyperparameter sweeps on Ray Tune)
     jobs.py         submit, status, logs, stop, list   (Ray Jobs on a cluster)
     cluster.py      cluster up|down|status            (a loopback Ray cluster on this machine)
     report.py       report                            (PNG plots of a run)
@@ -19,7 +20,7 @@ import argparse
 import sys
 import traceback
 
-from rl_service.cli import cluster, jobs, preference, report, serve, sft, train
+from rl_service.cli import cluster, jobs, preference, report, serve, sft, sweep, train
 from rl_service.config import ConfigError
 from rl_service.controller.checkpoint import CheckpointError
 from rl_service.infra.env import project_env
@@ -27,7 +28,7 @@ from rl_service.infra.jobs import JobsError
 
 # In `rl-service --help` order. Each module's register(subparsers) adds its commands and sets
 # `fn=handler(args) -> exit code` on their parsers.
-COMMAND_GROUPS = (train, sft, jobs, cluster, report, serve, preference)
+COMMAND_GROUPS = (train, sft, sweep, jobs, cluster, report, serve, preference)
 # Problems the user fixes in what they typed or where they point: exit 2, one line, no traceback.
 USAGE_ERRORS = (ConfigError, CheckpointError, JobsError)
 

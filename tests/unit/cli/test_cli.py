@@ -2,7 +2,7 @@
 
 import pytest
 
-from rl_service.cli import cluster, jobs, preference, report, serve, sft, train
+from rl_service.cli import cluster, jobs, preference, report, serve, sft, sweep, train
 from rl_service.cli.main import build_parser, main
 from rl_service.config import Config, ConfigError
 from rl_service.controller.run_dir import prepare_run_dir, summary_lines
@@ -10,6 +10,7 @@ from rl_service.controller.run_dir import prepare_run_dir, summary_lines
 GROUPS = {
     train: ["train", "build-model"],
     sft: ["sft"],
+    sweep: ["sweep"],
     jobs: ["submit", "status", "logs", "stop", "list"],
     cluster: ["cluster"],
     report: ["report"],
@@ -23,6 +24,7 @@ ARGS = {
     "cluster": ["up"],
     "report": ["r"],
     "serve": ["--checkpoint", "c"],
+    "sweep": ["c.yaml", "--grid", "learner.lr=1,2"],
 }
 
 
