@@ -32,7 +32,7 @@ from rl_service.config.loading import (
     read_config_data,
     validate,
 )
-from rl_service.config.model import ModelConfig, SFTConfig, TinyModelConfig
+from rl_service.config.model import LoraConfig, ModelConfig, SFTConfig, TinyModelConfig
 from rl_service.config.preference import DPOTrainConfig, PreferenceConfig, RMTrainConfig
 from rl_service.config.reward import RewardConfig, RewardTermConfig
 from rl_service.config.rollout import RolloutConfig
@@ -56,6 +56,7 @@ __all__ = [
     "GuessNumberConfig",
     "KLConfig",
     "LearnerConfig",
+    "LoraConfig",
     "ModelConfig",
     "PreferenceConfig",
     "PreferenceRunConfig",

@@ -50,6 +50,24 @@ class SFTConfig(Section):
     """Steps between held-out accuracy checks during SFT."""
 
 
+class LoraConfig(Section):
+    """LoRA adapters (peft) instead of full fine-tuning: the learner trains only the adapters."""
+
+    r: int = Field(0, ge=0, le=1024)
+    """Adapter rank; 0 = off (every weight trained). With r > 0 the reference policy is the base
+    model with the adapters switched off (no second copy of the weights), the critic (GAE) gets
+    adapters of its own plus its value head, and the rollout engines receive the merged weights."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator: the update is (alpha / r) * B @ A."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input, in the gradient passes only (the learner's scoring passes
+    and the engines never drop: old and reference logprobs stay those of the sampling policy)."""
+    target_modules: list[str] | None = None
+    """Leaf names of the modules that get adapters (e.g. [q_proj, v_proj]). None = every linear
+    projection inside the decoder blocks: attention and MLP (Llama / Qwen2 / Mistral: q/k/v/o,
+    gate/up/down_proj; GPT-2: c_attn, c_proj, c_fc)."""
+
+
 class ModelConfig(Section):
     path: str | None = None
     """An HF model directory to start from. None = build the tiny model (cached)."""
@@ -57,6 +75,8 @@ class ModelConfig(Section):
     """Where built models are saved and reused (key = hash of task+build+sft config)."""
     build: TinyModelConfig = TinyModelConfig()
     """Shape of the built model (ignored when `path` is set)."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapters for `rl-service train` (`lora.r` 0 = full fine-tuning)."""
     sft: SFTConfig = SFTConfig()
     """Warm start of the built model (ignored by `train` when `path` is set), and the settings of
     `rl-service sft` (which fine-tunes `path`, or the built model, on a dataset task)."""

@@ -93,6 +93,11 @@ class Config(RunHeader):
         if self.placement == "colocated":
             _check_colocated(self)
         _check_eval(self)
+        if self.model.lora.r and rc.weight_sync != "object_store":
+            raise ValueError(
+                f"model.lora: the engines load the merged weights through the object store; "
+                f"rollout.weight_sync={rc.weight_sync} streams the raw parameters (use object_store)"
+            )
         if lc.backend == "nccl" and lc.resources.num_gpus == 0:
             raise ValueError("learner.backend=nccl needs learner.resources.num_gpus > 0")
         # `37+48=` plus EOS; guess_number keeps the bound of the old schema's default digits (2).

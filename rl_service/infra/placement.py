@@ -151,7 +151,7 @@ def make_learners(cfg: Config, model_path: str):
     return _learner_gang(
         lc,
         ray.remote(_learner_actor_class()),
-        lambda rank, addr, port: (lc, model_path, rank, lc.num_workers, addr, port, cfg.seed),
+        lambda rank, addr, port: (lc, model_path, rank, lc.num_workers, addr, port, cfg.seed, cfg.model.lora),
     )
 
 
@@ -178,6 +178,7 @@ def make_colocated_ranks(cfg: Config, model_path: str):
             (addr, port),
             cfg.seed,
             _fetch_refs,
+            cfg.model.lora,
         ),
         prefix="colocated",
         max_concurrency=4,  # the rollout loop holds one thread; learner and eval calls use others

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from rl_service.config import LearnerConfig, RolloutConfig
+from rl_service.config import LearnerConfig, LoraConfig, RolloutConfig
 from rl_service.learner.learner import Learner
 from rl_service.rollout.worker import RolloutWorker
 from rl_service.types import PolicyVersion
@@ -39,12 +39,13 @@ class ColocatedRank:
         rendezvous: tuple[str, int],
         seed: int,
         fetch: Callable[[list], list] | None = None,
+        lora: LoraConfig | None = None,
     ):
         """Cheap, like Learner's: the engine starts in setup(), after the process group.
         rendezvous: (address, port) of rank 0's torch.distributed rendezvous. fetch: turns
         train_step's batch list into ScoredBatches (Ray passes refs nested in a list unresolved,
-        so placement.py passes a ray.get; None: the batches themselves)."""
-        self.learner = Learner(learner_cfg, model_path, rank, world_size, *rendezvous, seed)
+        so placement.py passes a ray.get; None: the batches themselves). lora: model.lora."""
+        self.learner = Learner(learner_cfg, model_path, rank, world_size, *rendezvous, seed, lora)
         # The engine runs on this process's own threads: the learner's reservation.
         self._worker_args = (
             rollout_cfg.model_copy(update={"resources": learner_cfg.resources}),

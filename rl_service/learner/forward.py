@@ -9,6 +9,7 @@ outputs are unpacked onto the same grid.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -25,13 +26,23 @@ class Models:
     """The sharded models of one learner process and where they live."""
 
     policy: nn.Module
-    reference: nn.Module | None  # None when the KL is neither penalised nor measured
+    reference: nn.Module | None  # None when the KL is neither penalised nor measured; LoRA: AdaptersOff(policy)
     critic: nn.Module | None
     device: torch.device
     rank: int
     world_size: int
     packed: bool = False
     """Forwards run each micro-batch as one packed row (sequence packing) instead of padded rows."""
+    adapter_dropout: bool = False
+    """LoRA with dropout > 0: the gradient passes drop on the adapters' inputs (learner/lora.py)."""
+
+    def dropout_in_grad_pass(self, model: nn.Module):
+        """Context of a gradient forward of `model`: its LoRA dropout on, if any; else nothing."""
+        if not self.adapter_dropout or model is None:
+            return nullcontext()
+        from rl_service.learner.lora import adapter_dropout
+
+        return adapter_dropout(model)
 
 
 def _trimmed(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, int]:

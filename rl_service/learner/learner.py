@@ -27,8 +27,8 @@ from torch import Tensor
 from rl_service.algo.kl import make_kl_controller
 from rl_service.algo.masking import masked_mean, right_pad
 from rl_service.algo.segments import prompt_groups
-from rl_service.config import LearnerConfig
-from rl_service.learner import export, fsdp
+from rl_service.config import LearnerConfig, LoraConfig
+from rl_service.learner import export, fsdp, lora
 from rl_service.learner.attention import use_segment_attention
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, group_runs, pad_samples
 from rl_service.learner.checkpoint_io import check_dcp_metadata, read_local_state
@@ -51,9 +51,13 @@ class Learner:
         master_addr: str,
         master_port: int,
         seed: int,
+        lora: LoraConfig | None = None,
     ):
-        """Cheap: stores arguments, no collectives, no model loading."""
+        """Cheap: stores arguments, no collectives, no model loading. `lora`: model.lora (r 0 = off)."""
         self.cfg = cfg
+        self.lora = lora if lora is not None and lora.r > 0 else None
+        self.lora_layers: dict[str, bool] = {}
+        """The policy's adapted layers (name -> fan_in_fan_out) when LoRA is on."""
         self.model_path = model_path
         self.rank, self.world_size = rank, world_size
         self.master_addr, self.master_port = master_addr, master_port
@@ -84,30 +88,50 @@ class Learner:
         torch.manual_seed(self.seed)
         policy = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
         self.pad_id = _pad_id(policy.config)
+        if self.lora:  # adapters only are trained; the base weights stay frozen
+            self._peft_cfg = lora.peft_config(self.lora, policy, base_path=str(self.model_path))
+            self.lora_layers = lora.add_adapters(policy, self._peft_cfg)
         # Reference = the initial policy, frozen. Dropout stays off everywhere (eval mode):
         # with dropout the recomputed "old" logprobs would not be the sampling policy's.
-        # Not built when the KL is neither penalised nor measured (kl.measure_every 0).
+        # Not built when the KL is neither penalised nor measured (kl.measure_every 0). With
+        # LoRA it is the policy itself with its adapters off (made after sharding, below).
         reference = None
-        if self.cfg.kl.penalised or self.cfg.kl.measure_every > 0:
+        wants_reference = self.cfg.kl.penalised or self.cfg.kl.measure_every > 0
+        if wants_reference and not self.lora:
             reference = copy.deepcopy(policy).requires_grad_(False)
         critic = None
         if self.cfg.advantage.uses_critic:  # same backbone weights, a new zero value head
             critic = load_value_model(self.model_path, torch.float32)
+            if self.lora:  # its own adapters, and the head
+                lora.add_adapters(critic.backbone, lora.peft_config(self.lora, critic.backbone))
+                critic.score.requires_grad_(True)
         packed = self.cfg.max_tokens_per_microbatch is not None
         if packed:  # attention per packed sample, not one [L, L] masked attention per row
             for m in (policy, reference, critic.backbone if critic is not None else None):
                 if m is not None:
                     use_segment_attention(m)
         num_params = sum(p.numel() for p in policy.parameters())
+        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
         for m in (policy, reference, critic):
             if m is not None:
                 m.to(device).eval()
                 fsdp.shard(m, mesh)
-        self.models = Models(policy, reference, critic, device, self.rank, self.world_size, packed=packed)
-        self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if wants_reference and self.lora:
+            reference = lora.AdaptersOff(policy)
+        self.models = Models(
+            policy,
+            reference,
+            critic,
+            device,
+            self.rank,
+            self.world_size,
+            packed=packed,
+            adapter_dropout=bool(self.lora and self.lora.dropout > 0),
+        )
+        self.policy_opt = torch.optim.AdamW(_trainable(policy), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if critic is not None:
             self.critic_opt = torch.optim.AdamW(
-                critic.parameters(), lr=self.cfg.advantage.critic_lr, weight_decay=self.cfg.weight_decay
+                _trainable(critic), lr=self.cfg.advantage.critic_lr, weight_decay=self.cfg.weight_decay
             )
         # Linear warmup of the policy LR over the first PPO updates: Adam's first steps move
         # every weight by ~lr regardless of its gradient, which can wreck a small warm-started policy.
@@ -120,6 +144,8 @@ class Learner:
             check_packed_attention(policy, device, shared=self.cfg.share_prompt)
         return {
             "num_params": num_params,
+            "trainable_params": trainable,
+            "lora_layers": len(self.lora_layers),
             "backend": backend,
             "device": str(device),
             "critic": critic is not None,
@@ -219,7 +245,7 @@ class Learner:
         probe_logprobs[i][t-1] = log p(probe[t] | probe[:t]).
         """
         assert self.models is not None, "call setup() first"
-        state_dict = fsdp.full_state_dict(self.models.policy, every_rank=every_rank)
+        state_dict = self._engine_state_dict(fsdp.full_state_dict(self.models.policy, every_rank=every_rank))
         probe_logprobs = self.probe_logprobs(probe_ids)
         meta = None
         if self.rank == 0:
@@ -275,10 +301,25 @@ class Learner:
         lp = lp.cpu()
         return tuple(tuple(float(x) for x in lp[i, : len(p) - 1]) for i, p in enumerate(probe_ids))
 
+    def _engine_state_dict(self, state_dict: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
+        """What the engines load: the gathered policy as it is, or with LoRA its merged weights
+        (base + scale * B @ A under the plain HF names)."""
+        if state_dict is None or not self.lora:
+            return state_dict
+        return lora.merged_state_dict(state_dict, self.lora_layers, lora.scaling(self.lora))
+
     def save_hf(self, out_dir: str) -> None:
-        """Rank 0 writes an HF directory (config, safetensors, tokenizer files); collective."""
+        """Rank 0 writes an HF directory (config, safetensors, tokenizer files); collective.
+        With LoRA: the merged model there, and the adapters as a peft directory in `adapter/`."""
         assert self.models is not None, "call setup() first"
-        export.save_hf(self.models.policy, self.model_path, out_dir, self.rank)
+        if not self.lora:
+            export.save_hf(self.models.policy, self.model_path, out_dir, self.rank)
+            return
+        state_dict = fsdp.full_state_dict(self.models.policy)
+        if self.rank == 0:
+            export.write_hf_dir(self._engine_state_dict(state_dict), self.model_path, out_dir)
+            lora.write_adapter_dir(state_dict, self._peft_cfg, Path(out_dir) / "adapter")
+        fsdp.barrier()
 
     # ------------------------------------------------------------ checkpoint
 
@@ -356,6 +397,11 @@ class Learner:
         if self._sync_group is not None:
             self._sync_group.close()
         fsdp.destroy()
+
+
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer steps: all of them, or with LoRA the adapters (and a head)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _pad_id(config) -> int:

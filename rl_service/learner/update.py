@@ -310,9 +310,16 @@ def _micro_step(
     ids, am = data.input_ids[idx], data.attention_mask[idx]
     groups = data.groups.select(idx) if data.groups is not None else None
     want_entropy_grad = cfg.entropy_coef > 0
-    logprobs, entropy = policy_logprobs(
-        models.policy, ids, am, with_entropy=True, entropy_grad=want_entropy_grad, packed=models.packed, groups=groups
-    )
+    with models.dropout_in_grad_pass(models.policy):  # LoRA dropout; a no-op otherwise
+        logprobs, entropy = policy_logprobs(
+            models.policy,
+            ids,
+            am,
+            with_entropy=True,
+            entropy_grad=want_entropy_grad,
+            packed=models.packed,
+            groups=groups,
+        )
     loss, pm = ppo_policy_loss(
         logprobs, data.old_logprobs[idx], data.advantages[idx], mask, cfg.clip_eps, cfg.loss_agg, denom
     )
@@ -328,7 +335,8 @@ def _micro_step(
     vl, vm = torch.zeros(()), {"value/clipfrac": 0.0}
     if models.critic is not None:
         gae_cfg = cfg.advantage  # the variant that has a critic carries its value-loss knobs
-        values = critic_values(models.critic, ids, am, packed=models.packed, groups=groups)
+        with models.dropout_in_grad_pass(models.critic):
+            values = critic_values(models.critic, ids, am, packed=models.packed, groups=groups)
         vl, vm = value_loss(
             values, data.old_values[idx], data.returns[idx], mask, gae_cfg.value_clip_eps, cfg.loss_agg, denom
         )

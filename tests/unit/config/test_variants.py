@@ -122,3 +122,12 @@ def test_eval_metrics_need_references_a_dataset_task_has():
         load_config(QUICKSTART, ["eval.metrics=[perplexity,perplexity]", "eval.perplexity_file=x.txt"])
     cfg = load_config(QUICKSTART, ["eval.metrics=[perplexity]", "eval.perplexity_file=held.txt"])
     assert cfg.eval.metrics == ["perplexity"] and not cfg.eval.needs_references
+
+
+def test_lora_fields_and_the_sync_it_needs():
+    cfg = load_config(QUICKSTART, ["model.lora.r=8", "model.lora.target_modules=[q_proj,v_proj]"])
+    assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.target_modules) == (8, 16.0, ["q_proj", "v_proj"])
+    with pytest.raises(ConfigError, match=r"model.lora: .*rollout.weight_sync=collective streams the raw parameters"):
+        load_config(QUICKSTART, ["model.lora.r=8", "rollout.weight_sync=collective"])
+    with pytest.raises(ConfigError, match=r"model.lora.dropout"):
+        load_config(QUICKSTART, ["model.lora.r=8", "model.lora.dropout=1.0"])
