@@ -72,7 +72,7 @@ test: lint
 test-unit: $(STAMP)
 	$(VPY) -m pytest tests/unit -q
 
-# make bench [NAME=rollout|e2e_trl|overlap|weight_sync|overhead|learner_step|packing|serve|chaos_soak|all] [QUICK=1] [PROFILE=1]
+# make bench [NAME=rollout|e2e_trl|overlap|weight_sync|overhead|learner_step|packing|lora|serve|chaos_soak|all] [QUICK=1] [PROFILE=1]
 NAME ?= all
 bench: $(BENCH_STAMP)
 	$(VPY) -m bench.run $(NAME) $(if $(QUICK),--quick) $(if $(PROFILE),--profile)

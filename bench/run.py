@@ -1,7 +1,7 @@
 """Benchmark entry point (not run by `make test`).
 
     .venv/bin/python -m bench.run NAME [--quick] [--profile]
-    NAME: rollout | e2e_trl | overlap | weight_sync | overhead | learner_step | packing | serve | all
+    NAME: rollout | e2e_trl | overlap | weight_sync | overhead | learner_step | packing | lora | serve | all
           | chaos_soak (not in `all`: random SIGKILL trials, bench/chaos_soak.py)
 
 Each benchmark writes bench/results/<NAME>.json (`<NAME>.quick.json` with --quick):
@@ -33,9 +33,10 @@ MODULES = {
     "overhead": "bench.overhead",
     "learner_step": "bench.learner_step",
     "packing": "bench.packing",
+    "lora": "bench.lora",
     "chaos_soak": "bench.chaos_soak",
 }
-ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "packing", "e2e_trl", "serve"]
+ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "packing", "lora", "e2e_trl", "serve"]
 """What `all` runs: the speed benchmarks. chaos_soak (faults, ~5 min a trial) runs only by name."""
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rl_service.config import LearnerConfig, RolloutConfig, ServeConfig, TinyModelConfig
+from rl_service.config import LearnerConfig, LoraConfig, RolloutConfig, ServeConfig, TinyModelConfig
 from rl_service.infra.env import free_port
 from rl_service.models.tiny import save_random_model
 from rl_service.rollout.weight_sync import WeightSyncError, load_verified, max_probe_diff
@@ -32,6 +32,7 @@ from tests.integration.conftest import tagged_sample
 ARCHITECTURES = ["llama", "qwen2", "gpt2", "mistral"]
 SERVED = ["llama", "gpt2"]
 GROUP = 4
+LORA = LoraConfig(r=4, alpha=32.0)  # scale 8: one step at lr 5e-4 moves the merged weights visibly
 TOLERANCE = RolloutConfig().verify_tolerance
 CHAT = [{"role": "system", "content": "add the numbers"}, {"role": "user", "content": "12+34="}]
 CORPUS = [f"{a}+{b}={a + b}" for a in range(40) for b in range(40)] + ["system user assistant add the numbers"]
@@ -124,6 +125,16 @@ def _learn(rank: int, model_dir: str, out: str) -> None:
             result[advantage] = {"info": info, "metrics": metrics, "version": version, "state_dict": state_dict}
         finally:
             learner.shutdown()
+    # LoRA (model.lora): GAE with adapters on policy and critic, the reference = adapters off
+    learner = Learner(_learner_config("gae"), model_dir, 0, 1, "127.0.0.1", free_port(), seed=0, lora=LORA)
+    try:
+        info = learner.setup()
+        metrics = learner.train_step(batches, GROUP)
+        version, state_dict = learner.publish(1, probes(tok))
+        learner.save_hf(str(Path(out) / "lora-export"))
+        result["lora"] = {"info": info, "metrics": metrics, "version": version, "state_dict": state_dict}
+    finally:
+        learner.shutdown()
     torch.save(result, Path(out) / "learned.pt")
 
 
@@ -135,6 +146,7 @@ def learned(arch, model_dir, tmp_path_factory) -> dict:
         pass
     result = torch.load(out / "learned.pt", weights_only=False)
     result["export"] = out / "export"
+    result["lora-export"] = out / "lora-export"
     return result
 
 
@@ -214,6 +226,33 @@ def test_export_loads_in_transformers(arch, learned, tokenizer):
     exported_tok = AutoTokenizer.from_pretrained(export)
     assert exported_tok.chat_template == tokenizer.chat_template
     assert template_ids(exported_tok) == template_ids(tokenizer)
+
+
+def test_lora_trains_adapters_and_its_merged_weights_load_in_vllm(arch, learned, vllm, model_dir):
+    """model.lora on every architecture: adapters only (the base frozen), the merged weights the
+    engines get pass vLLM's probe check, and the export's adapter dir, merged by peft itself,
+    equals them."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    res = learned["lora"]
+    assert res["info"]["lora_layers"] > 0 and res["info"]["trainable_params"] < 0.2 * res["info"]["num_params"]
+    assert res["metrics"]["train/optimizer_steps"] == 1 and all(math.isfinite(v) for v in res["metrics"].values())
+    initial, sd = load_file(str(model_dir / "model.safetensors")), res["state_dict"]
+    assert set(initial) <= set(sd) and not any(".lora_" in k or ".base_layer." in k for k in sd)
+    moved = {k for k in initial if not torch.equal(sd[k], initial[k])}
+    assert moved and all(".h." in k or ".layers." in k for k in moved), sorted(moved)[:4]  # blocks only
+    assert not any("norm" in k or "ln_" in k for k in moved), "a frozen norm moved"
+    pv = dataclasses.replace(res["version"], version=9)
+    got = load_verified(vllm, sd, pv, TOLERANCE, f"{arch} lora")
+    assert got["probe_max_diff"] <= TOLERANCE and vllm.version == 9
+    export = learned["lora-export"]
+    merged = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).state_dict()
+    assert all(torch.equal(merged[k], sd[k]) for k in sd)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    by_peft = PeftModel.from_pretrained(base, export / "adapter").merge_and_unload().state_dict()
+    assert max(float((by_peft[k] - sd[k]).abs().max()) for k in sd) < 1e-6
 
 
 @pytest.mark.parametrize("arch", SERVED, indirect=True, scope="module")
