@@ -148,7 +148,8 @@ class Recovery:
         Returns how many of each kind were replaced: {"rollout": n, "reward": n, "queue": n}
         (also `self.replaced`, and counted in the fault log at once)."""
         comps, in_flight = self.comps, sorted(set(pipe.pending) - set(pipe.got))
-        dead, dead_queues = comps.dead_actors(), comps.dead_queues()
+        # a replacement made by a round that met another death may still be starting: not dead for that
+        dead, dead_queues = comps.dead_actors(starting=self.uncaught), comps.dead_queues()
         names = comps.actor_names()
         for name in [names[i] for i in dead] + dead_queues:
             self._count_death(name, in_flight)

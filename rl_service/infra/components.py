@@ -153,9 +153,10 @@ class Components:
         return out
 
     # ------------------------------------------------------------------ replacing what died
-    def dead_actors(self, timeout_s: float = 10, pings: int = 3) -> list[int]:
-        """Indices into `workers + scorers` of the actors that are dead (unresponsive())."""
-        return unresponsive(self.workers + self.scorers, timeout_s, pings)
+    def dead_actors(self, timeout_s: float = 10, pings: int = 3, starting: set[int] = frozenset()) -> list[int]:
+        """Indices into `workers + scorers` of the actors that are dead (unresponsive()).
+        `starting`: replacements whose constructor may still run (dead only if Ray says so)."""
+        return unresponsive(self.workers + self.scorers, timeout_s, pings, starting)
 
     def dead_queues(self) -> list[str]:
         return [q.name for q in self.queues() if not q.alive()]
@@ -325,19 +326,25 @@ def _streamer(cfg: Config, learners: list, pg, nccl: bool) -> WeightStreamer:
     )
 
 
-def unresponsive(actors: list, timeout_s: float = 10, pings: int = 3) -> list[int]:
+def unresponsive(actors: list, timeout_s: float = 10, pings: int = 3, starting: set[int] = frozenset()) -> list[int]:
     """Indices of `actors` that are dead: the ping fails with RayActorError (dead for sure:
     at once), or `pings` pings in a row of `timeout_s` each went unanswered. One missed ping is
-    not enough: a live actor on a loaded machine (or inside a long call) may miss one."""
+    not enough: a live actor on a loaded machine (or inside a long call) may miss one.
+
+    `starting`: actors just created whose constructor may still be running (a vLLM engine's
+    start takes over 30 s on a loaded machine, and pings queue behind it): only a RayActorError
+    makes them dead; waiting for them to start is `Components.ready`'s job (seen in a loaded
+    suite run: a replacement still starting was declared dead by the next round and replaced
+    again)."""
     dead, suspects = [], list(range(len(actors)))
     for _ in range(pings):
         refs = {i: actors[i].__ray_ready__.remote() for i in suspects}
         ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
         dead += [i for i, ref in refs.items() if _died(ref)]
         suspects = [i for i, ref in refs.items() if not _answers(ref) and i not in dead]
-        if not suspects:
+        if not suspects or set(suspects) <= set(starting):
             break
-    return sorted(dead + suspects)
+    return sorted(dead + [i for i in suspects if i not in starting])
 
 
 def _answers(ref) -> bool:

@@ -12,6 +12,12 @@ from rl_service.infra.components import unresponsive
 
 
 @ray.remote(num_cpus=0)
+class SlowStart:
+    def __init__(self, seconds: float):
+        time.sleep(seconds)  # pings queue behind the constructor, as behind a vLLM engine's start
+
+
+@ray.remote(num_cpus=0)
 class Holder:
     def hold(self, seconds: float) -> None:
         time.sleep(seconds)  # pings queue behind this call, as behind a long generate
@@ -30,3 +36,16 @@ def test_a_busy_actor_survives_missed_pings_a_killed_one_does_not(session_ray):
     assert unresponsive([busy, idle], timeout_s=1.0, pings=1) == [0]  # one ping: wrongly dead
     for a in (busy, idle):
         ray.kill(a, no_restart=True)
+
+
+def test_a_replacement_still_starting_is_not_declared_dead(session_ray):
+    """Recovery's second round must not replace the first round's replacement while it starts."""
+    slow, gone = SlowStart.remote(4.0), SlowStart.remote(0.0)
+    ray.get(gone.__ray_ready__.remote())
+    ray.kill(gone, no_restart=True)
+    assert unresponsive([slow, gone], timeout_s=0.5, pings=2) == [0, 1]  # as any silent actor: wrongly dead
+    start = time.perf_counter()
+    assert unresponsive([slow, gone], timeout_s=0.5, pings=2, starting={0, 1}) == [1]  # killed: dead anyway
+    assert time.perf_counter() - start < 2.5
+    ray.get(slow.__ray_ready__.remote(), timeout=30)  # it was alive: it started
+    ray.kill(slow, no_restart=True)
