@@ -28,10 +28,9 @@ from rl_service.algo.kl import make_kl_controller
 from rl_service.algo.masking import masked_mean, right_pad
 from rl_service.algo.segments import prompt_groups
 from rl_service.config import LearnerConfig, LoraConfig
-from rl_service.learner import export, fsdp, lora
+from rl_service.learner import export, fsdp, learner_checkpoint, lora
 from rl_service.learner.attention import use_segment_attention
 from rl_service.learner.batching import batch_token_rewards, engine_logprobs, group_runs, pad_samples
-from rl_service.learner.checkpoint_io import check_dcp_metadata, read_local_state
 from rl_service.learner.critic import load_value_model
 from rl_service.learner.forward import Models, check_packed_attention, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
@@ -323,75 +322,15 @@ class Learner:
 
     # ------------------------------------------------------------ checkpoint
 
-    def _dcp_state(self) -> dict:
-        """Sharded (DTensor) state of the trainable models and their optimizers, DCP's input."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        m = self.models
-        state = dict(zip(("policy", "policy_opt"), get_state_dict(m.policy, self.policy_opt)))
-        if m.critic is not None:
-            state.update(zip(("critic", "critic_opt"), get_state_dict(m.critic, self.critic_opt)))
-        return state
-
-    def _local_state(self) -> dict:
-        """What DCP does not shard: identical on every rank except the RNG states."""
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and self.models.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.models.device)
-        return {
-            "step": self.step,
-            "nan_streak": self.nan_streak,
-            "kl_ctl": self.kl_ctl.state_dict(),
-            "policy_sched": self.policy_sched.state_dict(),
-            "rng": rng,
-            "world_size": self.world_size,
-        }
-
     def save_checkpoint(self, ckpt_dir: str) -> dict:
         """Write policy, critic, optimizers (sharded, torch.distributed.checkpoint) and the small
         per-rank state into `ckpt_dir` (collective; returns once every rank has written)."""
-        import torch.distributed.checkpoint as dcp
-
-        assert self.models is not None, "call setup() first"
-        t0 = time.perf_counter()
-        out = Path(ckpt_dir)
-        dcp.save(self._dcp_state(), checkpoint_id=str(out / "learner"))
-        torch.save(self._local_state(), out / f"learner_rank{self.rank}.pt")
-        fsdp.barrier()
-        return {"step": self.step, "seconds": time.perf_counter() - t0}
+        return learner_checkpoint.save(self, ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
-        """Restore everything save_checkpoint wrote (collective, after setup()). A checkpoint
-        from a different number of learner processes loads too (DCP reshards); RNG states
-        then come from rank 0's file."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        assert self.models is not None, "call setup() first"
-        src = Path(ckpt_dir)
-        state = self._dcp_state()  # templates (optimizer states initialised) that DCP fills in place
-        check_dcp_metadata(src / "learner")  # DCP unpickles it as is: nothing but its own classes
-        dcp.load(state, checkpoint_id=str(src / "learner"))
-        set_state_dict(
-            self.models.policy, self.policy_opt, model_state_dict=state["policy"], optim_state_dict=state["policy_opt"]
-        )
-        if self.models.critic is not None:
-            set_state_dict(
-                self.models.critic,
-                self.critic_opt,
-                model_state_dict=state["critic"],
-                optim_state_dict=state["critic_opt"],
-            )
-        local_file = src / f"learner_rank{self.rank}.pt"
-        local = read_local_state(local_file if local_file.is_file() else src / "learner_rank0.pt")
-        self.step, self.nan_streak = int(local["step"]), int(local["nan_streak"])
-        self.kl_ctl.load_state_dict(local["kl_ctl"])
-        self.policy_sched.load_state_dict(local["policy_sched"])
-        torch.set_rng_state(local["rng"]["torch"])
-        if "cuda" in local["rng"] and self.models.device.type == "cuda":
-            torch.cuda.set_rng_state(local["rng"]["cuda"], self.models.device)
-        fsdp.barrier()
-        return {"step": self.step, "kl_coef": float(self.kl_ctl.value)}
+        """Restore everything save_checkpoint wrote (collective, after setup()); see
+        learner_checkpoint.load."""
+        return learner_checkpoint.load(self, ckpt_dir)
 
     def shutdown(self) -> None:
         if self._sync_group is not None:
