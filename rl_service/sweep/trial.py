@@ -69,7 +69,9 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
     run_dir = Path(spec.trials_dir) / trial_name(point)
     log = Path(spec.trials_dir) / f"{trial_name(point)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RAY_ADDRESS": spec.address}
+    # a run attached to a cluster waits one metrics-export interval before it exits (tracking/run.py):
+    # 2 s here, not Ray's default 10 s, unless the user set it
+    env = {"RAY_metrics_report_interval_ms": "2000", **os.environ, "RAY_ADDRESS": spec.address}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             train_command(spec, point), cwd=spec.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,8 @@ class RunTracker:
         """Latest held-out accuracy, kept on the bar between evaluations."""
         self.wandb = start_wandb(run_dir, cfg) if cfg is not None and cfg.tracking.wandb else None
         self.ray_metrics = start_ray_metrics(cfg) if cfg is not None and cfg.tracking.ray_metrics else None
+        self._on_a_cluster = cfg is not None and bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+        """Attached to a cluster (whose Prometheus outlives this process), not the embedded Ray."""
         if self.wandb is not None and accuracy is not None and start_step == 0:
             self.wandb.log({"eval/accuracy": accuracy}, step=0)
 
@@ -158,6 +161,12 @@ class RunTracker:
     def close(self) -> None:
         self.bar.close()
         self._fh.close()
+        if self.ray_metrics is not None and self._on_a_cluster:
+            # Ray exports a process's metrics every RAY_metrics_report_interval_ms and drops what is
+            # pending when the process exits: wait one interval so the last step's values reach the
+            # cluster's Prometheus (seen: steps_total scraped at 1 of 2 when the driver ended quickly).
+            time.sleep(min(float(os.environ.get("RAY_metrics_report_interval_ms", "10000")) / 1000, 10.0) + 0.5)
+            self.ray_metrics = None
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
