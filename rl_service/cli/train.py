@@ -28,7 +28,7 @@ def cmd_train(args) -> int:
     task = make_task(cfg.task)  # a dataset task reads and checks its rows: DataError -> exit 2
     model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
     bind_task(task, str(model_path), cfg.rollout.max_new_tokens)  # tokenized; DataError -> exit 2
-    prepare_text_eval(cfg, task, str(model_path))  # eval.metrics' references / texts: DataError -> exit 2
+    text_eval = prepare_text_eval(cfg, task, str(model_path))  # eval.metrics' inputs: DataError -> exit 2
     run_dir, resume_from = open_run_dir(cfg, args.resume)  # only now is an older run dir moved aside
     if resume_from is not None:
         print(f"resuming from {resume_from}")
@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     if hasattr(task, "summary"):
         print("data: " + ", ".join(f"{k.removeprefix('data/')} {v}" for k, v in task.summary().items()))
     with ray_session(cfg):
-        summary = train(cfg, run_dir, str(model_path), resume_from=resume_from, task=task)
+        summary = train(cfg, run_dir, str(model_path), resume_from=resume_from, task=task, text_eval=text_eval)
     print("\n".join(summary_lines(summary, run_dir)))
     return 0
 

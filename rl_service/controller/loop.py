@@ -62,17 +62,23 @@ class TrainingHalted(RuntimeError):
     """A health guard stopped the run; a checkpoint of the state at the halt was written."""
 
 
-def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None = None, task=None) -> dict:
+def train(
+    cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None = None, task=None, text_eval=None
+) -> dict:
     """Run PPO updates up to `cfg.train.steps`; returns the summary (also written to summary.json).
 
     resume_from: a complete checkpoint dir; the run continues from its step exactly.
     task: the task already made (tasks.prepare_task), or None to make it here.
+    text_eval: what eval.metrics need (controller.evaluate.prepare_text_eval), or None to prepare
+    it here; prepared once, for every attempt.
     A learner failure restarts the run from its latest checkpoint (or from the start if it has
     none yet), at most train.max_restarts times; the summary counts the restarts."""
     faults.arm(run_dir)
     flog = FaultLog()
+    task = task if task is not None else prepare_task(cfg.task, model_path, cfg.rollout.max_new_tokens)
+    text_eval = text_eval if text_eval is not None else prepare_text_eval(cfg, task, model_path)
     return restart_learners(
-        lambda ckpt: Controller(cfg, run_dir, model_path, flog, task).run(ckpt),
+        lambda ckpt: Controller(cfg, run_dir, model_path, flog, task, text_eval).run(ckpt),
         resume_from,
         run_dir / "checkpoints",
         flog,
@@ -83,10 +89,9 @@ def train(cfg: Config, run_dir: Path, model_path: str, resume_from: Path | None 
 class Controller:
     """One attempt of a run: start the components, run the steps, finish, tear down."""
 
-    def __init__(self, cfg: Config, run_dir: Path, model_path: str, flog: FaultLog, task=None):
+    def __init__(self, cfg: Config, run_dir: Path, model_path: str, flog: FaultLog, task, text_eval=None):
         self.cfg, self.run_dir, self.model_path, self.flog = cfg, run_dir, model_path, flog
-        self.task = task if task is not None else prepare_task(cfg.task, model_path, cfg.rollout.max_new_tokens)
-        self.text_eval = prepare_text_eval(cfg, self.task, model_path)  # eval.metrics' references and texts
+        self.task, self.text_eval = task, text_eval  # made once by train(), shared by every attempt
         self.comps: Components | None = None
         self.follower = self.tracker = self.consumed = None
         self.state: RunState  # set by _start, like the recovery and the probe sequences

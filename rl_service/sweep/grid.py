@@ -46,10 +46,12 @@ def overrides_of(point: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in point.items()]
 
 
-def check_points(config: str, base_overrides: list[str], points: list[dict[str, str]]) -> None:
-    """Every trial's config validates (ConfigError naming the point), before Ray starts."""
+def check_points(config: str, base_overrides: list[str], points: list[dict[str, str]]) -> list:
+    """Every trial's Config, validated before Ray starts (ConfigError naming the point)."""
+    out = []
     for i, point in enumerate(points):
         try:
-            load_config(config, base_overrides + overrides_of(point))
+            out.append(load_config(config, base_overrides + overrides_of(point)))
         except ConfigError as err:
             raise ConfigError(f"trial {i} ({' '.join(overrides_of(point))}): {err}") from None
+    return out

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rl_service.config import ConfigError, load_config
 from rl_service.sweep.grid import check_points, grid_points, overrides_of
-from rl_service.sweep.trial import SweepSpec, run_trial, trial_name
+from rl_service.sweep.trial import SweepSpec, final_metrics, run_trial, trial_name
 
 TRIAL_CPUS = 0.01
 """What a trial's own process reserves: it only waits on its training process (whose actors
@@ -54,16 +54,16 @@ def run_sweep(
 ) -> SweepResult:
     base = load_config(config, overrides)
     points = grid_points(grids, samples, base.seed)
-    check_points(config, overrides, points)
+    trial_cfgs = check_points(config, overrides, points)
     sweep_dir = (Path(base.run_root) / f"{name or base.name}-sweep").resolve()
     _claim(sweep_dir, {"config": str(Path(config).resolve()), "overrides": overrides, "points": points})
-    _build_models(config, overrides, points)
+    _build_models(trial_cfgs)
 
     from ray import tune
 
     from rl_service.infra.session import ray_session, requested_cpus
 
-    run_cpus = max(requested_cpus(load_config(config, overrides + overrides_of(p))) for p in points)
+    run_cpus = max(requested_cpus(c) for c in trial_cfgs)
     if max_concurrent is None:
         max_concurrent = max(1, int((base.ray.num_cpus or os.cpu_count() or 1) // run_cpus))
     cluster = base.model_copy(deep=True)
@@ -135,12 +135,11 @@ def _claim(sweep_dir: Path, spec: dict) -> None:
     path.write_text(json.dumps(spec, indent=2))
 
 
-def _build_models(config: str, overrides: list[str], points: list[dict]) -> None:
+def _build_models(trial_cfgs: list) -> None:
     from rl_service.models.build import ensure_model
 
     seen = set()
-    for p in points:
-        cfg = load_config(config, overrides + overrides_of(p))
+    for cfg in trial_cfgs:
         key = (cfg.model.model_dump_json(), cfg.task.model_dump_json(), cfg.seed)
         if key not in seen:
             seen.add(key)
@@ -161,8 +160,6 @@ def _row(i: int, point: dict, status: tuple[str, str], sweep_dir: Path, metric: 
     row["overrides"] = " ".join(overrides_of(point))  # printed, not a results.csv column
     summary_path = run_dir / "summary.json"
     if summary_path.is_file() and status[0] == "done":
-        from rl_service.sweep.trial import final_metrics
-
         row.update(final_metrics(json.loads(summary_path.read_text()), metric))
     return row
 
