@@ -131,9 +131,12 @@ class PolicyVersion:
 
     version: int
     checksum: str
-    """Hash of the full state dict (names, shapes, bytes) as published."""
+    """Hash of the published tensors (names, shapes, bytes): the full state dict, or the adapters."""
     num_bytes: int
     probe_ids: tuple[tuple[int, ...], ...] = ()
     """Fixed token sequences the engines score after loading to verify the weights."""
     probe_logprobs: tuple[tuple[float, ...], ...] = ()
     """Learner logprob of probe token t+1 given tokens <= t, per probe sequence."""
+    adapter_config: str = ""
+    """With model.lora.sync=adapters: adapter_config.json's text, and the tensors are the LoRA
+    adapters in peft's names (rollout/adapters.py); "" = the tensors are the full HF weights."""

@@ -1,6 +1,8 @@
 """`rl-service submit|status|logs|stop|list`: training runs as Ray Jobs (rl_service/infra/jobs.py).
 
     rl-service submit CONFIG [key=value ...] [--address URL] [--no-wait] [--env K=V]
+        [--grid KEY=V1,V2 ... [--samples N] [--max-concurrent K] [--metric M] [--mode max|min]
+        [--asha] [--name NAME]]      with --grid: the job runs `rl-service sweep` instead of train
     rl-service status|logs [--follow]|stop SUBMISSION_ID [--address URL]
     rl-service list [--address URL]
 
@@ -13,11 +15,14 @@ from __future__ import annotations
 import json
 import sys
 
+from rl_service.cli.sweep import add_sweep_args
+
 
 def cmd_submit(args) -> int:
     from rl_service.infra import jobs
 
     env = dict(kv.split("=", 1) for kv in args.env)
+    sweep = _sweep_flags(args) if args.grid else None
     client = jobs.connect(args.address)
     sid = jobs.submit(
         client,
@@ -26,6 +31,8 @@ def cmd_submit(args) -> int:
         working_dir=args.working_dir,
         env_vars=env,
         submission_id=args.submission_id,
+        sweep=sweep,
+        grid=args.grid,
     )
     print(sid, flush=True)
     if args.no_wait:
@@ -35,6 +42,19 @@ def cmd_submit(args) -> int:
     final = jobs.wait(client, sid, poll_s=1.0)
     print(f"\njob {sid}: {final}", file=sys.stderr)
     return 0 if final == "SUCCEEDED" else 1
+
+
+def _sweep_flags(args) -> list[str]:
+    """`rl-service sweep`'s flags as the job will run them."""
+    flags = [f for g in args.grid for f in ("--grid", g)]
+    flags += ["--samples", str(args.samples), "--metric", args.metric, "--mode", args.mode]
+    if args.max_concurrent is not None:
+        flags += ["--max-concurrent", str(args.max_concurrent)]
+    if args.asha:
+        flags.append("--asha")
+    if args.name:
+        flags += ["--name", args.name]
+    return flags
 
 
 def cmd_status(args) -> int:
@@ -98,6 +118,7 @@ def register(subparsers) -> None:
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra env var for the job")
     p.add_argument("--working-dir", default=".", help="directory uploaded as the job's working dir")
     p.add_argument("--submission-id", default=None, help="choose the id instead of Ray's raysubmit_...")
+    add_sweep_args(p, grid_required=False)
     p.set_defaults(fn=cmd_submit)
 
     p = _with_address(subparsers.add_parser("status", help="show a job's status"))

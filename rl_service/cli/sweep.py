@@ -38,12 +38,14 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    sp = subparsers.add_parser("sweep", help="sweep hyperparameters on Ray Tune (a training run per trial)")
-    sp.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
-    sp.add_argument("overrides", nargs="*", help="dotted overrides for every trial, e.g. train.steps=30")
+def add_sweep_args(sp, grid_required: bool = True) -> None:
+    """The sweep's flags (also `rl-service submit`'s, where --grid makes the job a sweep)."""
     sp.add_argument(
-        "--grid", action="append", required=True, metavar="KEY=V1,V2", help="a swept key and its values (repeatable)"
+        "--grid",
+        action="append",
+        required=grid_required,
+        metavar="KEY=V1,V2",
+        help="a swept key and its values (repeatable)" + ("" if grid_required else "; makes the job a sweep"),
     )
     sp.add_argument("--samples", type=int, default=1, help="seeds per grid point (seed, seed+1, ...; default 1)")
     sp.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as fit)")
@@ -51,4 +53,11 @@ def register(subparsers) -> None:
     sp.add_argument("--mode", choices=("max", "min"), default="max", help="whether more of the metric is better")
     sp.add_argument("--asha", action="store_true", help="stop bad trials early (ASHA on the metric at each eval)")
     sp.add_argument("--name", default=None, help="sweep name (default: the config's name): runs/<name>-sweep/")
+
+
+def register(subparsers) -> None:
+    sp = subparsers.add_parser("sweep", help="sweep hyperparameters on Ray Tune (a training run per trial)")
+    sp.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
+    sp.add_argument("overrides", nargs="*", help="dotted overrides for every trial, e.g. train.steps=30")
+    add_sweep_args(sp)
     sp.set_defaults(fn=cmd_sweep)

@@ -28,6 +28,7 @@ def cmd_train(args) -> int:
     task = make_task(cfg.task)  # a dataset task reads and checks its rows: DataError -> exit 2
     model_path = ensure_model(cfg.model, cfg.task, cfg.seed)
     bind_task(task, str(model_path), cfg.rollout.max_new_tokens)  # tokenized; DataError -> exit 2
+    _check_lora_sync(cfg, model_path)
     text_eval = prepare_text_eval(cfg, task, str(model_path))  # eval.metrics' inputs: DataError -> exit 2
     run_dir, resume_from = open_run_dir(cfg, args.resume)  # only now is an older run dir moved aside
     if resume_from is not None:
@@ -43,6 +44,17 @@ def cmd_train(args) -> int:
         summary = train(cfg, run_dir, str(model_path), resume_from=resume_from, task=task, text_eval=text_eval)
     print("\n".join(summary_lines(summary, run_dir)))
     return 0
+
+
+def _check_lora_sync(cfg, model_path) -> None:
+    """model.lora.sync=adapters on an engine or architecture that cannot serve them: exit 2 now."""
+    from rl_service.config import ConfigError
+    from rl_service.rollout.adapters import resolve
+
+    try:
+        resolve(cfg, model_path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def cmd_build_model(args) -> int:

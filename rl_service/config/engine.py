@@ -21,3 +21,7 @@ class EngineConfig(Section):
     """Engine dtype; float32 keeps rollout (and served) logprobs equal to the learner's on CPU."""
     kv_cache_gib: float = Field(0.25, gt=0)
     """vLLM CPU KV-cache size (VLLM_CPU_KVCACHE_SPACE)."""
+    lora_rank: int = Field(0, ge=0)
+    """Largest LoRA adapter rank the engine reserves room for (vLLM `enable_lora`); 0 = no LoRA.
+    Set by the run itself when model.lora.sync resolves to adapters (rollout/adapters.py), not by
+    hand."""

@@ -66,6 +66,13 @@ class LoraConfig(Section):
     """Leaf names of the modules that get adapters (e.g. [q_proj, v_proj]). None = every linear
     projection inside the decoder blocks: attention and MLP (Llama / Qwen2 / Mistral: q/k/v/o,
     gate/up/down_proj; GPT-2: c_attn, c_proj, c_fc)."""
+    sync: Literal["auto", "adapters", "merged"] = "auto"
+    """What each weight sync sends the engines. `adapters`: the adapter tensors only (peft format),
+    served by vLLM's LoRA layers on the base weights the engines already hold (vLLM and an
+    architecture it has LoRA layers for: Llama, Mistral, Qwen2, Qwen3). `merged`: the full
+    weights W + (alpha/r) B A (any engine and architecture; the bytes of full fine-tuning).
+    `auto`: adapters where every engine of the run (rollout, and Serve when serve.enabled) can
+    serve them, merged otherwise. Checksum and probe verification either way."""
 
 
 class ModelConfig(Section):

@@ -95,7 +95,7 @@ class Config(RunHeader):
         _check_eval(self)
         if self.model.lora.r and rc.weight_sync != "object_store":
             raise ValueError(
-                f"model.lora: the engines load the merged weights through the object store; "
+                f"model.lora: the engines load merged weights or adapters through the object store; "
                 f"rollout.weight_sync={rc.weight_sync} streams the raw parameters (use object_store)"
             )
         if lc.backend == "nccl" and lc.resources.num_gpus == 0:

@@ -53,6 +53,7 @@ from rl_service.controller.recovery import FaultLog, Recovery, restart_learners
 from rl_service.controller.state import RunState, load_resumable
 from rl_service.controller.step_metrics import StepTimer, SyncResult, step_metrics
 from rl_service.infra.components import Components, LearnerFailure
+from rl_service.rollout import adapters
 from rl_service.tasks import PromptStream, prepare_task
 from rl_service.testing import faults
 from rl_service.tracking.run import ConsumedLog, RunTracker, truncate_logs
@@ -74,6 +75,7 @@ def train(
     A learner failure restarts the run from its latest checkpoint (or from the start if it has
     none yet), at most train.max_restarts times; the summary counts the restarts."""
     faults.arm(run_dir)
+    cfg = adapters.resolve(cfg, model_path)  # model.lora.sync settled: what learner and engines exchange
     flog = FaultLog()
     task = task if task is not None else prepare_task(cfg.task, model_path, cfg.rollout.max_new_tokens)
     text_eval = text_eval if text_eval is not None else prepare_text_eval(cfg, task, model_path)
@@ -194,7 +196,9 @@ class Controller:
         loaded = self.recovery.retrying(st.pipe, self.comps.load_published)
         if self.follower:
             self.follower.on_version(st.version, *self.comps.published)  # (state_ref, meta) of this version
-        return SyncResult(probe_max_diff=loaded["probe_max_diff"], load_s=loaded["load_s"])
+        return SyncResult(
+            probe_max_diff=loaded["probe_max_diff"], load_s=loaded["load_s"], bytes=loaded.get("bytes", float("nan"))
+        )
 
     def settle_weights(self) -> None:
         """rollout.weight_sync=collective with max_policy_lag >= 1: the last sync's swap was left

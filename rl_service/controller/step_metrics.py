@@ -51,6 +51,8 @@ class SyncResult:
     """Largest |logprob difference| on the probe sequences, learner vs the slowest worker."""
     load_s: float = 0.0
     """The slowest worker's checksum + load + probe."""
+    bytes: float = float("nan")
+    """Tensor bytes each worker received (the full weights, or LoRA adapters only)."""
 
 
 def reward_part_means(summaries: list[BatchSummary]) -> dict[str, float]:
@@ -104,6 +106,7 @@ def step_metrics(
         "timing_s/publish": timer.seconds.get("publish", 0.0),
         "timing_s/load": sync.load_s,
         "weight_sync/probe_max_diff": sync.probe_max_diff,
+        "weight_sync/bytes": sync.bytes,
         # rollout.weight_sync=collective: waiting for the previous sync's swap before training
         **({"timing_s/weight_settle": timer.seconds["settle"]} if "settle" in timer.seconds else {}),
         "perf/tokens_per_s": sum(s.num_response_tokens for s in summaries) / step_s,

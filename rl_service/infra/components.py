@@ -242,6 +242,7 @@ class Components:
             return {
                 "probe_max_diff": max(r["probe_max_diff"] for r in results),
                 "load_s": max(r["seconds"] for r in results),
+                "bytes": results[0]["bytes"],
             }
         if self.streamer is not None:
             loaded = self.streamer.deliver(self.learners, self.workers)
@@ -254,6 +255,7 @@ class Components:
         return {
             "probe_max_diff": max(r["probe_max_diff"] for r in results),
             "load_s": max(r["seconds"] for r in results),
+            "bytes": results[0]["bytes"],  # what each worker received (adapters only with model.lora.sync)
         }  # slowest worker: checksum + load + probe
 
     def settle_weights(self) -> dict | None:

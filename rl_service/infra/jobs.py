@@ -116,8 +116,11 @@ def runtime_env(working_dir: str | Path = ".", env_vars: dict[str, str] | None =
     return env
 
 
-def train_entrypoint(config: str, overrides: list[str]) -> str:
-    return shlex.join(["python", "-m", "rl_service.cli", "train", config, *overrides])
+def train_entrypoint(config: str, overrides: list[str], sweep: list[str] | None = None) -> str:
+    """The job's command: `rl-service train CONFIG overrides`, or with `sweep` (the sweep's own
+    flags: --grid K=V1,V2 ... --samples N ...) `rl-service sweep CONFIG overrides flags`."""
+    command = "train" if sweep is None else "sweep"
+    return shlex.join(["python", "-m", "rl_service.cli", command, config, *overrides, *(sweep or [])])
 
 
 def submit(
@@ -128,12 +131,21 @@ def submit(
     working_dir: str | Path = ".",
     env_vars: dict[str, str] | None = None,
     submission_id: str | None = None,
+    sweep: list[str] | None = None,
+    grid: list[str] | None = None,
 ) -> str:
     """Validate the config here (bad config = JobsError before anything is uploaded), then submit.
-    `config` must lie inside `working_dir` (that is what the job's driver will see)."""
+    `config` must lie inside `working_dir` (that is what the job's driver will see). With `grid`
+    (the --grid specs) the job is a sweep (`sweep`: every sweep flag, --grid included): each
+    trial's config is checked here first, as `rl-service sweep` checks them."""
     from rl_service.config import load_config
 
-    load_config(config, overrides)  # ConfigError propagates: exit 2, nothing submitted
+    if grid:
+        from rl_service.sweep.grid import check_points, grid_points
+
+        check_points(config, overrides, grid_points(grid))  # ConfigError naming the trial: exit 2
+    else:
+        load_config(config, overrides)  # ConfigError propagates: exit 2, nothing submitted
     wd = Path(working_dir).resolve()
     try:
         rel = Path(config).resolve().relative_to(wd)
@@ -142,10 +154,10 @@ def submit(
     return _call(
         client,
         client.submit_job,
-        entrypoint=train_entrypoint(str(rel), overrides),
+        entrypoint=train_entrypoint(str(rel), overrides, sweep if grid else None),
         runtime_env=runtime_env(wd, env_vars),
         submission_id=submission_id,
-        metadata={"rl_service_config": str(rel)},
+        metadata={"rl_service_config": str(rel), "rl_service_command": "sweep" if grid else "train"},
     )
 
 

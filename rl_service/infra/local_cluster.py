@@ -9,7 +9,8 @@ path would overflow Ray's 108-char unix socket limit), `ray start` logs and `clu
 (addresses, ports, PIDs). Processes are identified by the temp dir in their command line
 plus their descendants, so `down` never needs `ray stop` (which kills every Ray on the
 machine). Token auth stays on (`RAY_AUTH_MODE=token`; the token is ~/.ray/auth_token
-unless RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH say otherwise).
+unless RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH say otherwise; `up` writes a new one there when
+there is none).
 """
 
 from __future__ import annotations
@@ -89,6 +90,25 @@ def _ray_env(loopback_only: bool = False) -> dict[str, str]:
     return env
 
 
+def ensure_token() -> Path | None:
+    """Token auth needs a token before `ray start`: when none is set (RAY_AUTH_TOKEN, the file at
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), write a new random one where Ray reads it (what
+    `ray get-auth-token --generate` does), owner-only. -> the file written, or None."""
+    import secrets
+
+    from rl_service.infra.jobs import read_token
+
+    if read_token():
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    print(f"no Ray auth token was set: wrote a new one to {path}", file=sys.stderr)
+    return path
+
+
 def _ray_temp_dir(root: Path) -> Path:
     tmp = root / "ray"
     if len(str(tmp)) > MAX_TEMP_DIR_CHARS:
@@ -157,6 +177,7 @@ def up(
     if (root / STATE_FILE).exists() and status(root)["alive_pids"]:
         raise RuntimeError(f"a cluster from {root} is already running; `rl-service cluster down` first")
     (root / "logs").mkdir(parents=True, exist_ok=True)
+    ensure_token()
     head = NodeSpec("head", head_cpus, dict(head_resources or {}))
     gcs_port, dash_port = free_port(), free_port()
     st = {

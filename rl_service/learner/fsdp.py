@@ -109,13 +109,25 @@ def full_state_dict(model: nn.Module, every_rank: bool = False) -> dict[str, tor
     return state_dict
 
 
-def full_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def full_parameters(model: nn.Module, keep, every_rank: bool = False) -> dict[str, torch.Tensor]:
+    """Unsharded copies (on CPU) of the state-dict entries whose name `keep(name)` accepts, e.g.
+    LoRA adapters only: the rest of the model is never gathered. Collective (one all-gather per
+    kept DTensor, every rank in name order); rank 0 gets the tensors, the others an empty dict
+    unless `every_rank`."""
+    out = {}
+    for name, t in full_tensors(model, keep):
+        if every_rank or not dist.is_initialized() or dist.get_rank() == 0:
+            out[name] = t.cpu().clone()
+    return out
+
+
+def full_tensors(model: nn.Module, keep=None) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, unsharded tensor) of every state-dict entry in name order, one at a time: the
     streamed weight sync's source (the model is never gathered whole). Collective: every rank
     iterates to the end (each DTensor's `full_tensor()` is an all-gather). With one rank a
     tensor may be the live parameter itself: clone it to keep it past the next optimizer step."""
     state = model.state_dict()  # FSDP2: DTensor shards of the parameters, plain buffers
-    for name in sorted(state):
+    for name in sorted(n for n in state if keep is None or keep(n)):
         t = state[name]
         yield name, (t.full_tensor() if isinstance(t, DTensor) else t).detach()
 

@@ -236,7 +236,9 @@ class Learner:
     def publish(
         self, version: int, probe_ids: list[list[int]], every_rank: bool = False
     ) -> tuple[PolicyVersion, dict[str, Tensor] | None]:
-        """Gather the full policy state dict and score the probes (collective).
+        """Gather the full policy state dict and score the probes (collective). With LoRA, what
+        model.lora.sync says: the merged weights, or only the adapters (peft names; the version's
+        `adapter_config` then names them).
 
         probe_ids: sequences of >= 2 tokens. Rank 0 returns (PolicyVersion, state_dict with HF
         names); other ranks (PolicyVersion, None), or their own gathered copy with every_rank (the
@@ -244,13 +246,19 @@ class Learner:
         probe_logprobs[i][t-1] = log p(probe[t] | probe[:t]).
         """
         assert self.models is not None, "call setup() first"
-        state_dict = self._engine_state_dict(fsdp.full_state_dict(self.models.policy, every_rank=every_rank))
+        adapters_only = bool(self.lora and self.lora.sync == "adapters")
+        if adapters_only:  # model.lora.sync=adapters: only the adapters are gathered and sent
+            gathered = fsdp.full_parameters(self.models.policy, lambda n: ".lora_" in n, every_rank=every_rank)
+            state_dict = lora.peft_named(gathered) if gathered else None
+        else:
+            state_dict = self._engine_state_dict(fsdp.full_state_dict(self.models.policy, every_rank=every_rank))
         probe_logprobs = self.probe_logprobs(probe_ids)
         meta = None
         if self.rank == 0:
             meta = (state_dict_checksum(state_dict), state_dict_bytes(state_dict))
         checksum, num_bytes = fsdp.broadcast_object(meta)
-        pv = _policy_version(version, checksum, num_bytes, probe_ids, probe_logprobs)
+        adapter_config = lora.config_json(self._peft_cfg) if adapters_only else ""
+        pv = _policy_version(version, checksum, num_bytes, probe_ids, probe_logprobs, adapter_config)
         return pv, (state_dict if self.rank == 0 or every_rank else None)
 
     def publish_stream(
@@ -372,11 +380,14 @@ def _engine_mismatch(samples: list[Sample], engine_lp: Tensor, data: RolloutTens
     }
 
 
-def _policy_version(version: int, checksum: str, num_bytes: int, probe_ids, probe_logprobs) -> PolicyVersion:
+def _policy_version(
+    version: int, checksum: str, num_bytes: int, probe_ids, probe_logprobs, adapter_config: str = ""
+) -> PolicyVersion:
     return PolicyVersion(
         version=version,
         checksum=checksum,
         num_bytes=num_bytes,
         probe_ids=tuple(tuple(int(t) for t in p) for p in probe_ids),
         probe_logprobs=probe_logprobs,
+        adapter_config=adapter_config,
     )

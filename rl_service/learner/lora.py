@@ -4,7 +4,8 @@
     layers = add_adapters(model, peft_cfg)    inject adapters (peft), freeze everything else;
                                               -> {module name: fan_in_fan_out} of the adapted layers
     AdaptersOff(policy)                       the reference: the same modules, adapters switched off
-    merged = merged_state_dict(sd, layers, s) HF-named full weights W + s * B @ A (what the engines load)
+    merged = merged_state_dict(sd, layers, s) HF-named full weights W + s * B @ A (model.lora.sync=merged)
+    peft_named(adapter_tensors(sd))           the adapters under peft's names (model.lora.sync=adapters)
     write_adapter_dir(sd, lora_cfg, base, out) the adapters as a peft directory (PeftModel.from_pretrained)
 
 The adapters are injected into the HF model itself (`inject_adapter_in_model`), not wrapped in a
@@ -151,6 +152,20 @@ def adapter_tensors(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v for k, v in state_dict.items() if ".lora_" in k}
 
 
+def peft_named(adapters: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Adapter tensors under peft's file names: `<layer>.lora_A.default.weight` ->
+    `base_model.model.<layer>.lora_A.weight` (what adapter_model.safetensors holds, and vLLM loads)."""
+    return {"base_model.model." + k.replace(f".{ADAPTER}.", "."): v for k, v in adapters.items()}
+
+
+def config_json(peft_cfg) -> str:
+    """adapter_config.json's text for `peft_cfg` (what `save_pretrained` writes)."""
+    import json
+
+    d = peft_cfg.to_dict()
+    return json.dumps({k: sorted(v) if isinstance(v, set) else v for k, v in d.items()}, indent=2, sort_keys=True)
+
+
 def write_adapter_dir(state_dict: dict[str, Tensor], peft_cfg, out_dir: str | Path) -> None:
     """The adapters as a peft directory (adapter_config.json + adapter_model.safetensors) that
     `PeftModel.from_pretrained(base, out_dir)` loads onto the base model."""
@@ -159,9 +174,6 @@ def write_adapter_dir(state_dict: dict[str, Tensor], peft_cfg, out_dir: str | Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # peft's file format: `base_model.model.<name>` without the adapter name
-    tensors = {
-        "base_model.model." + k.replace(f".{ADAPTER}.", "."): v.detach().contiguous().cpu()
-        for k, v in adapter_tensors(state_dict).items()
-    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in peft_named(adapter_tensors(state_dict)).items()}
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     peft_cfg.save_pretrained(str(out))

@@ -113,8 +113,17 @@ def make_engine(cfg: EngineConfig, model_path: str, seed: int, threads: int = 1,
     if cfg.name == "vllm":
         from rl_service.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype=cfg.dtype, kv_cache_gib=cfg.kv_cache_gib, seed=seed, cpu_threads=threads)
+        return VLLMEngine(
+            model_path,
+            dtype=cfg.dtype,
+            kv_cache_gib=cfg.kv_cache_gib,
+            seed=seed,
+            cpu_threads=threads,
+            lora_rank=cfg.lora_rank,
+        )
     if cfg.name == "hf":
+        if cfg.lora_rank:
+            raise ValueError("engine hf cannot serve LoRA adapters (model.lora.sync=merged)")
         from rl_service.rollout.hf_engine import HFEngine
 
         return HFEngine(model_path, dtype=cfg.dtype, seed=seed, device="cuda" if gpu else None)

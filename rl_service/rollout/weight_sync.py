@@ -113,12 +113,13 @@ def load_verified(
 
     The one load-and-verify path, used by rollout workers and Serve replicas alike:
     (1) the checksum of `state_dict` must equal `meta.checksum` (checked before loading, so a
-    corrupt version is never loaded); (2) `engine.load_weights`; (3) the engine's logprobs on
+    corrupt version is never loaded); (2) `engine.load_weights`, or with `meta.adapter_config`
+    (model.lora.sync=adapters) `engine.load_adapter` of the adapter tensors; (3) the engine's logprobs on
     `meta.probe_ids` must be within `tolerance` of the learner's `meta.probe_logprobs`
     (tolerance None: measured and reported, not enforced). `lock` is held around load and probe
     (the caller's generation lock), so no generation sees the weights half loaded. `who` names
     the loader in errors. Raises WeightSyncError.
-    -> {"version", "probe_max_diff", "seconds"}"""
+    -> {"version", "probe_max_diff", "seconds", "bytes" (what was loaded)}"""
     start = time.perf_counter()
     got = state_dict_checksum(state_dict, checksum_algo(meta.checksum))
     if got != meta.checksum:
@@ -126,7 +127,12 @@ def load_verified(
             f"{who}: checksum of version {meta.version} is {got[:21]}, published {meta.checksum[:21]}"
         )
     with lock if lock is not None else nullcontext():
-        engine.load_weights(state_dict, meta.version)
+        if getattr(meta, "adapter_config", ""):  # LoRA adapters on the engine's base weights
+            if not hasattr(engine, "load_adapter"):
+                raise WeightSyncError(f"{who}: version {meta.version} is LoRA adapters; this engine serves none")
+            engine.load_adapter(state_dict, meta.adapter_config, meta.version)
+        else:
+            engine.load_weights(state_dict, meta.version)
         probe_diff = (
             max_probe_diff(meta.probe_logprobs, engine.score([list(p) for p in meta.probe_ids]))
             if meta.probe_ids
@@ -137,4 +143,9 @@ def load_verified(
             f"{who}: version {meta.version} probe logprobs differ from the learner's "
             f"by {probe_diff:.2e} > rollout.verify_tolerance={tolerance}"
         )
-    return {"version": meta.version, "probe_max_diff": probe_diff, "seconds": time.perf_counter() - start}
+    return {
+        "version": meta.version,
+        "probe_max_diff": probe_diff,
+        "seconds": time.perf_counter() - start,
+        "bytes": state_dict_bytes(state_dict),
+    }

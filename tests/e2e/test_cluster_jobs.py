@@ -5,6 +5,7 @@ left (checked by PID). Plus `stop`, `list` and the one-line errors (exit 2)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -73,9 +74,14 @@ def scrape(url: str) -> dict[str, float]:
 def cluster():
     root = REPO / ".tmp" / "cluster" / f"jobs-{uuid.uuid4().hex[:6]}"
     env = {"RLS_CLUSTER_DIR": str(root)}
+    token_path = None
+    if not jobs.read_token():  # run alone: `cluster up` writes one, here rather than in ~/.ray
+        token_path = root / "auth_token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     t0 = time.time()
     up = cli("cluster", "up", "--head-cpus", "4", env=env)
     assert up.returncode == 0, up.stderr
+    assert token_path is None or token_path.stat().st_mode & 0o777 == 0o600
     st = local_cluster.read_state(root)
     st["up_s"] = time.time() - t0
     try:
@@ -86,6 +92,8 @@ def cluster():
         assert down.returncode == 0, down.stderr
         assert pids and not [p for p in pids if local_cluster.pid_alive(p)], "Ray processes of ours survived"
         assert local_cluster.our_pids(st["ray_temp_dir"], st["gcs_address"]) == []
+        if token_path is not None:
+            os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 
 
 def test_errors_are_one_line_exit_2(cluster):
@@ -100,6 +108,11 @@ def test_errors_are_one_line_exit_2(cluster):
     assert r.returncode == 2 and "no such job" in r.stderr
     r = cli("list", "--address", f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 2 and "no Ray cluster answers" in r.stderr
+    # a sweep whose grid makes a bad trial config: named, nothing submitted
+    before = len(jobs.list_jobs(jobs.connect(st["dashboard_url"])))
+    r = cli("submit", "configs/ci/tiny.yaml", "--grid", "learner.lr=1e-4,-1", "--address", st["dashboard_url"])
+    assert r.returncode == 2 and "trial 1 (learner.lr=-1)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert len(jobs.list_jobs(jobs.connect(st["dashboard_url"]))) == before
 
 
 def test_submit_tiny_run_to_succeeded(cluster, tmp_path):
@@ -165,6 +178,38 @@ def test_submit_tiny_run_to_succeeded(cluster, tmp_path):
 
     rep = cli("report", str(run_dir))
     assert rep.returncode == 0 and len(rep.stdout.split()) == 5
+
+
+def test_submit_a_sweep_runs_it_as_a_job(cluster):
+    """`rl-service submit CONFIG --grid ...`: the job is `rl-service sweep` on the cluster, each
+    trial a run of its own. A trial that fails (here its KL guard halts it at the first update:
+    kl_hard_limit 1e-12) is reported as failed with its error, and the sweep still succeeds."""
+    st, env = cluster
+    out = REPO / ".tmp" / "cluster" / "jobs-out" / uuid.uuid4().hex[:6]
+    r = cli(
+        "submit",
+        "configs/ci/tiny.yaml",
+        "train.steps=1",
+        f"run_root={out}",
+        f"model.cache_dir={REPO / '.cache' / 'test-models'}",
+        "--grid",
+        "learner.kl_hard_limit=1,1e-12",
+        "--max-concurrent",
+        "1",
+        "--name",
+        "jobsweep",
+        env=env,
+        timeout=600,
+    )  # waits for the job, streaming its logs
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "best: trial-" in r.stdout
+    info = jobs.info(jobs.connect(st["dashboard_url"]), r.stdout.strip().splitlines()[0])
+    assert info["entrypoint"].split()[3] == "sweep" and "--grid learner.kl_hard_limit=1,1e-12" in info["entrypoint"]
+    with open(out / "jobsweep-sweep" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["trial"], r["status"]) for r in rows] == [("trial-000", "done"), ("trial-001", "failed")], rows
+    assert "kl_hard_limit" in rows[1]["error"] and rows[0]["step"] == "1", rows
+    assert (out / "jobsweep-sweep" / "trials" / "trial-000" / "summary.json").is_file()
 
 
 def test_stop_a_running_job(cluster):

@@ -13,6 +13,7 @@ model's own template ids.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 from pathlib import Path
@@ -133,6 +134,10 @@ def _learn(rank: int, model_dir: str, out: str) -> None:
         version, state_dict = learner.publish(1, probes(tok))
         learner.save_hf(str(Path(out) / "lora-export"))
         result["lora"] = {"info": info, "metrics": metrics, "version": version, "state_dict": state_dict}
+        # the same weights published as adapters only (model.lora.sync=adapters, as resolved for vLLM)
+        learner.lora = learner.lora.model_copy(update={"sync": "adapters"})
+        version, state_dict = learner.publish(2, probes(tok))
+        result["lora-adapters"] = {"version": version, "state_dict": state_dict}
     finally:
         learner.shutdown()
     torch.save(result, Path(out) / "learned.pt")
@@ -253,6 +258,61 @@ def test_lora_trains_adapters_and_its_merged_weights_load_in_vllm(arch, learned,
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     by_peft = PeftModel.from_pretrained(base, export / "adapter").merge_and_unload().state_dict()
     assert max(float((by_peft[k] - sd[k]).abs().max()) for k in sd) < 1e-6
+
+
+def test_lora_adapters_alone_reach_vllm_where_it_has_lora_layers(arch, learned, model_dir):
+    """model.lora.sync=auto: Llama, Qwen2, Mistral get only the adapters (peft names, the export's
+    adapter file exactly), served by a vLLM engine with LoRA on its unchanged base weights within
+    the probe tolerance; GPT-2 (no LoRA layers in vLLM) gets the merged weights. A corrupt adapter
+    version is refused before it is loaded."""
+    from safetensors.torch import load_file
+
+    from rl_service.config import Config
+    from rl_service.rollout.adapters import max_lora_rank, resolve
+    from rl_service.rollout.vllm_engine import VLLMEngine
+
+    run = resolve(Config.model_validate({"model": {"lora": LORA.model_dump()}}), model_dir)
+    if arch == "gpt2":
+        assert run.model.lora.sync == "merged" and run.rollout.engine.lora_rank == 0
+        return
+    assert run.model.lora.sync == "adapters" and run.rollout.engine.lora_rank == max_lora_rank(LORA.r)
+    pv, sd = learned["lora-adapters"]["version"], learned["lora-adapters"]["state_dict"]
+    exported = load_file(str(learned["lora-export"] / "adapter" / "adapter_model.safetensors"))
+    assert set(sd) == set(exported) and all(torch.equal(sd[k], exported[k]) for k in sd)
+    assert json.loads(pv.adapter_config)["r"] == LORA.r and not learned["lora"]["version"].adapter_config
+    assert pv.num_bytes * 10 < learned["lora"]["version"].num_bytes  # r 4 of hidden 64: ~1/8 of the bytes
+    engine = VLLMEngine(str(model_dir), kv_cache_gib=0.0625, seed=0, cpu_threads=1, block_size=32, lora_rank=8)
+    try:
+        stale = max_probe_diff(pv.probe_logprobs, engine.score([list(p) for p in pv.probe_ids]))
+        assert stale > TOLERANCE  # the base alone is not the trained policy
+        corrupt = {k: v + (1e-3 if i == 0 else 0) for i, (k, v) in enumerate(sorted(sd.items()))}
+        with pytest.raises(WeightSyncError, match="checksum"):
+            load_verified(engine, corrupt, pv, TOLERANCE, arch)
+        assert engine.version == 0
+        for version in (2, 3):  # the second load replaces the first adapter in place
+            got = load_verified(engine, sd, dataclasses.replace(pv, version=version), TOLERANCE, f"{arch} adapters")
+            assert got["probe_max_diff"] <= TOLERANCE and engine.version == version
+        assert len(engine.llm.llm_engine.list_loras()) == 1
+    finally:
+        del engine
+
+
+def test_the_lora_architecture_table_agrees_with_vllm():
+    """rollout/adapters.py lists the architectures with vLLM LoRA layers (to keep vLLM's model
+    imports out of the CLI): each listed one has them in vLLM's registry, GPT-2's has none."""
+    import importlib
+
+    from vllm.model_executor.models.interfaces import supports_lora
+    from vllm.model_executor.models.registry import _VLLM_MODELS
+
+    from rl_service.rollout.adapters import VLLM_LORA_ARCHITECTURES
+
+    def model_class(arch: str):
+        module, name = _VLLM_MODELS[arch]
+        return getattr(importlib.import_module(f"vllm.model_executor.models.{module}"), name)
+
+    assert all(supports_lora(model_class(a)) for a in VLLM_LORA_ARCHITECTURES)
+    assert not supports_lora(model_class("GPT2LMHeadModel"))
 
 
 @pytest.mark.parametrize("arch", SERVED, indirect=True, scope="module")

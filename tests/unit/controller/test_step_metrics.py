@@ -23,6 +23,7 @@ CONTROLLER_KEYS = [
     "timing_s/publish",
     "timing_s/load",
     "weight_sync/probe_max_diff",
+    "weight_sync/bytes",
     "perf/tokens_per_s",
     "perf/samples_per_s",
 ]
@@ -83,7 +84,7 @@ def test_row_keeps_names_order_and_values():
         learner=learner,
         summaries=[_summary(4, 2, 30), _summary(5, 1, 10)],
         timer=timer,
-        sync=SyncResult(probe_max_diff=1e-6, load_s=0.25),
+        sync=SyncResult(probe_max_diff=1e-6, load_s=0.25, bytes=4096),
         evaluation={"eval/accuracy": 0.4},
         num_workers=2,
         num_scorers=1,
@@ -97,11 +98,11 @@ def test_row_keeps_names_order_and_values():
     assert row["timing_s/generate"] == 2.0 and row["timing_s/reward"] == 1.0  # per worker / per scorer
     assert row["timing_s/step"] == 4.0 and row["perf/tokens_per_s"] == 10.0 and row["perf/samples_per_s"] == 1.0
     assert row["timing_s/publish"] == timer.seconds["publish"] and row["timing_s/load"] == 0.25
-    assert row["weight_sync/probe_max_diff"] == 1e-6
+    assert row["weight_sync/probe_max_diff"] == 1e-6 and row["weight_sync/bytes"] == 4096
 
 
 def test_row_of_a_halted_step_has_no_sync_and_no_eval():
     row = halted_step_row([_summary(0, 0, 5)])
     assert "eval/accuracy" not in row and math.isnan(row["timing_s/train_compute"])
     assert row["timing_s/publish"] == 0.0 and row["timing_s/load"] == 0.0
-    assert math.isnan(row["weight_sync/probe_max_diff"])
+    assert math.isnan(row["weight_sync/probe_max_diff"]) and math.isnan(row["weight_sync/bytes"])
