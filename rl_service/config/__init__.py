@@ -21,7 +21,14 @@ Never imports ray, vllm or torch: a bad config fails in well under a second, bef
 from rl_service.config.base import Resources, Section
 from rl_service.config.engine import EngineConfig
 from rl_service.config.eval import EvalConfig
-from rl_service.config.learner import AdvantageConfig, GAEConfig, GroupAdvantageConfig, KLConfig, LearnerConfig
+from rl_service.config.learner import (
+    AdvantageConfig,
+    GAEConfig,
+    GroupAdvantageConfig,
+    KLConfig,
+    LearnerConfig,
+    TRPOConfig,
+)
 from rl_service.config.loading import (
     ConfigError,
     build_config,
@@ -60,6 +67,7 @@ __all__ = [
     "ModelConfig",
     "PreferenceConfig",
     "PreferenceRunConfig",
+    "TRPOConfig",
     "RMTrainConfig",
     "RayConfig",
     "Resources",

@@ -101,6 +101,27 @@ class KLConfig(Section):
         return self.coef > 0 or self.target is not None
 
 
+class TRPOConfig(Section):
+    """learner.optimizer=trpo: one natural-gradient step per update (learner/trpo_update.py)."""
+
+    max_kl: float = Field(0.01, gt=0)
+    """Trust region: the mean KL(pi_old || pi_new) per response token an accepted step may
+    reach (measured in the line search with the k3 estimator on the batch's sampled tokens)."""
+    cg_iters: int = Field(10, ge=1)
+    """Conjugate-gradient iterations (Fisher-vector products) solving F x = g."""
+    damping: float = Field(0.1, ge=0)
+    """Added to the Fisher: (F + damping I) x = g, which keeps CG stable where F is near singular."""
+    fvp_fraction: float = Field(0.25, gt=0, le=1)
+    """Share of the batch's rows (every k-th) the Fisher-vector products are computed on: the
+    Fisher is an average, a subsample estimates it for a fraction of the cost."""
+    backtrack: float = Field(0.5, gt=0, lt=1)
+    """Line search: each retry takes this fraction of the previous step."""
+    max_backtracks: int = Field(10, ge=0)
+    """Line search: retries after the full step before the update is given up (weights kept)."""
+    accept_ratio: float = Field(0.1, ge=0)
+    """Line search: a step must gain at least this share of its linear-model gain g . step."""
+
+
 class LearnerConfig(Section):
     num_workers: int = Field(2, ge=1)
     """FSDP2 processes (gloo on CPU, NCCL on GPU); gang scheduled in a placement group."""
@@ -179,6 +200,16 @@ class LearnerConfig(Section):
     kl_stop_multiple: float = Field(1.5, gt=0)
     """With target_kl set: a minibatch whose approx KL to the old policy exceeds
     kl_stop_multiple * target_kl ends this update at once (the remaining minibatches and epochs)."""
+    optimizer: Literal["adamw", "trpo"] = "adamw"
+    """How the policy is updated. `adamw`: PPO's clipped surrogate, ppo_epochs x num_minibatches
+    AdamW steps. `trpo`: one natural-gradient step per update, conjugate gradient on
+    Fisher-vector products (double backward of the mean KL) and a backtracking line search
+    that enforces `trpo.max_kl` (Schulman et al. 2015); lr, clip_eps, ppo_epochs and
+    num_minibatches do not apply to the policy (the critic still trains with AdamW as in PPO).
+    The Fisher-vector products need the policy unsharded: TRPO runs on one learner process
+    (learner.num_workers 1, no FSDP2 sharding of the policy), padded micro-batches (no packing)."""
+    trpo: TRPOConfig = TRPOConfig()
+    """learner.optimizer=trpo's settings."""
     kl_hard_limit: float | None = Field(1.0, gt=0)
     """Halt the run (with a checkpoint and a message) when any minibatch's approx KL to the
     old policy exceeds this (per token, nats): the policy has blown up. Decided before that
@@ -190,6 +221,22 @@ class LearnerConfig(Section):
     @classmethod
     def _legacy_layout(cls, data: Any) -> Any:
         return _legacy_advantage(data)
+
+    @model_validator(mode="after")
+    def _trpo_runs_alone(self) -> LearnerConfig:
+        if self.optimizer == "trpo":
+            why = {
+                "learner.num_workers > 1": self.num_workers > 1,
+                "learner.max_tokens_per_microbatch (packing)": self.max_tokens_per_microbatch is not None,
+                "learner.entropy_coef > 0": self.entropy_coef > 0,
+            }
+            bad = [k for k, v in why.items() if v]
+            if bad:
+                raise ValueError(
+                    f"learner.optimizer=trpo runs on one unsharded learner process with padded "
+                    f"micro-batches and no entropy bonus; drop {', '.join(bad)}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _share_needs_packing(self) -> LearnerConfig:

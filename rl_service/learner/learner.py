@@ -34,6 +34,7 @@ from rl_service.learner.batching import batch_token_rewards, engine_logprobs, gr
 from rl_service.learner.critic import load_value_model
 from rl_service.learner.forward import Models, check_packed_attention, policy_logprobs
 from rl_service.learner.prepare import RolloutTensors, prepare_rollout
+from rl_service.learner.trpo_update import trpo_update
 from rl_service.learner.update import ppo_update
 from rl_service.rollout import weight_stream
 from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
@@ -114,7 +115,9 @@ class Learner:
         for m in (policy, reference, critic):
             if m is not None:
                 m.to(device).eval()
-                fsdp.shard(m, mesh)
+                # TRPO differentiates gradients of the policy: left unsharded (one process)
+                if not (m is policy and self.cfg.optimizer == "trpo"):
+                    fsdp.shard(m, mesh)
         if wants_reference and self.lora:
             reference = lora.AdaptersOff(policy)
         self.models = Models(
@@ -200,17 +203,20 @@ class Learner:
             # PPO's ratio against the policy that actually sampled (it may be up to
             # max_policy_lag versions old): the clip then bounds the off-policy step too.
             data.old_logprobs = engine_lp
-        metrics.update(
-            ppo_update(
-                self.models,
-                self.policy_opt,
-                self.critic_opt,
-                data,
-                self.cfg,
-                kl_coef,
-                seed=self.seed * 100_003 + self.step,
+        if self.cfg.optimizer == "trpo":
+            metrics.update(trpo_update(self.models, self.critic_opt, data, self.cfg, kl_coef))
+        else:
+            metrics.update(
+                ppo_update(
+                    self.models,
+                    self.policy_opt,
+                    self.critic_opt,
+                    data,
+                    self.cfg,
+                    kl_coef,
+                    seed=self.seed * 100_003 + self.step,
+                )
             )
-        )
         # Ziegler et al. steer the per-sequence KL (summed over tokens). A NaN KL (a skipped,
         # broken step) must not poison the coefficient for the rest of the run.
         if "kl/seq_mean" in metrics and math.isfinite(metrics["kl/seq_mean"]):

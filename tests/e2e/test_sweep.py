@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _sweep_command(root: Path) -> list[str]:
     return [
         sys.executable, "-m", "rl_service.cli", "sweep", str(REPO / "configs" / "ci" / "tiny.yaml"),
-        f"run_root={root}", "train.steps=4", "train.eval_every=2", "train.checkpoint_every=1",
+        f"run_root={root}", "train.steps=3", "train.eval_every=2", "train.checkpoint_every=1",
         "tracking.ray_metrics=false",
         "--grid", "learner.lr=1e-3,3e-3", "--max-concurrent", "1", "--name", "s",
     ]  # fmt: skip
@@ -90,5 +90,5 @@ def test_a_killed_sweep_resumes_its_unfinished_trial_only(tmp_path, tiny_model_d
         ("trial-001", "3e-3", "done"),
     ]
     for r in rows:
-        assert 0.0 <= float(r["eval/accuracy"]) <= 1.0 and r["step"] == "4" and float(r["wall_s"]) > 0
+        assert 0.0 <= float(r["eval/accuracy"]) <= 1.0 and r["step"] == "3" and float(r["wall_s"]) > 0
     assert (tmp_path / "s-sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"

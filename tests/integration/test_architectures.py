@@ -293,6 +293,11 @@ def test_lora_adapters_alone_reach_vllm_where_it_has_lora_layers(arch, learned, 
             got = load_verified(engine, sd, dataclasses.replace(pv, version=version), TOLERANCE, f"{arch} adapters")
             assert got["probe_max_diff"] <= TOLERANCE and engine.version == version
         assert len(engine.llm.llm_engine.list_loras()) == 1
+        # the adapter is in every call: streamed tokens equal the generated ones, not the base's
+        ids = list(pv.probe_ids[0][:6])
+        (greedy,) = engine.generate_ids([ids], n=1, max_new_tokens=6, temperature=0)[0]
+        streamed = [t for d in engine.stream([ids], n=1, max_new_tokens=6, temperature=0) for t in d.token_ids]
+        assert tuple(streamed) == greedy.token_ids
     finally:
         del engine
 
@@ -319,15 +324,16 @@ def test_the_lora_architecture_table_agrees_with_vllm():
 def test_serve_answers_chat_through_the_template_on_the_export(arch, learned, serve_url):
     """The export loads in vLLM (the replica's engine) and a chat completion's prompt is exactly
     the template's ids; greedy, its answer equals the HF engine's from those ids. Two
-    architectures (untied and tied embeddings): every one already loads in vLLM above, and a
-    Serve deployment per architecture costs ~20-80 s on 2 cores."""
+    architectures (untied and tied embeddings; Llama's export is the LoRA run's, merged): every
+    one already loads in vLLM above, and a Serve deployment per architecture costs ~20-80 s on 2
+    cores."""
     from ray import serve
     from transformers import AutoTokenizer
 
     from rl_service.infra.placement import serve_app
     from rl_service.rollout.hf_engine import HFEngine
 
-    export = str(learned["export"])
+    export = str(learned["lora-export" if arch == "llama" else "export"])  # a LoRA run's final/ too
     cfg = ServeConfig(engine={"name": "vllm", "kv_cache_gib": 0.0625}, feedback_db=str(Path(export) / "fb.sqlite"))
     serve.run(serve_app(cfg, export), name=f"arch-{arch}", route_prefix="/")
     try:
