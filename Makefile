@@ -67,12 +67,12 @@ lint: $(STAMP)
 # Two pytest workers, whole files each (module fixtures stay in one process): most of a test's
 # wall time is Ray, vLLM and process start-up waiting, so two at a time fit on 2 cores.
 test: lint
-	$(VPY) -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
+	$(VPY) -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile --durations=30
 
 test-unit: $(STAMP)
 	$(VPY) -m pytest tests/unit -q
 
-# make bench [NAME=rollout|e2e_trl|overlap|weight_sync|overhead|learner_step|packing|lora|serve|chaos_soak|all] [QUICK=1] [PROFILE=1]
+# make bench [NAME=rollout|e2e_trl|overlap|weight_sync|overhead|learner_step|packing|lora|serve|chaos_soak|preference_noise|all] [QUICK=1] [PROFILE=1]
 NAME ?= all
 bench: $(BENCH_STAMP)
 	$(VPY) -m bench.run $(NAME) $(if $(QUICK),--quick) $(if $(PROFILE),--profile)

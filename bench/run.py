@@ -35,9 +35,11 @@ MODULES = {
     "packing": "bench.packing",
     "lora": "bench.lora",
     "chaos_soak": "bench.chaos_soak",
+    "preference_noise": "bench.preference_noise",
 }
 ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "packing", "lora", "e2e_trl", "serve"]
-"""What `all` runs: the speed benchmarks. chaos_soak (faults, ~5 min a trial) runs only by name."""
+"""What `all` runs: the speed benchmarks. chaos_soak (faults, ~5 min a trial) and preference_noise
+(reward-model quality under label noise, ~12 min) run only by name."""
 
 
 def run_serve(quick: bool) -> dict:

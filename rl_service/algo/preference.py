@@ -21,10 +21,13 @@ from torch import Tensor
 from rl_service.algo.masking import masked_sum
 
 
-def smoothed_pair_nll(z: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Per-pair NLL of "chosen beats rejected" with P = sigmoid(z). z: [B] -> [B]."""
-    if not 0.0 <= label_smoothing < 0.5:
+def smoothed_pair_nll(z: Tensor, label_smoothing: float | Tensor = 0.0) -> Tensor:
+    """Per-pair NLL of "chosen beats rejected" with P = sigmoid(z). z: [B] -> [B].
+    label_smoothing: one value, or one per pair [B] (a pair's own chance of a wrong label)."""
+    eps = torch.as_tensor(label_smoothing, dtype=torch.float32, device=z.device)
+    if not bool(((eps >= 0) & (eps < 0.5)).all()):
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    label_smoothing = eps
     z = z.float()
     return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
@@ -33,7 +36,7 @@ def bradley_terry_loss(
     chosen_rewards: Tensor,
     rejected_rewards: Tensor,
     margin: Tensor | float = 0.0,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | Tensor = 0.0,
     denom: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Reward-model loss (Bradley & Terry 1952; Ouyang et al. 2022): P(c > r) = sigmoid(r_c - r_r - m).
@@ -78,7 +81,7 @@ def dpo_loss(
     ref_chosen: Tensor,
     ref_rejected: Tensor,
     beta: float = 0.1,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | Tensor = 0.0,
     denom: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Direct Preference Optimisation (Rafailov et al. 2023).

@@ -14,12 +14,23 @@ from __future__ import annotations
 
 from rl_service.config import load_preference_config
 from rl_service.preference.data import load_pairs
+from rl_service.preference.noise import apply_noise_handling
 
 
 def _run(kind: str, args) -> int:
     # bad config or data flags: exit 2 before anything heavy
     cfg = load_preference_config(args.config, args.overrides, kind=kind)
     train_pairs, eval_pairs = load_pairs(cfg, args.data, args.eval_data, args.feedback_db)
+    pc = cfg.preference
+    train_pairs, found = apply_noise_handling(train_pairs, pc.noise, pc.label_smoothing)
+    if found is not None:
+        shown = ", ".join(f"{a or '(none)'} {acc:.3f}" for a, acc in found["annotators"].items())
+        print(
+            f"[{kind}] noise=annotators: {found['rows']} labels -> {found['items']} pairs "
+            f"({found['contested']} contested, {found['flipped']} against their majority); "
+            f"annotator accuracy: {shown}",
+            flush=True,
+        )
     from rl_service.controller.run_dir import prepare_run_dir
     from rl_service.models.build import ensure_model
     from rl_service.preference.train import train_preferences

@@ -34,7 +34,14 @@ class _PairTraining(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping by global norm."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    """Probability that a label is flipped (noisy preferences); 0 = plain NLL."""
+    """Probability that a label is flipped (noisy preferences): the conservative Bradley–Terry /
+    cDPO loss; 0 = plain NLL. With noise=annotators: the least smoothing any pair gets."""
+    noise: Literal["smoothing", "annotators"] = "smoothing"
+    """How noisy labels are handled (rl_service/preference/noise.py). `smoothing`: every row
+    trains as given, each label smoothed by `label_smoothing`. `annotators`: rows carry an
+    `annotator` id; the rows about one item (a prompt and the same two completions) are votes,
+    each annotator's accuracy is estimated from their agreement (one-coin Dawid–Skene EM), and
+    each item trains once, oriented by its posterior, smoothed by 1 - its confidence."""
     eval_every: int = Field(50, ge=1)
     """Steps between held-out evaluations."""
     threads: int = Field(1, ge=1)

@@ -11,6 +11,8 @@ answer is seeded by (seed, a, b): the data does not depend on generation order.
 feedback database, or (neither) this synthetic task.
 
     python -m rl_service.preference.data --out data/prefs   # train.jsonl + eval.jsonl
+    python -m rl_service.preference.data --out data/noisy --annotators a:0.9,b:0.8,c:0.5 --per-item 2
+        # each training pair labelled by simulated annotators (rows with `annotator`), eval clean
 """
 
 from __future__ import annotations
@@ -77,6 +79,38 @@ def synthetic_preferences(task_cfg: AdditionConfig, num_train: int, seed: int) -
     return train, held_out
 
 
+def annotated(pairs: list[dict], annotators: dict[str, float], per_item: int, seed: int) -> list[dict]:
+    """Simulated annotators labelling clean pairs: each pair gets `per_item` distinct annotators
+    (drawn per pair), each giving the right orientation with their accuracy, else the reverse;
+    one row per label, with its `annotator`. Seeded by (seed, pair index)."""
+    names = sorted(annotators)
+    if not 1 <= per_item <= len(names):
+        raise ConfigError(f"--per-item must be between 1 and the {len(names)} annotators, got {per_item}")
+    rows = []
+    for i, pair in enumerate(pairs):
+        rng = random.Random(f"{seed}:{i}")
+        for name in rng.sample(names, per_item):
+            right = rng.random() < annotators[name]
+            chosen, rejected = (pair["chosen"], pair["rejected"]) if right else (pair["rejected"], pair["chosen"])
+            rows.append({"prompt": pair["prompt"], "chosen": chosen, "rejected": rejected, "annotator": name})
+    return rows
+
+
+def parse_annotators(spec: str) -> dict[str, float]:
+    """`a:0.9,b:0.75` -> {"a": 0.9, "b": 0.75}; ConfigError naming a bad entry."""
+    out = {}
+    for part in filter(None, spec.split(",")):
+        name, _, acc = part.partition(":")
+        try:
+            value = float(acc)
+        except ValueError:
+            value = -1.0
+        if not name or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--annotators: {part!r} is not NAME:ACCURACY with an accuracy in [0, 1]")
+        out[name] = value
+    return out
+
+
 def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Deterministic split of arbitrary pairs (a file, the feedback database) by prompt hash."""
     train, held_out = [], []
@@ -87,7 +121,8 @@ def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, str]]:
-    """Preference pairs from JSON lines; each must have string prompt/chosen/rejected."""
+    """Preference pairs from JSON lines; each must have string prompt/chosen/rejected (and may
+    name its `annotator`)."""
     pairs = []
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -95,14 +130,19 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
         row = json.loads(line)
         if not all(isinstance(row.get(k), str) for k in PAIR_KEYS):
             raise ValueError(f"{path}:{i}: expected string fields {PAIR_KEYS}, got {sorted(row)}")
-        pairs.append({k: row[k] for k in PAIR_KEYS})
+        pair = {k: row[k] for k in PAIR_KEYS}
+        if "annotator" in row:  # who gave the label (preference.noise=annotators)
+            pair["annotator"] = str(row["annotator"])
+        pairs.append(pair)
     return pairs
 
 
 def write_jsonl(pairs: list[dict[str, str]], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, "".join(json.dumps({k: p[k] for k in PAIR_KEYS}) + "\n" for p in pairs))
+    # an `annotator` id (preference.noise=annotators) travels with its row
+    keys = (*PAIR_KEYS, "annotator")
+    write_atomic(path, "".join(json.dumps({k: p[k] for k in keys if k in p}) + "\n" for p in pairs))
 
 
 def load_pairs(
@@ -151,10 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--digits", type=int, default=2)
     ap.add_argument("--num-eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--annotators",
+        default=None,
+        metavar="NAME:ACC,...",
+        help="simulated annotators label the training pairs (each right with its accuracy); eval stays clean",
+    )
+    ap.add_argument("--per-item", type=int, default=3, help="annotators per training pair (with --annotators)")
     args = ap.parse_args(argv)
     train, held_out = synthetic_preferences(
         AdditionConfig(digits=args.digits, num_eval=args.num_eval), args.num_train, args.seed
     )
+    if args.annotators:
+        try:
+            train = annotated(train, parse_annotators(args.annotators), args.per_item, args.seed)
+        except ConfigError as err:
+            ap.error(str(err))
     write_jsonl(train, Path(args.out) / "train.jsonl")
     write_jsonl(held_out, Path(args.out) / "eval.jsonl")
     print(f"wrote {len(train)} train and {len(held_out)} held-out pairs to {args.out}/")

@@ -71,7 +71,8 @@ def encode_completions(tokenizer, prompts: list[str], completions: list[str]) ->
 
 
 def encode_pairs(kind: str, tokenizer, pairs: list[dict]) -> dict[str, torch.Tensor]:
-    """Chosen rows then rejected rows: every tensor is [2N, L] (row i and N+i are one pair)."""
+    """Chosen rows then rejected rows: every tensor is [2N, L] (row i and N+i are one pair);
+    `label_eps` [2N] when the pairs carry their own label smoothing."""
     prompts = [p["prompt"] for p in pairs] * 2
     completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     if kind == "rm":
@@ -80,8 +81,11 @@ def encode_pairs(kind: str, tokenizer, pairs: list[dict]) -> dict[str, torch.Ten
         starts = torch.tensor([len(tokenizer(p).input_ids) for p in prompts])
         cols = torch.arange(data["input_ids"].shape[1])
         data["response_mask"] = ((cols[None, :] >= starts[:, None]) & (data["attention_mask"] > 0)).long()
-        return data
-    return encode_completions(tokenizer, prompts, completions)
+    else:
+        data = encode_completions(tokenizer, prompts, completions)
+    if any("label_eps" in p for p in pairs):  # preference.noise=annotators: a smoothing per pair
+        data["label_eps"] = torch.tensor([float(p.get("label_eps", 0.0)) for p in pairs] * 2)
+    return data
 
 
 def _rows(data: dict[str, torch.Tensor], idx: torch.Tensor, n_pairs: int, device) -> dict[str, torch.Tensor]:
@@ -89,7 +93,7 @@ def _rows(data: dict[str, torch.Tensor], idx: torch.Tensor, n_pairs: int, device
     rows = torch.cat([idx, idx + n_pairs])
     out = {k: v[rows] for k, v in data.items()}
     L = int(out["attention_mask"].sum(-1).max())
-    return {k: v[:, :L].to(device) for k, v in out.items()}
+    return {k: (v[:, :L] if v.dim() == 2 else v).to(device) for k, v in out.items()}
 
 
 # ---------------------------------------------------------------- per-pair scores
@@ -139,15 +143,17 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def pair_loss(kind: str, models: dict, batch, cfg, denom: float) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, metrics) of k pairs; batch rows [2k, L] are the k chosen then the k rejected."""
     pc = cfg.preference
+    k = batch["input_ids"].shape[0] // 2
+    eps = batch["label_eps"][:k] if "label_eps" in batch else pc.label_smoothing
     if kind == "rm":
         model = models["train"]
         if not isinstance(model, RewardModelWithLM):
             r = rm_scores(model, batch)
             k = r.shape[0] // 2
-            return bradley_terry_loss(r[:k], r[k:], margin=pc.margin, label_smoothing=pc.label_smoothing, denom=denom)
+            return bradley_terry_loss(r[:k], r[k:], margin=pc.margin, label_smoothing=eps, denom=denom)
         r, logits = model(batch["input_ids"], batch["attention_mask"])
         k = r.shape[0] // 2
-        loss, m = bradley_terry_loss(r[:k], r[k:], margin=pc.margin, label_smoothing=pc.label_smoothing, denom=denom)
+        loss, m = bradley_terry_loss(r[:k], r[k:], margin=pc.margin, label_smoothing=eps, denom=denom)
         nll = chosen_lm_nll(logits, batch, k)  # [k]; summed / GLOBAL pair count, like the BT loss
         m["lm_loss"] = float(nll.detach().mean()) if k else 0.0
         return loss + pc.rm_lm_coef * nll.sum() / denom, m
@@ -155,7 +161,7 @@ def pair_loss(kind: str, models: dict, batch, cfg, denom: float) -> tuple[torch.
     with torch.no_grad():
         ref = completion_logprobs(models["reference"], batch)
     k = lp.shape[0] // 2
-    loss, m = dpo_loss(lp[:k], lp[k:], ref[:k], ref[k:], beta=pc.beta, label_smoothing=pc.label_smoothing, denom=denom)
+    loss, m = dpo_loss(lp[:k], lp[k:], ref[:k], ref[k:], beta=pc.beta, label_smoothing=eps, denom=denom)
     m["logp_accuracy"] = float((lp[:k] > lp[k:]).float().mean())  # the policy itself prefers chosen
     return loss, m
 

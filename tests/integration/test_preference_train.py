@@ -142,3 +142,39 @@ def test_pairs_from_jsonl_and_feedback_db(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError):
         load_pairs(cfg, data=str(tmp_path / "prefs.jsonl"), feedback_db=str(tmp_path / "fb.sqlite"))
+
+
+def test_train_rm_with_annotator_noise_handling_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`rl-service train-rm --data ROWS preference.noise=annotators`: rows with annotator ids
+    (two right every time, one always reversed; each pair labelled by all three) become one
+    oriented pair each, the reversing annotator found by EM (printed), and the reward model
+    trained on those pairs ranks the clean training pairs right."""
+    import subprocess
+    import sys
+
+    from rl_service.preference.data import annotated, synthetic_preferences, write_jsonl
+
+    clean, held_out = synthetic_preferences(AdditionConfig(num_eval=200), 200, 0)
+    rows = annotated(clean, {"ann": 1.0, "bob": 1.0, "rev": 0.0}, per_item=3, seed=0)
+    write_jsonl(rows, tmp_path / "rows.jsonl")
+    write_jsonl(held_out, tmp_path / "eval.jsonl")
+    cfg = tmp_path / "rm.yaml"
+    cfg.write_text(
+        "name: noisy-rm\nseed: 0\ntask: {name: addition, digits: 2, num_eval: 200}\n"
+        f"model: {{cache_dir: {tiny_model_dir.parent}, build: {{hidden_size: 64, num_layers: 2, num_heads: 2, "
+        "intermediate_size: 128}, sft: {max_steps: 50}}\n"
+        f"run_root: {tmp_path / 'runs'}\n"
+        "preference: {type: rm, noise: annotators, steps: 200, batch_size: 32, lr: 1.0e-3, eval_every: 200, "
+        "warmup_steps: 2}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "rl_service.cli", "train-rm", str(cfg), "--data", str(tmp_path / "rows.jsonl"),
+         "--eval-data", str(tmp_path / "eval.jsonl")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(ln for ln in done.stdout.splitlines() if "noise=annotators" in ln)
+    assert "600 labels -> 200 pairs" in line and "0 contested" in line, line
+    accuracies = dict(part.rsplit(" ", 1) for part in line.split("annotator accuracy: ")[1].split(", "))
+    assert float(accuracies["rev"]) < 0.05 and float(accuracies["ann"]) > 0.95, accuracies
+    assert _pair_accuracy(tmp_path / "runs" / "noisy-rm" / "model", clean) > 0.9
