@@ -177,10 +177,12 @@ class PolicyServer:
                     param="completion_id",
                 )
             await asyncio.to_thread(
-                self.store.add_rating, fid, fb.completion_id, fb.choice_index, fb.rating, fb.comment
+                self.store.add_rating, fid, fb.completion_id, fb.choice_index, fb.rating, fb.comment, fb.annotator
             )
         else:
-            await asyncio.to_thread(self.store.add_preference, fid, fb.prompt, fb.chosen, fb.rejected, fb.comment)
+            await asyncio.to_thread(
+                self.store.add_preference, fid, fb.prompt, fb.chosen, fb.rejected, fb.comment, fb.annotator
+            )
         # Returned only after the commit: an acknowledged row survives a crash.
         return JSONResponse({"id": fid, "object": "feedback", "stored": True})
 

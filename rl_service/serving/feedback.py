@@ -16,12 +16,17 @@ When the database stays unreachable the call raises StoreUnavailable (the endpoi
 
 Tables:
     completions(id, choice_index, created, kind, model, policy_version, prompt, completion, finish_reason)
-    ratings(id, completion_id, choice_index, rating, comment, created)
-    preferences(id, prompt, chosen, rejected, comment, created)
+    ratings(id, completion_id, choice_index, rating, comment, created, annotator)
+    preferences(id, prompt, chosen, rejected, comment, created, annotator)
+
+`annotator` (who gave the label; NULL when the client named nobody) was added after the first
+release: a database made before it gets the column when a store opens it (`ALTER TABLE ... ADD
+COLUMN`, its old rows NULL).
 
 Export (`export_preferences`) writes one JSON line `{prompt, chosen, rejected}` per explicit
-preference, plus one per pair of rated completions of the same prompt with different
-mean ratings (the higher-rated one is `chosen`).
+preference (with its `annotator` when there is one: preference.noise=annotators reads it),
+plus one per pair of rated completions of the same prompt with different mean ratings (the
+higher-rated one is `chosen`; no annotator: a mean may mix several).
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ SCHEMA = [
         completion TEXT NOT NULL, finish_reason TEXT NOT NULL, PRIMARY KEY (id, choice_index))""",
     """CREATE TABLE IF NOT EXISTS ratings (
         id TEXT PRIMARY KEY, completion_id TEXT NOT NULL, choice_index INTEGER NOT NULL,
-        rating DOUBLE PRECISION NOT NULL, comment TEXT, created DOUBLE PRECISION NOT NULL)""",
+        rating DOUBLE PRECISION NOT NULL, comment TEXT, created DOUBLE PRECISION NOT NULL, annotator TEXT)""",
     """CREATE TABLE IF NOT EXISTS preferences (
         id TEXT PRIMARY KEY, prompt TEXT NOT NULL, chosen TEXT NOT NULL, rejected TEXT NOT NULL,
-        comment TEXT, created DOUBLE PRECISION NOT NULL)""",
+        comment TEXT, created DOUBLE PRECISION NOT NULL, annotator TEXT)""",
 ]
+ADDED_COLUMNS = [("ratings", "annotator", "TEXT"), ("preferences", "annotator", "TEXT")]
+"""Columns newer than a table's first release: added to an older database when it is opened."""
 
 
 class StoreUnavailable(RuntimeError):
@@ -74,6 +81,16 @@ class FeedbackStore:
         with self._lock:
             for stmt in SCHEMA:
                 self._conn.execute(stmt)
+            self._conn.commit()
+            self._add_new_columns()
+
+    def _add_new_columns(self) -> None:
+        """ADDED_COLUMNS missing from an older database: added (existing rows get NULL)."""
+        for table, column, kind in ADDED_COLUMNS:
+            cur = self._conn.cursor()
+            cur.execute(f"SELECT * FROM {table} LIMIT 0")
+            if column not in [d[0] for d in cur.description]:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._conn.commit()
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
@@ -151,17 +168,30 @@ class FeedbackStore:
     def has_completion(self, rid: str, choice_index: int) -> bool:
         return bool(self._read("SELECT 1 FROM completions WHERE id = ? AND choice_index = ?", (rid, choice_index)))
 
-    def add_rating(self, fid: str, completion_id: str, choice_index: int, rating: float, comment: str | None) -> None:
+    def add_rating(
+        self,
+        fid: str,
+        completion_id: str,
+        choice_index: int,
+        rating: float,
+        comment: str | None,
+        annotator: str | None = None,
+    ) -> None:
         if not math.isfinite(rating):  # the endpoint refuses these first; no caller may store one
             raise ValueError(f"rating must be finite (got {rating})")
         self._write(
-            "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
-            [(fid, completion_id, choice_index, float(rating), comment, time.time())],
+            "INSERT INTO ratings (id, completion_id, choice_index, rating, comment, created, annotator) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(fid, completion_id, choice_index, float(rating), comment, time.time(), annotator)],
         )
 
-    def add_preference(self, fid: str, prompt: str, chosen: str, rejected: str, comment: str | None) -> None:
+    def add_preference(
+        self, fid: str, prompt: str, chosen: str, rejected: str, comment: str | None, annotator: str | None = None
+    ) -> None:
         self._write(
-            "INSERT INTO preferences VALUES (?, ?, ?, ?, ?, ?)", [(fid, prompt, chosen, rejected, comment, time.time())]
+            "INSERT INTO preferences (id, prompt, chosen, rejected, comment, created, annotator) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(fid, prompt, chosen, rejected, comment, time.time(), annotator)],
         )
 
     def counts(self) -> dict[str, int]:
@@ -169,8 +199,10 @@ class FeedbackStore:
 
     def preference_pairs(self) -> list[dict[str, str]]:
         pairs = [
-            {"prompt": p, "chosen": c, "rejected": r}
-            for p, c, r in self._read("SELECT prompt, chosen, rejected FROM preferences ORDER BY created, id")
+            {"prompt": p, "chosen": c, "rejected": r, **({"annotator": a} if a is not None else {})}
+            for p, c, r, a in self._read(
+                "SELECT prompt, chosen, rejected, annotator FROM preferences ORDER BY created, id"
+            )
         ]
         rated = self._read(
             "SELECT c.prompt, c.completion, AVG(r.rating) FROM ratings r JOIN completions c "

@@ -126,6 +126,9 @@ class RatingFeedback(BaseModel):
     rating: StrictFloat | StrictInt
     choice_index: StrictInt = 0
     comment: StrictStr | None = None
+    annotator: StrictStr | None = Field(None, max_length=200)
+    """Who gave the label (any id the client keeps stable): preference.noise=annotators weighs
+    each annotator by how well they agree with the others."""
 
 
 class PreferenceFeedback(BaseModel):
@@ -134,6 +137,8 @@ class PreferenceFeedback(BaseModel):
     chosen: StrictStr
     rejected: StrictStr
     comment: StrictStr | None = None
+    annotator: StrictStr | None = Field(None, max_length=200)
+    """As in RatingFeedback."""
 
 
 def _no_constant(name: str):
