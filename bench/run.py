@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run NAME [--quick] [--profile]
     NAME: rollout | e2e_trl | overlap | weight_sync | overhead | learner_step | packing | lora | serve | all
           | chaos_soak (not in `all`: random SIGKILL trials, bench/chaos_soak.py)
+          | preference_noise (not in `all`: reward-model accuracy under label noise)
 
 Each benchmark writes bench/results/<NAME>.json (`<NAME>.quick.json` with --quick):
 machine, versions, command, settings, every run's figures, medians, targets; and
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.run", description="rl_service benchmarks (see docs/benchmarks.md)"
     )
-    ap.add_argument("name", choices=[*ORDER, "chaos_soak", "all"])
+    ap.add_argument("name", choices=[*ORDER, "chaos_soak", "preference_noise", "all"])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1-2 steps")
     ap.add_argument(
         "--profile",

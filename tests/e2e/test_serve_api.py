@@ -24,12 +24,17 @@ CAP = 24  # serve.max_tokens
 
 
 @pytest.fixture(scope="module")
-def app(serve_port, tiny_model_dir, tmp_path_factory):
+def feedback_db(tmp_path_factory):
+    return tmp_path_factory.mktemp("api") / "feedback.sqlite"
+
+
+@pytest.fixture(scope="module")
+def app(serve_port, tiny_model_dir, feedback_db):
     from ray import serve
 
     from rl_service.infra.placement import serve_app
 
-    db = tmp_path_factory.mktemp("api") / "feedback.sqlite"
+    db = feedback_db
     cfg = ServeConfig(
         port=serve_port,
         engine="vllm",
@@ -287,3 +292,27 @@ def test_feedback_rating_and_preference(app, client):
     r = httpx.post(f"{app[1]}/v1/feedback", json={"prompt": "2+2=", "chosen": 4, "rejected": "5"}, headers=auth)
     assert r.status_code == 422
     assert httpx.post(f"{app[1]}/v1/feedback", json={"completion_id": resp.id, "rating": 1}).status_code == 401
+
+
+def test_simulated_users_post_their_hidden_preference_with_their_ids(app, feedback_db):
+    """rl_service/testing/simulated_users.py against the endpoint: a user without noise posts
+    the answer its hidden preference scores higher as chosen, a user whose error rate is 1
+    always the other; every posted row is in the store under its annotator id."""
+    from rl_service.serving.feedback import FeedbackStore
+    from rl_service.testing.simulated_users import hidden_score, make_users, run_users
+
+    users = make_users(2, noise=0.0, bias={"user-1": 1.0}, seed=3)
+    posted = run_users(app[1], users, rounds=6, api_key=KEY)
+    assert not [e for u in users for e in u.stats.errors]
+    by_user = {u.name: [p for p in posted if p["annotator"] == u.name] for u in users}
+    assert by_user["user-0"] and by_user["user-1"], {k: len(v) for k, v in by_user.items()}  # ties aside
+    for name, rows in by_user.items():
+        for row in rows:
+            better = hidden_score(row["prompt"], row["chosen"]) > hidden_score(row["prompt"], row["rejected"])
+            assert better == (name == "user-0") and row["flipped"] == (name == "user-1"), row
+    store = FeedbackStore(str(feedback_db))
+    try:
+        stored = {(p["prompt"], p["chosen"], p["rejected"], p.get("annotator")) for p in store.preference_pairs()}
+    finally:
+        store.close()
+    assert {(p["prompt"], p["chosen"], p["rejected"], p["annotator"]) for p in posted} <= stored

@@ -1,0 +1,161 @@
+"""Simulated users of a served policy: they ask, compare two answers, and say which they prefer.
+
+    python -m rl_service.testing.simulated_users --url http://127.0.0.1:8000 [--api-key KEY]
+        [--users 5] [--rounds 20] [--noise 0.25] [--bias user-3:0.2 ...] [--seed 0]
+
+Each user is one annotator (`user-<i>`). Per round it draws an addition prompt, asks the
+endpoint with the official `openai` client for 2 sampled completions, scores both with the
+HIDDEN preference (`hidden_score`: the closer the answer is to the true sum, the better; an
+answer that is no number is worst), and posts to /v1/feedback a preference for the better one
+with its annotator id, flipped with probability `noise` + its own `bias` (an extra error rate,
+per annotator; a negative bias makes one more reliable). Equal scores are not posted. The
+endpoint never sees the hidden preference: what it learns of it comes through the labels.
+
+`policy_score` is the quantity a demo tracks over versions: the mean hidden score of the served
+policy's greedy answers on fixed prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from dataclasses import dataclass, field
+
+import httpx
+
+WORST = -100.0
+"""Hidden score of an answer with no number in it (below any numeric answer's for 2-digit sums)."""
+
+
+def hidden_score(prompt: str, completion: str) -> float:
+    """-|answer - true sum| for an `a+b=` prompt; WORST when the completion starts with no number."""
+    a, b = (int(x) for x in prompt.rstrip("=").split("+"))
+    m = re.match(r"\s*(-?\d+)", completion)
+    if m is None:
+        return WORST
+    return -float(min(abs(int(m.group(1)) - (a + b)), -WORST))
+
+
+def addition_prompt(rng: random.Random, digits: int = 2) -> str:
+    hi = 10**digits - 1
+    return f"{rng.randint(0, hi)}+{rng.randint(0, hi)}="
+
+
+@dataclass
+class UserStats:
+    asked: int = 0
+    posted: int = 0
+    ties: int = 0
+    flipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SimulatedUser:
+    name: str
+    noise: float
+    """Probability of reporting the worse answer as preferred (noise + this annotator's bias)."""
+    rng: random.Random
+    stats: UserStats = field(default_factory=UserStats)
+
+    def round(self, client, http: httpx.Client, url: str, headers: dict, model: str = "policy") -> dict | None:
+        """One prompt, two samples, one preference posted (or None: a tie, or an error)."""
+        prompt = addition_prompt(self.rng)
+        self.stats.asked += 1
+        try:
+            resp = client.completions.create(
+                model=model, prompt=prompt, n=2, max_tokens=6, temperature=1.0, seed=self.rng.getrandbits(31)
+            )
+        except Exception as err:  # the endpoint said no (503 under load, 4xx): counted, the user goes on
+            self.stats.errors.append(f"completion: {type(err).__name__}: {err}"[:200])
+            return None
+        a, b = (c.text for c in resp.choices[:2])
+        sa, sb = hidden_score(prompt, a), hidden_score(prompt, b)
+        if sa == sb:
+            self.stats.ties += 1
+            return None
+        better, worse = (a, b) if sa > sb else (b, a)
+        flip = self.rng.random() < self.noise
+        chosen, rejected = (worse, better) if flip else (better, worse)
+        body = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "annotator": self.name}
+        r = http.post(f"{url}/v1/feedback", json=body, headers=headers, timeout=60)
+        if r.status_code != 200:
+            self.stats.errors.append(f"feedback: HTTP {r.status_code}: {r.text[:150]}")
+            return None
+        self.stats.posted += 1
+        self.stats.flipped += int(flip)
+        return {**body, "flipped": flip, "id": r.json()["id"]}
+
+
+def make_users(n: int, noise: float, bias: dict[str, float], seed: int) -> list[SimulatedUser]:
+    """`user-0` .. `user-<n-1>`, each with its own seeded rng and error rate noise + bias[name]
+    (clipped to [0, 1])."""
+    users = []
+    for i in range(n):
+        name = f"user-{i}"
+        rate = min(1.0, max(0.0, noise + bias.get(name, 0.0)))
+        users.append(SimulatedUser(name, rate, random.Random(f"{seed}:{name}")))
+    return users
+
+
+def run_users(url: str, users: list[SimulatedUser], rounds: int, api_key: str | None = None) -> list[dict]:
+    """Every user plays `rounds` rounds, taking turns; -> the preferences posted."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=2, timeout=120)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    posted = []
+    with httpx.Client() as http:
+        for _ in range(rounds):
+            for user in users:
+                out = user.round(client, http, url, headers)
+                if out is not None:
+                    posted.append(out)
+    return posted
+
+
+def policy_score(url: str, prompts: list[str], api_key: str | None = None) -> float:
+    """Mean hidden score of the served policy's greedy answers to `prompts`."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=2, timeout=120)
+    resp = client.completions.create(model="policy", prompt=prompts, max_tokens=6, temperature=0)
+    by_index = sorted(resp.choices, key=lambda c: c.index)
+    return sum(hidden_score(p, c.text) for p, c in zip(prompts, by_index)) / len(prompts)
+
+
+def _bias(spec: str) -> tuple[str, float]:
+    name, _, value = spec.partition(":")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bias {spec!r}: expected NAME:RATE, e.g. user-3:0.2") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Simulated users: ask the endpoint, post preferences.")
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--users", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=20, help="rounds per user")
+    ap.add_argument("--noise", type=float, default=0.0, help="every user's chance of preferring the worse answer")
+    ap.add_argument("--bias", type=_bias, action="append", default=[], metavar="NAME:RATE", help="one user's extra")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not 0.0 <= args.noise <= 1.0:
+        ap.error(f"--noise must be in [0, 1], got {args.noise}")
+    users = make_users(args.users, args.noise, dict(args.bias), args.seed)
+    posted = run_users(args.url.rstrip("/"), users, args.rounds, args.api_key)
+    summary = {u.name: {**vars(u.stats), "errors": len(u.stats.errors), "rate": u.noise} for u in users}
+    print(json.dumps({"posted": len(posted), "users": summary}, indent=2))
+    errors = [e for u in users for e in u.stats.errors]
+    if errors:
+        print(f"{len(errors)} request(s) failed; first: {errors[0]}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
