@@ -204,8 +204,9 @@ class LearnerConfig(Section):
     """How the policy is updated. `adamw`: PPO's clipped surrogate, ppo_epochs x num_minibatches
     AdamW steps. `trpo`: one natural-gradient step per update, conjugate gradient on
     Fisher-vector products (double backward of the mean KL) and a backtracking line search
-    that enforces `trpo.max_kl` (Schulman et al. 2015); lr, clip_eps, ppo_epochs and
-    num_minibatches do not apply to the policy (the critic still trains with AdamW as in PPO).
+    that enforces `trpo.max_kl` (Schulman et al. 2015); lr, clip_eps, ppo_epochs,
+    num_minibatches, target_kl and kl_hard_limit do not apply to the policy (the line search
+    bounds its KL; the critic still trains with AdamW as in PPO).
     The Fisher-vector products need the policy unsharded: TRPO runs on one learner process
     (learner.num_workers 1, no FSDP2 sharding of the policy), padded micro-batches (no packing)."""
     trpo: TRPOConfig = TRPOConfig()

@@ -77,7 +77,6 @@ def trpo_update(
         "grad_norm": float(g.norm()),
         "policy/early_stop": 0.0,
         "policy/kl_hard_limit_hit": 0.0,
-        "policy/clipfrac": 0.0,
     }
     search = trpo.LineSearch(False, 0.0, 0.0, 0.0, 0)
     finite = math.isfinite(out["grad_norm"]) and math.isfinite(base)
@@ -106,8 +105,6 @@ def trpo_update(
     )
     if models.critic is not None:
         out["loss/value"], out["value/clipfrac"] = _critic_steps(models, critic_opt, data, cfg)
-    if kl_in_loss:
-        out["loss/kl"] = 0.0  # in J; not reported on its own
     return {
         **out,
         **work_token_counts(data.mask, data.advantages, data.attention_mask, every_token_has_grad=False),

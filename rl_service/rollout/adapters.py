@@ -91,11 +91,6 @@ def max_lora_rank(r: int) -> int:
     raise ValueError(f"model.lora.r={r} is above vLLM's largest max_lora_rank ({VLLM_MAX_LORA_RANKS[-1]})")
 
 
-def is_adapter_payload(adapter_config: str) -> bool:
-    """A published version carries adapters (not full weights) when it names their config."""
-    return bool(adapter_config)
-
-
 def write_adapter_files(tensors: dict[str, torch.Tensor], adapter_config: str, out_dir: str | Path) -> Path:
     """A peft adapter directory from what a version carries: `tensors` (peft names, e.g.
     `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` [r, in]) and
