@@ -192,6 +192,9 @@ def test_submit_a_sweep_runs_it_as_a_job(cluster):
         "train.steps=1",
         f"run_root={out}",
         f"model.cache_dir={REPO / '.cache' / 'test-models'}",
+        # a reward signal, so the policy moves at all (every answer of the tiny model scores 0 on
+        # exact match, and with zero advantages the KL guard never sees a KL above 0)
+        f"reward.fn={REPO / 'tests' / 'integration' / 'partial_credit.py'}:leading_digits",
         "--grid",
         "learner.kl_hard_limit=1,1e-12",
         "--max-concurrent",
