@@ -21,9 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 def _sweep_command(root: Path) -> list[str]:
     return [
         sys.executable, "-m", "rl_service.cli", "sweep", str(REPO / "configs" / "ci" / "tiny.yaml"),
-        f"run_root={root}", "train.steps=3", "train.eval_every=2", "train.checkpoint_every=1",
-        "tracking.ray_metrics=false",
-        "--grid", "learner.lr=1e-3,3e-3", "--max-concurrent", "1", "--name", "s",
+        f"run_root={root}", "train.eval_every=2", "train.checkpoint_every=1", "tracking.ray_metrics=false",
+        # the second trial is long enough not to finish in the seconds its Ray worker outlives
+        # the killed sweep driver (on an idle machine a tiny-model step takes ~1 s)
+        "--grid", "train.steps=4,12", "--max-concurrent", "1", "--name", "s",
     ]  # fmt: skip
 
 
@@ -85,10 +86,10 @@ def test_a_killed_sweep_resumes_its_unfinished_trial_only(tmp_path, tiny_model_d
     assert (trials / finished / "summary.json").read_bytes() == summary_before, "the finished trial ran again"
     with open(tmp_path / "s-sweep" / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["trial"], r["learner.lr"], r["status"]) for r in rows] == [
-        ("trial-000", "1e-3", "done"),
-        ("trial-001", "3e-3", "done"),
+    assert [(r["trial"], r["train.steps"], r["status"]) for r in rows] == [
+        ("trial-000", "4", "done"),
+        ("trial-001", "12", "done"),
     ]
     for r in rows:
-        assert 0.0 <= float(r["eval/accuracy"]) <= 1.0 and r["step"] == "3" and float(r["wall_s"]) > 0
+        assert 0.0 <= float(r["eval/accuracy"]) <= 1.0 and r["step"] == r["train.steps"] and float(r["wall_s"]) > 0
     assert (tmp_path / "s-sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -180,3 +180,15 @@ def test_train_rm_with_annotator_noise_handling_end_to_end(tiny_model_dir: Path,
     # oriented by the reliable two (the reversing one trusted instead would put this near 0.2);
     # measured 0.81 after these 200 steps of the 0.1M-param test model
     assert _pair_accuracy(tmp_path / "runs" / "noisy-rm" / "model", clean) > 0.7
+
+
+def test_train_rm_warm_starts_from_an_earlier_reward_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`model.path=<a reward model's directory>`: train-rm continues from it (head included),
+    as the online loop's refits will: the second run starts where the first ended."""
+    first = _cfg(num_train_pairs=200, steps=40, lr=1e-3, eval_every=40)
+    train, held_out = load_pairs(first)
+    s1 = train_preferences("rm", first, str(tiny_model_dir), train, held_out, tmp_path / "a")
+    second = _cfg(num_train_pairs=200, steps=1, lr=1e-9, eval_every=1)
+    s2 = train_preferences("rm", second, str(tmp_path / "a" / "model"), train, held_out, tmp_path / "b")
+    assert s2["eval/accuracy_start"] == pytest.approx(s1["eval/accuracy_end"], abs=1e-6)
+    assert _pair_accuracy(tmp_path / "b" / "model", held_out) == pytest.approx(s1["eval/accuracy_end"], abs=0.006)
