@@ -91,6 +91,7 @@ class Learner:
         if self.lora:  # adapters only are trained; the base weights stay frozen
             self._peft_cfg = lora.peft_config(self.lora, policy, base_path=str(self.model_path))
             self.lora_layers = lora.add_adapters(policy, self._peft_cfg)
+            self._adapter_config = lora.config_json(self._peft_cfg)  # what an adapter version names
         # Reference = the initial policy, frozen. Dropout stays off everywhere (eval mode):
         # with dropout the recomputed "old" logprobs would not be the sampling policy's.
         # Not built when the KL is neither penalised nor measured (kl.measure_every 0). With
@@ -263,7 +264,7 @@ class Learner:
         if self.rank == 0:
             meta = (state_dict_checksum(state_dict), state_dict_bytes(state_dict))
         checksum, num_bytes = fsdp.broadcast_object(meta)
-        adapter_config = lora.config_json(self._peft_cfg) if adapters_only else ""
+        adapter_config = self._adapter_config if adapters_only else ""
         pv = _policy_version(version, checksum, num_bytes, probe_ids, probe_logprobs, adapter_config)
         return pv, (state_dict if self.rank == 0 or every_rank else None)
 

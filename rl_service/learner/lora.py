@@ -168,12 +168,8 @@ def config_json(peft_cfg) -> str:
 
 def write_adapter_dir(state_dict: dict[str, Tensor], peft_cfg, out_dir: str | Path) -> None:
     """The adapters as a peft directory (adapter_config.json + adapter_model.safetensors) that
-    `PeftModel.from_pretrained(base, out_dir)` loads onto the base model."""
-    from safetensors.torch import save_file
+    `PeftModel.from_pretrained(base, out_dir)` loads onto the base model: the same files, by the
+    same writer, as an engine makes of a published adapter version (model.lora.sync=adapters)."""
+    from rl_service.rollout.adapters import write_adapter_files
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # peft's file format: `base_model.model.<name>` without the adapter name
-    tensors = {k: v.detach().contiguous().cpu() for k, v in peft_named(adapter_tensors(state_dict)).items()}
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    peft_cfg.save_pretrained(str(out))
+    write_adapter_files(peft_named(adapter_tensors(state_dict)), config_json(peft_cfg), out_dir)
