@@ -23,11 +23,26 @@ class Holder:
         time.sleep(seconds)  # pings queue behind this call, as behind a long generate
 
 
+def _kill_and_wait(actor) -> None:
+    """ray.kill is asynchronous (it goes through the GCS, a ping goes straight to the actor):
+    a ping sent just after it can still be answered (seen once in CI). Wait until the actor is
+    dead for sure, so the test asks about a dead actor and not about the race."""
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("a killed actor still answers pings after 30 s")
+
+
 def test_a_busy_actor_survives_missed_pings_a_killed_one_does_not(session_ray):
     busy, killed, idle = (Holder.remote() for _ in range(3))
     ray.get([a.__ray_ready__.remote() for a in (busy, killed, idle)])
+    _kill_and_wait(killed)
     busy.hold.remote(2.5)
-    ray.kill(killed, no_restart=True)
     start = time.perf_counter()
     assert unresponsive([busy, killed, idle], timeout_s=1.0, pings=4) == [1]
     assert time.perf_counter() - start < 4.5  # the busy one answered once its call ended
@@ -42,7 +57,7 @@ def test_a_replacement_still_starting_is_not_declared_dead(session_ray):
     """Recovery's second round must not replace the first round's replacement while it starts."""
     slow, gone = SlowStart.remote(4.0), SlowStart.remote(0.0)
     ray.get(gone.__ray_ready__.remote())
-    ray.kill(gone, no_restart=True)
+    _kill_and_wait(gone)
     assert unresponsive([slow, gone], timeout_s=0.5, pings=2) == [0, 1]  # as any silent actor: wrongly dead
     start = time.perf_counter()
     assert unresponsive([slow, gone], timeout_s=0.5, pings=2, starting={0, 1}) == [1]  # killed: dead anyway
