@@ -4,6 +4,7 @@
     NAME: rollout | e2e_trl | overlap | weight_sync | overhead | learner_step | packing | lora | serve | all
           | chaos_soak (not in `all`: random SIGKILL trials, bench/chaos_soak.py)
           | preference_noise (not in `all`: reward-model accuracy under label noise)
+          | online_loop (not in `all`: `rl-service online` with simulated users, clean and noisy)
 
 Each benchmark writes bench/results/<NAME>.json (`<NAME>.quick.json` with --quick):
 machine, versions, command, settings, every run's figures, medians, targets; and
@@ -37,6 +38,7 @@ MODULES = {
     "lora": "bench.lora",
     "chaos_soak": "bench.chaos_soak",
     "preference_noise": "bench.preference_noise",
+    "online_loop": "bench.online_loop",
 }
 ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "packing", "lora", "e2e_trl", "serve"]
 """What `all` runs: the speed benchmarks. chaos_soak (faults, ~5 min a trial) and preference_noise

@@ -8,6 +8,7 @@ the exit codes. The commands live one group per module:
     cluster.py      cluster up|down|status            (a loopback Ray cluster on this machine)
     report.py       report                            (PNG plots of a run)
     serve.py        serve, feedback export
+    online.py       online                            (serve + feedback -> reward model -> PPO -> hot swap)
     preference.py   train-rm, train-dpo
 
 Exit codes: 0 success, 1 the run (or job) failed, 2 bad usage, config, unreachable cluster or
@@ -20,7 +21,7 @@ import argparse
 import sys
 import traceback
 
-from rl_service.cli import cluster, jobs, preference, report, serve, sft, sweep, train
+from rl_service.cli import cluster, jobs, online, preference, report, serve, sft, sweep, train
 from rl_service.config import ConfigError
 from rl_service.controller.checkpoint import CheckpointError
 from rl_service.infra.env import project_env
@@ -28,7 +29,7 @@ from rl_service.infra.jobs import JobsError
 
 # In `rl-service --help` order. Each module's register(subparsers) adds its commands and sets
 # `fn=handler(args) -> exit code` on their parsers.
-COMMAND_GROUPS = (train, sft, sweep, jobs, cluster, report, serve, preference)
+COMMAND_GROUPS = (train, sft, sweep, jobs, cluster, report, serve, online, preference)
 # Problems the user fixes in what they typed or where they point: exit 2, one line, no traceback.
 USAGE_ERRORS = (ConfigError, CheckpointError, JobsError)
 

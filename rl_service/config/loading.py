@@ -143,6 +143,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return build_config(read_config_data(path, overrides))
 
 
+def load_online_config(path: str | Path | None, overrides: list[str] | None = None):
+    """YAML + overrides -> OnlineRunConfig (`rl-service online`), its reward section checked as train's."""
+    from rl_service.config.online import OnlineRunConfig
+    from rl_service.reward.combined import reward_config_problem
+
+    cfg = validate(OnlineRunConfig, read_config_data(path, overrides))
+    problem = reward_config_problem(cfg.reward)
+    if problem:
+        raise ConfigError(problem)
+    return cfg
+
+
 def load_preference_config(
     path: str | Path | None, overrides: list[str] | None = None, kind: str | None = None
 ) -> PreferenceRunConfig:

@@ -96,9 +96,11 @@ class PolicyServer:
         tensors or `[ObjectRef]` to one. Runs off the event loop so streams keep flowing."""
         return await asyncio.to_thread(self.apply_version, version, state_dict, meta)
 
-    def apply_version(self, version: int, state_dict, meta=None) -> dict:
+    def apply_version(self, version: int, state_dict, meta=None, exact: bool = False) -> dict:
         """Waits for the running generation to finish; requests after it see the new weights.
-        Versions not newer than the loaded one are ignored (swaps may arrive out of order).
+        Versions not newer than the loaded one are ignored (handle swaps may arrive out of
+        order); `exact` (the version board, which holds one authoritative version): only the
+        version already loaded is ignored, so a rollback to an older one loads.
         With `meta` (a PolicyVersion or its ref) the load is verified (weight_sync.load_verified:
         checksum before loading, probe logprobs reported); a failure counts in `swap_errors`
         and raises WeightSyncError."""
@@ -107,7 +109,7 @@ class PolicyServer:
         start = time.perf_counter()
         busy = self.slot.active  # generations running when the swap was asked for: it waits for them
         with self._swap_lock:
-            if version <= self.version:
+            if version == self.version or (version < self.version and not exact):
                 return {"version": self.version, "applied": False}
             if isinstance(state_dict, list):
                 state_dict = ray.get(state_dict[0])

@@ -197,6 +197,14 @@ class FeedbackStore:
     def counts(self) -> dict[str, int]:
         return {t: self._read(f"SELECT COUNT(*) FROM {t}")[0][0] for t in ("completions", "ratings", "preferences")}
 
+    def prompts(self) -> list[str]:
+        """Every distinct prompt users asked (completions) or compared (preferences), first seen first."""
+        rows = self._read(
+            "SELECT prompt, MIN(created) AS t FROM (SELECT prompt, created FROM completions "
+            "UNION ALL SELECT prompt, created FROM preferences) AS asked GROUP BY prompt ORDER BY t, prompt"
+        )
+        return [prompt for prompt, _ in rows]
+
     def preference_pairs(self) -> list[dict[str, str]]:
         pairs = [
             {"prompt": p, "chosen": c, "rejected": r, **({"annotator": a} if a is not None else {})}

@@ -35,21 +35,26 @@ POLL_S = 0.2
 
 
 class VersionBoard:
-    """Actor body: the newest published version and which version each replica runs."""
+    """Actor body: the newest published version and which version each replica runs.
+
+    `serial` counts publishes: a replica loads whatever the board holds when its serial is newer
+    than the one it loaded, so a rollback (the online service republishing an OLDER version,
+    `rollback=True`) reaches every replica like any publish."""
 
     def __init__(self):
-        self.version, self.weights, self.meta = 0, None, None
+        self.serial, self.version, self.weights, self.meta = 0, 0, None, None
         self.replicas: dict[str, tuple[int, float]] = {}
 
-    def publish(self, version: int, weights: list, meta=None) -> bool:
-        if version <= self.version:
+    def publish(self, version: int, weights: list, meta=None, rollback: bool = False) -> bool:
+        if version <= self.version and not rollback:
             return False
+        self.serial += 1
         self.version, self.weights, self.meta = version, weights, meta
         return True
 
-    def latest(self, have: int):
-        """(version, [state dict ref], meta) when newer than `have`, else None."""
-        return (self.version, self.weights, self.meta) if self.version > have else None
+    def latest(self, have_serial: int):
+        """(serial, version, [state dict ref], meta) when newer than `have_serial`, else None."""
+        return (self.serial, self.version, self.weights, self.meta) if self.serial > have_serial else None
 
     def ack(self, replica: str, version: int) -> None:
         self.replicas[replica] = (version, time.time())
@@ -74,12 +79,14 @@ def follow_board(server, board, stop: threading.Event) -> threading.Thread:
     import ray
 
     name = _replica_name()
+    loaded = [0]  # the board serial this replica last loaded
 
     def poll_once() -> None:
-        item = ray.get(board.latest.remote(server.version))
+        item = ray.get(board.latest.remote(loaded[0]))
         if item is not None:
-            version, weights, meta = item
-            result = server.apply_version(version, weights, meta)
+            serial, version, weights, meta = item
+            result = server.apply_version(version, weights, meta, exact=True)
+            loaded[0] = serial  # also when it was the version already loaded
             log.info("replica %s: %s", name, result)
         board.ack.remote(name, server.version)
 
@@ -132,15 +139,26 @@ class ServeFollower:
         self.published = version
         return True
 
-    def wait(self, version: int | None = None, timeout_s: float = 60.0) -> dict[str, int]:
-        """Block until every live replica runs `version` (default: the last published)."""
+    def publish(self, version: int, state_dict_ref, meta=None, rollback: bool = False) -> bool:
+        """Put `version` on the board now (every replica loads it within POLL_S + load time);
+        `rollback`: also when it is older than the one served (the online service's rollback)."""
+        import ray
+
+        done = ray.get(self.board.publish.remote(version, [state_dict_ref], meta, rollback))
+        if done:
+            self.published = version
+        return done
+
+    def wait(self, version: int | None = None, timeout_s: float = 60.0, exact: bool = False) -> dict[str, int]:
+        """Block until every live replica runs `version` (default: the last published) or a
+        newer one (`exact`: that one; after a rollback the others are newer)."""
         import ray
 
         want = self.published if version is None else version
         deadline = time.monotonic() + timeout_s
         while True:
             seen = ray.get(self.board.replica_versions.remote())
-            if seen and min(seen.values()) >= want:
+            if seen and (set(seen.values()) == {want} if exact else min(seen.values()) >= want):
                 return seen
             if time.monotonic() > deadline:
                 raise TimeoutError(f"serving replicas at {seen}, waited for version {want}")

@@ -8,6 +8,9 @@ $RL_SERVICE_FAULT is a comma-separated list of `kind:key[xN]`:
     kill_learner:<step>         the driver kills the last learner process while it trains that step
     kill_in_checkpoint:<step>   the driver SIGKILLs itself after the learners wrote that step's shards
     kill_in_recovery:<n>        the n-th recovery kills reward scorer 0 while its replacements start
+    bad_version:<version>       the online service publishes that policy version scrambled (rows of
+                                every matrix permuted, checksum and probes made to match): a version
+                                that loads and verifies but answers garbage, as a bad deploy would
 
 Production code holds one call per fault point and nothing else:
 
@@ -95,6 +98,16 @@ def _kill_actor(actor) -> None:
     ray.kill(actor, no_restart=True)
 
 
+def _scramble(state_dict) -> None:
+    """Permute the rows of every matrix in place, seeded: same shapes and statistics, no function."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    for tensor in state_dict.values():
+        if tensor.dim() == 2 and tensor.shape[0] > 1:
+            tensor.copy_(tensor[torch.randperm(tensor.shape[0], generator=gen)])
+
+
 # What a fault does at its point; the keyword names the target the point passes.
 _AT_POINT: dict[str, Callable[..., None]] = {
     "kill_scorer": _kill_self,  # the scorer dies holding the batch
@@ -102,6 +115,7 @@ _AT_POINT: dict[str, Callable[..., None]] = {
     "kill_queue": lambda queue: queue.kill(),  # the queue actor dies, the handle stays
     "kill_learner": lambda learner: _after(0.1, lambda: _kill_actor(learner)),  # dies mid-step
     "kill_in_recovery": _kill_actor,  # a second death while the first one's replacement starts
+    "bad_version": _scramble,  # the weights about to be published
 }
 
 

@@ -8,7 +8,9 @@ endpoint with the official `openai` client for 2 sampled completions, scores bot
 HIDDEN preference (`hidden_score`: the closer the answer is to the true sum, the better; an
 answer that is no number is worst), and posts to /v1/feedback a preference for the better one
 with its annotator id, flipped with probability `noise` + its own `bias` (an extra error rate,
-per annotator; a negative bias makes one more reliable). Equal scores are not posted. The
+per annotator; a negative bias makes one more reliable). Equal scores are not posted. With
+`--per-item K` each comparison is labelled by K users (the asker and the next K - 1), as a crowd
+labels one item several times: the votes preference.noise=annotators learns reliabilities from. The
 endpoint never sees the hidden preference: what it learns of it comes through the labels.
 
 `policy_score` is the quantity a demo tracks over versions: the mean hidden score of the served
@@ -61,8 +63,12 @@ class SimulatedUser:
     rng: random.Random
     stats: UserStats = field(default_factory=UserStats)
 
-    def round(self, client, http: httpx.Client, url: str, headers: dict, model: str = "policy") -> dict | None:
-        """One prompt, two samples, one preference posted (or None: a tie, or an error)."""
+    def round(
+        self, client, http: httpx.Client, url: str, headers: dict, model: str = "policy", panel: tuple = ()
+    ) -> dict | None:
+        """One prompt, two samples, one preference posted by this user and one by each user of
+        `panel` (other annotators labelling the same comparison, each with their own error
+        rate); None on a tie or an error. -> this user's posted row."""
         prompt = addition_prompt(self.rng)
         self.stats.asked += 1
         try:
@@ -78,6 +84,13 @@ class SimulatedUser:
             self.stats.ties += 1
             return None
         better, worse = (a, b) if sa > sb else (b, a)
+        mine = self.label(http, url, headers, prompt, better, worse)
+        for other in panel:
+            other.label(http, url, headers, prompt, better, worse)
+        return mine
+
+    def label(self, http: httpx.Client, url: str, headers: dict, prompt: str, better: str, worse: str) -> dict | None:
+        """Post this user's preference between two answers (flipped with probability `noise`)."""
         flip = self.rng.random() < self.noise
         chosen, rejected = (worse, better) if flip else (better, worse)
         body = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "annotator": self.name}
@@ -101,8 +114,12 @@ def make_users(n: int, noise: float, bias: dict[str, float], seed: int) -> list[
     return users
 
 
-def run_users(url: str, users: list[SimulatedUser], rounds: int, api_key: str | None = None) -> list[dict]:
-    """Every user plays `rounds` rounds, taking turns; -> the preferences posted."""
+def run_users(
+    url: str, users: list[SimulatedUser], rounds: int, api_key: str | None = None, per_item: int = 1
+) -> list[dict]:
+    """Every user plays `rounds` rounds, taking turns; with `per_item` k > 1 each comparison is
+    also labelled by the next k - 1 users (votes on one item, what preference.noise=annotators
+    reads); -> the preferences posted by the askers."""
     import openai
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=2, timeout=120)
@@ -110,8 +127,9 @@ def run_users(url: str, users: list[SimulatedUser], rounds: int, api_key: str | 
     posted = []
     with httpx.Client() as http:
         for _ in range(rounds):
-            for user in users:
-                out = user.round(client, http, url, headers)
+            for i, user in enumerate(users):
+                panel = tuple(users[(i + j) % len(users)] for j in range(1, min(per_item, len(users))))
+                out = user.round(client, http, url, headers, panel=panel)
                 if out is not None:
                     posted.append(out)
     return posted
@@ -143,12 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20, help="rounds per user")
     ap.add_argument("--noise", type=float, default=0.0, help="every user's chance of preferring the worse answer")
     ap.add_argument("--bias", type=_bias, action="append", default=[], metavar="NAME:RATE", help="one user's extra")
+    ap.add_argument("--per-item", type=int, default=1, help="annotators labelling each comparison")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if not 0.0 <= args.noise <= 1.0:
         ap.error(f"--noise must be in [0, 1], got {args.noise}")
     users = make_users(args.users, args.noise, dict(args.bias), args.seed)
-    posted = run_users(args.url.rstrip("/"), users, args.rounds, args.api_key)
+    posted = run_users(args.url.rstrip("/"), users, args.rounds, args.api_key, args.per_item)
     summary = {u.name: {**vars(u.stats), "errors": len(u.stats.errors), "rate": u.noise} for u in users}
     print(json.dumps({"posted": len(posted), "users": summary}, indent=2))
     errors = [e for u in users for e in u.stats.errors]

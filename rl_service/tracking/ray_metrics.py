@@ -34,6 +34,15 @@ GAUGES = {
     "eval/bleu": "held-out corpus BLEU of greedy completions (eval.metrics)",
     "eval/perplexity": "held-out perplexity of the policy (eval.metrics)",
     "timing_s/step": "seconds per learner step",
+    # rl-service online (one row per round)
+    "online/version_served": "policy version the online endpoint serves",
+    "online/rollbacks": "versions rolled back so far",
+    "online/feedback_pairs_total": "preference pairs in the feedback store",
+    "online/feedback_per_min": "new preference pairs per minute since the last row",
+    "online/rm_accuracy": "held-out pairwise accuracy of the adopted reward model",
+    "online/reward_mean": "last-step mean reward of the latest PPO round",
+    "online/kl_max": "largest per-token KL of the latest PPO round to the version it started from",
+    "online/canary_live": "adopted reward model's mean score of the endpoint's canary answers",
     # cumulative totals of the run
     "samples/trained": "samples used in an update",
     "samples/dropped_stale": "samples dropped for exceeding train.max_policy_lag",

@@ -7,6 +7,8 @@
     step_time.png         stacked seconds per step: generate / reward / train / weight_sync / idle
     eval_metrics.png      eval/rouge_l, eval/bleu, eval/perplexity per evaluation, one panel each
                           (only for runs with eval.metrics)
+    online.png            an `rl-service online` run dir instead (its rows are rounds): version served,
+                          feedback pairs, reward-model accuracy, each round's reward and KL, rollbacks
 
 Idle is the part of a step not spent in the other four (`timing_s/idle` when the run logged
 it, else step - generate - reward - train - weight_sync, floored at 0): time the learner
@@ -95,6 +97,33 @@ def _save(fig, ax, path: Path, title: str) -> Path:
     return path
 
 
+ONLINE_PANELS = (
+    (("online/version_served",), "version served"),
+    (("online/feedback_pairs_total",), "preference pairs in the store"),
+    (("online/rm_accuracy", "online/rm_refit_accuracy"), "reward model held-out accuracy"),
+    (("online/reward_mean", "online/kl_max", "online/canary_live"), "round reward, KL, live canary"),
+)
+
+
+def _online(plt, rows: list[dict], path: Path, name: str) -> Path:
+    """The online service's rows (one per round or rollback): four panels, rollbacks marked."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), squeeze=False)
+    for ax, (keys, title) in zip(axes.flat, ONLINE_PANELS):
+        if not any([_line(ax, rows, k, k.removeprefix("online/")) for k in keys]):
+            _missing(ax, keys[0])
+        for r in rows:
+            if r.get("online/rolled_back"):
+                ax.axvline(r.get("step", 0), color="tab:red", alpha=0.4, linestyle="--")
+        ax.set(title=title, xlabel="row (round or rollback)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=7)
+    fig.suptitle(f"{name}: online service (dashed: rollback)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw the PNGs into `out_dir` (default RUN_DIR/plots); returns their paths."""
     import matplotlib
@@ -107,6 +136,10 @@ def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
     out.mkdir(parents=True, exist_ok=True)
     name = Path(run_dir).resolve().name
     paths = []
+    if any("online/version_served" in r for r in rows):
+        paths.append(_online(plt, rows, out / "online.png", name))
+        plt.close("all")
+        return paths
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if _line(ax, rows, "reward/mean", "reward mean"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -29,6 +28,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import free_port
+from tests.e2e.processes import alive, kill9_list, ray_temp_dirs
 from tests.integration.conftest import REPO
 
 KEY = "durable-key"
@@ -103,34 +103,10 @@ class ServerProcess:
         self.log.close()
         return rc
 
-    @staticmethod
-    def kill9_list(procs: list[psutil.Process], timeout_s: float = 30) -> None:
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        # Orphans may stay zombies here (no init reaping them in a container): dead is enough.
-        deadline = time.monotonic() + timeout_s
-        while any(_alive(p) for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    kill9_list = staticmethod(kill9_list)
 
 
-def _ray_temp_dirs(procs: list[psutil.Process]) -> set[str]:
-    dirs = set()
-    for p in procs:
-        try:
-            dirs.update(m.group(1) for arg in p.cmdline() if (m := re.search(r"(/tmp/rls-ray-\w+)", arg)))
-        except psutil.Error:
-            pass
-    return dirs
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+_ray_temp_dirs, _alive = ray_temp_dirs, alive
 
 
 class PostgresProcess:

@@ -120,3 +120,18 @@ def test_no_eval_metrics_png_without_text_metrics(tmp_path):
     run = tmp_path / "run"
     _write_run(run)
     assert "eval_metrics.png" not in [p.name for p in make_report(run)]
+
+
+def test_an_online_run_gets_its_own_panel(tmp_path):
+    """An `rl-service online` run dir (rows are rounds and rollbacks) -> online.png only."""
+    run = tmp_path / "online"
+    run.mkdir()
+    rows = [
+        {"step": 1, "round": 1, "online/version_served": 1, "online/feedback_pairs_total": 70, "online/rm_accuracy": 0.6},
+        {"step": 2, "online/version_served": 0, "online/rolled_back": 1, "online/feedback_pairs_total": 80},
+        {"step": 3, "round": 2, "online/version_served": 2, "online/reward_mean": 0.4, "online/kl_max": 0.02},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path,) = make_report(run)
+    assert path.name == "online.png" and _png_size(path) == (1000, 600)
+    assert path.stat().st_size > 20000

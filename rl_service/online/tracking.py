@@ -1,0 +1,43 @@
+"""The online service's metrics: one row per round (and per rollback) in `<run dir>/metrics.jsonl`,
+the same rows as Ray gauges (`ray_rl_service_online_*`, tracking/ray_metrics.py) and, with
+`tracking.wandb`, W&B. `rl-service report RUN_DIR` draws them (plots/online.png)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rl_service.tracking.run import _clean, start_ray_metrics, start_wandb
+
+
+class OnlineMetrics:
+    def __init__(self, run_dir: Path, cfg):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        self._wandb = None
+        self._ray = None
+        self.rows = sum(1 for x in self.path.read_text().splitlines() if x.strip()) if self.path.is_file() else 0
+        """Rows logged so far, also before a restart: each row's `step` (W&B wants it increasing)."""
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        row = {"step": self.rows, **row}
+        clean = {k: _clean(v) for k, v in row.items()}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(clean) + "\n")
+        tc = self.cfg.tracking
+        if tc.ray_metrics and self._ray is None:
+            self._ray = start_ray_metrics(self.cfg)
+        if self._ray is not None:
+            self._ray.update(row)
+        if tc.wandb and self._wandb is None:
+            self._wandb = start_wandb(self.path.parent, self.cfg)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in clean.items() if v is not None and k != "step"}, step=int(row["step"]))
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
