@@ -10,6 +10,7 @@ the exit codes. The commands live one group per module:
     serve.py        serve, feedback export
     online.py       online                            (serve + feedback -> reward model -> PPO -> hot swap)
     preference.py   train-rm, train-dpo
+    ilql.py         train-ilql                        (offline value-based RL from logged rewards)
 
 Exit codes: 0 success, 1 the run (or job) failed, 2 bad usage, config, unreachable cluster or
 auth problem: one line `error: ...` on stderr, printed before Ray starts.
@@ -21,7 +22,7 @@ import argparse
 import sys
 import traceback
 
-from rl_service.cli import cluster, jobs, online, preference, report, serve, sft, sweep, train
+from rl_service.cli import cluster, ilql, jobs, online, preference, report, serve, sft, sweep, train
 from rl_service.config import ConfigError
 from rl_service.controller.checkpoint import CheckpointError
 from rl_service.infra.env import project_env
@@ -29,7 +30,7 @@ from rl_service.infra.jobs import JobsError
 
 # In `rl-service --help` order. Each module's register(subparsers) adds its commands and sets
 # `fn=handler(args) -> exit code` on their parsers.
-COMMAND_GROUPS = (train, sft, sweep, jobs, cluster, report, serve, online, preference)
+COMMAND_GROUPS = (train, sft, sweep, jobs, cluster, report, serve, online, preference, ilql)
 # Problems the user fixes in what they typed or where they point: exit 2, one line, no traceback.
 USAGE_ERRORS = (ConfigError, CheckpointError, JobsError)
 

@@ -52,6 +52,11 @@ def cmd_serve(args) -> int:
             f"--checkpoint: {str(ckpt)!r} is not an HF model directory (no config.json); "
             "pass a run's final/ directory or a saved policy"
         )
+    if (ckpt / "ilql_heads.safetensors").is_file() and cfg.serve.engine.name != "hf":
+        raise ConfigError(
+            f"--checkpoint: {str(ckpt)!r} is a train-ilql model (ILQL heads shift its logits), which only "
+            f"serve.engine hf decodes; got {cfg.serve.engine.name!r} (set serve.engine: hf in --config)"
+        )
     from ray import serve
 
     from rl_service.infra.placement import serve_app

@@ -155,6 +155,18 @@ def load_online_config(path: str | Path | None, overrides: list[str] | None = No
     return cfg
 
 
+def load_ilql_config(path: str | Path | None, overrides: list[str] | None = None):
+    """YAML + overrides -> ILQLRunConfig (`rl-service train-ilql`)."""
+    from rl_service.config.ilql import ILQLRunConfig
+    from rl_service.reward.combined import reward_config_problem
+
+    cfg = validate(ILQLRunConfig, read_config_data(path, overrides))
+    problem = reward_config_problem(cfg.reward)
+    if problem:
+        raise ConfigError(problem)
+    return cfg
+
+
 def load_preference_config(
     path: str | Path | None, overrides: list[str] | None = None, kind: str | None = None
 ) -> PreferenceRunConfig:

@@ -64,7 +64,7 @@ def task_prompts(cfg: OnlineRunConfig, model_path: str, count: int) -> list[str]
 
     task = make_task(cfg.task)
     bind_task(task, model_path, cfg.rollout.max_new_tokens)
-    items = task.train_items()
+    items = task.train_items
     rng = random.Random(cfg.seed)
     if items is None:
         return [task.make_prompt(task.sample_train(rng), i).text for i in range(count)]

@@ -37,6 +37,10 @@ class HFEngine:
         self.tokenizer.padding_side = "left"
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         self.model.to(self.device).eval()
+        from rl_service.ilql.heads import attach
+
+        self.ilql = attach(self.model, model_path)
+        """A `rl-service train-ilql` export: its logits are ILQL's, logits + beta * (Q - V)."""
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         # Unseeded calls draw their seed from here: reproducible per engine seed, and the

@@ -136,7 +136,11 @@ def test_online_service_learns_rolls_back_and_resumes_after_sigkill(tmp_path):
         assert bad.proc.wait(60) == 2
         assert "error: no version 99" in bad.output()
 
-        _wait(lambda: versions().get("2", {}).get("status") not in (None, "candidate"), "v2", service, 600)
+        def v2_decided() -> bool:  # live-checked (then serving or rolled back), or refused before
+            v2 = versions().get("2", {})
+            return "canary_agreement" in v2 or v2.get("status") in ("refused", "failed")
+
+        _wait(v2_decided, "v2 checked live", service, 600)
         assert versions()["2"]["status"] == "serving", versions()["2"]
         assert versions()["2"]["canary_agreement"] >= 0.75
         assert _served_version(url) == 2
