@@ -46,7 +46,7 @@ def _eval_prompts(n: int = 100) -> list[str]:
     from rl_service.config import AdditionConfig
     from rl_service.tasks import make_task
 
-    return [p.text for p in make_task(AdditionConfig(digits=2, num_eval=200)).eval_prompts[:n]]
+    return [p.prompt for p in make_task(AdditionConfig(digits=2, num_eval=200)).eval_problems[:n]]
 
 
 class Users(threading.Thread):
@@ -202,8 +202,15 @@ def markdown(result: dict) -> str:
         f"comparison labelled by {s['per_item']}; hidden score on {s['eval_prompts']} held-out prompts "
         "(greedy, through the endpoint)\n\n"
         + table(
-            ["side", "label noise", "hidden score per served version", "RM held-out acc (labels)",
-             "RM held-out acc (truth)", "round versions", "wall s"],
+            [
+                "side",
+                "label noise",
+                "hidden score per served version",
+                "RM held-out acc (labels)",
+                "RM held-out acc (truth)",
+                "round versions",
+                "wall s",
+            ],
             rows,
         )  # fmt: skip
     )

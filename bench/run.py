@@ -42,7 +42,8 @@ MODULES = {
 }
 ORDER = ["rollout", "weight_sync", "overlap", "overhead", "learner_step", "packing", "lora", "e2e_trl", "serve"]
 """What `all` runs: the speed benchmarks. chaos_soak (faults, ~5 min a trial) and preference_noise
-(reward-model quality under label noise, ~12 min) run only by name."""
+(reward-model quality under label noise, ~12 min) and online_loop (`rl-service online` with
+simulated users, ~45 min) run only by name."""
 
 
 def run_serve(quick: bool) -> dict:
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.run", description="rl_service benchmarks (see docs/benchmarks.md)"
     )
-    ap.add_argument("name", choices=[*ORDER, "chaos_soak", "preference_noise", "all"])
+    ap.add_argument("name", choices=[*ORDER, "chaos_soak", "preference_noise", "online_loop", "all"])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1-2 steps")
     ap.add_argument(
         "--profile",

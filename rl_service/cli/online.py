@@ -18,7 +18,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from rl_service.config import ConfigError
@@ -120,18 +119,12 @@ def _operator(run_dir: Path, args) -> int:
     op, version = ("pin", args.pin) if args.pin is not None else ("unpin", None) if args.unpin else ("rollback", None)
     if op == "rollback" and args.rollback >= 0:
         version = args.rollback
-    if version is not None:  # the service checks again; a typo is refused here, at once
-        if str(version) not in st.versions:
-            raise ConfigError(f"no version {version} in {run_dir} (have {', '.join(sorted(st.versions, key=int))})")
-        status = st.version(version)["status"]
-        if status in ("refused", "failed", "candidate"):
-            raise ConfigError(f"v{version} is {status}: it was never served")
-    rid = uuid.uuid4().hex[:12]
-    line = json.dumps({"id": rid, "op": op, "version": version, "at": time.time()}) + "\n"
-    with open(run_dir / "online" / "operator.jsonl", "a") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    from rl_service.online import operator
+
+    why = operator.refusal(st, version)  # the service checks again; a typo is refused here, at once
+    if why is not None:
+        raise ConfigError(why)
+    rid = operator.append(run_dir / "online", op, version)
     if _running_pid(run_dir) is None:
         print(f"queued {op} (no service runs in {run_dir}: applied when it starts)")
         return 0

@@ -36,12 +36,11 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 from rl_service.config.online import OnlineRunConfig
 from rl_service.config.serve import secret
-from rl_service.online import checks, rounds
+from rl_service.online import checks, operator, rounds
 from rl_service.online.publish import prepare
 from rl_service.online.state import OnlineState
 from rl_service.online.tracking import OnlineMetrics
@@ -53,7 +52,6 @@ class OnlineService:
         self.dir = self.run_dir / "online"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
-        self.operator_path = self.dir / "operator.jsonl"
         if self.state_path.is_file():
             self.state = OnlineState.load(self.state_path)
             self.resumed = True
@@ -70,7 +68,6 @@ class OnlineService:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the checks load small models often: no bars in the log
-        self._last_pairs = (time.time(), None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,9 +198,7 @@ class OnlineService:
         self.log(f"[online] round {k}: PPO {oc.ppo_steps} steps from v{st.serving} on {len(train_prompts)} prompts")
         started_from = st.serving
         ppo_args = ["train", str(round_dir / "ppo.yaml")]
-        rounds.run_cli(
-            ppo_args, round_dir / "ppo.log", oc.round_timeout_s, self._ray_env(), self._between_polls
-        )
+        rounds.run_cli(ppo_args, round_dir / "ppo.log", oc.round_timeout_s, self._ray_env(), self._between_polls)
         steps = rounds.read_rows(round_dir / "ppo" / "metrics.jsonl")
         shutil.rmtree(round_dir / "ppo" / "checkpoints", ignore_errors=True)  # final/ is what stays
         problems = checks.round_problems(steps, oc)
@@ -352,34 +347,12 @@ class OnlineService:
     # ------------------------------------------------------------------ operator requests
 
     def apply_operator_requests(self) -> None:
-        if not self.operator_path.is_file():
-            return
-        lines = [x for x in self.operator_path.read_text().splitlines() if x.strip()]
-        for line in lines[self.state.operator_done :]:
-            req = json.loads(line)
-            result = self._apply(req)
+        for req in operator.unapplied(self.dir, self.state.operator_done):
+            result = operator.apply(self, req)
             self.state.operator_results[req["id"]] = result
             self.state.operator_done += 1
             self._save()
             self.log(f"[online] operator {req['op']}: {result}")
-
-    def _apply(self, req: dict) -> str:
-        st, op, v = self.state, req["op"], req.get("version")
-        if v is not None and str(v) not in st.versions:
-            return f"error: no version {v} (have {', '.join(sorted(st.versions, key=int))})"
-        if v is not None and st.version(v)["status"] in ("refused", "failed", "candidate"):
-            return f"error: v{v} is {st.version(v)['status']}: it was never served"
-        if op == "unpin":
-            st.pinned = None
-            return f"unpinned; serving v{st.serving}, rounds resume"
-        if op == "pin":
-            if v != st.serving:
-                self.rollback(v, "pinned by the operator")
-            st.pinned = v
-            return f"pinned v{v}: no rounds until --unpin"
-        if op == "rollback":
-            return self.rollback(v, "by the operator")
-        return f"error: unknown request {op!r}"
 
     # ------------------------------------------------------------------ monitoring
 
@@ -391,22 +364,4 @@ class OnlineService:
         return {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS") or ray.get_runtime_context().gcs_address}
 
     def _log_metrics(self, row: dict) -> None:
-        st = self.state
-        now = time.time()
-        n = len(self.store.preference_pairs()) if self.store is not None else None
-        t0, n0 = self._last_pairs
-        rate = (n - n0) / ((now - t0) / 60) if n is not None and n0 is not None and now > t0 else None
-        self._last_pairs = (now, n)
-        self.metrics.log(
-            {
-                "time": now,
-                "online/rounds": st.rounds,
-                "online/version_served": st.serving,
-                "online/versions_published": sum(1 for x in st.versions.values() if "canary_live" in x),
-                "online/rollbacks": st.rollbacks,
-                "online/feedback_pairs_total": n,
-                "online/feedback_per_min": rate,
-                "online/rm_accuracy": st.rm.accuracy,
-                **row,
-            }
-        )
+        self.metrics.log_state(self.state, self.store, row)

@@ -135,14 +135,16 @@ def run_users(
     return posted
 
 
-def policy_score(url: str, prompts: list[str], api_key: str | None = None) -> float:
+def policy_score(url: str, prompts: list[str], api_key: str | None = None, chunk: int = 16) -> float:
     """Mean hidden score of the served policy's greedy answers to `prompts`."""
     import openai
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=2, timeout=120)
-    resp = client.completions.create(model="policy", prompt=prompts, max_tokens=6, temperature=0)
-    by_index = sorted(resp.choices, key=lambda c: c.index)
-    return sum(hidden_score(p, c.text) for p, c in zip(prompts, by_index)) / len(prompts)
+    texts = []
+    for i in range(0, len(prompts), chunk):  # the endpoint caps prompts per request (serve.max_prompts)
+        resp = client.completions.create(model="policy", prompt=prompts[i : i + chunk], max_tokens=6, temperature=0)
+        texts += [c.text for c in sorted(resp.choices, key=lambda c: c.index)]
+    return sum(hidden_score(p, t) for p, t in zip(prompts, texts)) / len(prompts)
 
 
 def _bias(spec: str) -> tuple[str, float]:

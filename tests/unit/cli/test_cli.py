@@ -2,7 +2,7 @@
 
 import pytest
 
-from rl_service.cli import cluster, jobs, preference, report, serve, sft, sweep, train
+from rl_service.cli import cluster, ilql, jobs, online, preference, report, serve, sft, sweep, train
 from rl_service.cli.main import build_parser, main
 from rl_service.config import Config, ConfigError
 from rl_service.controller.run_dir import prepare_run_dir, summary_lines
@@ -15,7 +15,9 @@ GROUPS = {
     cluster: ["cluster"],
     report: ["report"],
     serve: ["serve", "feedback"],
+    online: ["online"],
     preference: ["train-rm", "train-dpo"],
+    ilql: ["train-ilql"],
 }
 ARGS = {
     "status": ["x"],
@@ -41,7 +43,7 @@ def test_commands_in_help_order_each_handled_by_its_group_module():
                 argv = ["feedback", "export", "--out", "x"]
             elif name in ARGS:
                 argv = [name, *ARGS[name]]
-            elif name in ("submit", "train", "build-model", "sft", "train-rm", "train-dpo"):
+            elif name in ("submit", "train", "build-model", "sft", "train-rm", "train-dpo", "online", "train-ilql"):
                 argv = [name, "c.yaml"]
             else:
                 argv = [name]

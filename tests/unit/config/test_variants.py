@@ -17,6 +17,7 @@ from rl_service.config import (
     load_config,
     load_preference_config,
 )
+from rl_service.config.loading import load_ilql_config, load_online_config
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -91,7 +92,11 @@ def test_every_shipped_config_validates(name):
     path = ROOT / "configs" / name
     data = yaml.safe_load(path.read_text())
     try:
-        if "preference" in data:
+        if "online" in data:
+            load_online_config(path)
+        elif "ilql" in data:
+            load_ilql_config(path)
+        elif "preference" in data:
             load_preference_config(path, kind="dpo" if "beta" in data["preference"] else "rm")
         else:
             load_config(path)

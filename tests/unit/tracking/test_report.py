@@ -127,7 +127,7 @@ def test_an_online_run_gets_its_own_panel(tmp_path):
     run = tmp_path / "online"
     run.mkdir()
     rows = [
-        {"step": 1, "round": 1, "online/version_served": 1, "online/feedback_pairs_total": 70, "online/rm_accuracy": 0.6},
+        {"step": 1, "round": 1, "online/version_served": 1, "online/feedback_pairs_total": 70},
         {"step": 2, "online/version_served": 0, "online/rolled_back": 1, "online/feedback_pairs_total": 80},
         {"step": 3, "round": 2, "online/version_served": 2, "online/reward_mean": 0.4, "online/kl_max": 0.02},
     ]
