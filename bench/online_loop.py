@@ -4,18 +4,21 @@ round of `rl-service online`, with clean and with noisy labels, with and without
 Each side runs `rl-service online configs/online.yaml` (its own run dir, port and feedback
 database) while simulated users (rl_service/testing/simulated_users.py, over HTTP with the
 `openai` client) ask 2-digit additions and post which of two sampled answers they prefer under
-the HIDDEN preference -|answer - true sum|; each comparison is labelled by `PER_ITEM` users.
+the HIDDEN preference (`exact`: a right sum beats a wrong one); each comparison is labelled by
+`PER_ITEM` users.
 
     clean        every user right
     noisy        users wrong with probability 0.05, 0.10, 0.25, 0.40, 0.50 (mean 0.26): labels as given
-    smoothing    the same users, preference.label_smoothing=0.25 (conservative Bradley-Terry)
     annotators   the same users, preference.noise=annotators (one-coin Dawid-Skene EM over the votes)
+    smoothing    the same users, preference.label_smoothing=0.25 (conservative Bradley-Terry)
 
-Reported per side and version: the served policy's hidden score (mean -|answer - sum| of greedy
-answers on 100 fixed held-out task prompts, through the endpoint; a non-number answer scores
--100), and per round the adopted reward model's held-out pairwise accuracy as the service saw it
-(against the users' noisy labels) and against the truth (the same held-out comparisons, oriented
-by the hidden score). Quality, not speed: wall times are listed but not the point.
+ONLINE_SIDES=clean,noisy,annotators runs some sides only.
+
+Reported per side and version: the served policy's hidden score (the exact-match accuracy of its
+greedy answers on 100 fixed held-out task prompts, through the endpoint), and per round the
+adopted reward model's held-out pairwise accuracy as the service saw it (against the users'
+noisy labels) and against the truth (the same held-out comparisons, oriented by the hidden
+score). Quality, not speed: wall times are listed but not the point.
 """
 
 from __future__ import annotations
@@ -34,11 +37,15 @@ BIAS = {"user-0": -0.20, "user-1": -0.15, "user-2": 0.0, "user-3": 0.15, "user-4
 SIDES = {
     "clean": (0.0, {}, []),
     "noisy": (0.25, BIAS, []),
-    "smoothing": (0.25, BIAS, ["preference.label_smoothing=0.25"]),
     "annotators": (0.25, BIAS, ["preference.noise=annotators"]),
+    "smoothing": (0.25, BIAS, ["preference.label_smoothing=0.25"]),
 }
 PER_ITEM = 3
-FULL = dict(rounds=4, overrides=[])
+HIDDEN = "exact"
+"""The users' hidden preference: a right sum beats a wrong one (ties not posted). With `closeness`
+(nearer the sum is better) a first try gave reward models of 0.55-0.60 held-out accuracy from
+these pairs, and the served policy got worse under it (docs/serving.md)."""
+FULL = dict(rounds=3, overrides=["online.ppo_steps=15"])
 QUICK = dict(rounds=1, overrides=["online.rm_every=16", "online.ppo_steps=2", "preference.steps=20"])
 
 
@@ -55,7 +62,7 @@ class Users(threading.Thread):
 
         super().__init__(daemon=True)
         self.url, self.halt = url, threading.Event()
-        self.users = make_users(5, noise, bias, seed)
+        self.users = make_users(5, noise, bias, seed, HIDDEN)
         self.errors = 0
 
     def run(self) -> None:
@@ -78,8 +85,9 @@ def _truth_accuracy(rm_dir: str, held: Path) -> float:
     """Pairwise accuracy of a reward model on held-out comparisons oriented by the hidden score
     (one per distinct comparison; ties dropped)."""
     from rl_service.reward.learned import RewardModel
-    from rl_service.testing.simulated_users import hidden_score
+    from rl_service.testing.simulated_users import HIDDEN as PREFERENCES
 
+    hidden_score = PREFERENCES[HIDDEN]
     items = {}
     for line in held.read_text().splitlines():
         r = json.loads(line)
@@ -121,14 +129,14 @@ def _side(name: str, root: Path, s: dict, prompts: list[str]) -> dict:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name}: the service exited {proc.returncode}; see {root / name}.log")
             time.sleep(1)
-        scores[0] = policy_score(url, prompts)
+        scores[0] = policy_score(url, prompts, hidden=HIDDEN)
         log(f"online_loop {name}: v0 hidden score {scores[0]:.3f}")
         users = Users(url, noise, bias, seed=1)
         users.start()
         while True:
             st = json.loads(state_path.read_text())
             if st["serving"] not in scores:
-                scores[st["serving"]] = policy_score(url, prompts)
+                scores[st["serving"]] = policy_score(url, prompts, hidden=HIDDEN)
                 log(f"online_loop {name}: v{st['serving']} hidden score {scores[st['serving']]:.3f}")
             if st["rounds"] >= s["rounds"]:
                 break

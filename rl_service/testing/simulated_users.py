@@ -5,8 +5,9 @@
 
 Each user is one annotator (`user-<i>`). Per round it draws an addition prompt, asks the
 endpoint with the official `openai` client for 2 sampled completions, scores both with the
-HIDDEN preference (`hidden_score`: the closer the answer is to the true sum, the better; an
-answer that is no number is worst), and posts to /v1/feedback a preference for the better one
+HIDDEN preference (`--hidden closeness`, `hidden_score`: the closer the answer is to the true
+sum, the better, an answer that is no number worst; or `--hidden exact`: a right answer beats a
+wrong one), and posts to /v1/feedback a preference for the better one
 with its annotator id, flipped with probability `noise` + its own `bias` (an extra error rate,
 per annotator; a negative bias makes one more reliable). Equal scores are not posted. With
 `--per-item K` each comparison is labelled by K users (the asker and the next K - 1), as a crowd
@@ -41,6 +42,18 @@ def hidden_score(prompt: str, completion: str) -> float:
     return -float(min(abs(int(m.group(1)) - (a + b)), -WORST))
 
 
+def exact_score(prompt: str, completion: str) -> float:
+    """1 when the completion starts with the true sum, else 0: the hidden preference `exact` (a
+    right answer beats a wrong one; two wrong ones, or two right ones, are a tie: not posted)."""
+    a, b = (int(x) for x in prompt.rstrip("=").split("+"))
+    m = re.match(r"\s*(-?\d+)", completion)
+    return float(m is not None and int(m.group(1)) == a + b)
+
+
+HIDDEN = {"closeness": hidden_score, "exact": exact_score}
+"""The hidden preferences a population can have (`--hidden`)."""
+
+
 def addition_prompt(rng: random.Random, digits: int = 2) -> str:
     hi = 10**digits - 1
     return f"{rng.randint(0, hi)}+{rng.randint(0, hi)}="
@@ -62,6 +75,8 @@ class SimulatedUser:
     """Probability of reporting the worse answer as preferred (noise + this annotator's bias)."""
     rng: random.Random
     stats: UserStats = field(default_factory=UserStats)
+    hidden: str = "closeness"
+    """Which HIDDEN preference this user judges by."""
 
     def round(
         self, client, http: httpx.Client, url: str, headers: dict, model: str = "policy", panel: tuple = ()
@@ -79,7 +94,8 @@ class SimulatedUser:
             self.stats.errors.append(f"completion: {type(err).__name__}: {err}"[:200])
             return None
         a, b = (c.text for c in resp.choices[:2])
-        sa, sb = hidden_score(prompt, a), hidden_score(prompt, b)
+        score = HIDDEN[self.hidden]
+        sa, sb = score(prompt, a), score(prompt, b)
         if sa == sb:
             self.stats.ties += 1
             return None
@@ -103,14 +119,16 @@ class SimulatedUser:
         return {**body, "flipped": flip, "id": r.json()["id"]}
 
 
-def make_users(n: int, noise: float, bias: dict[str, float], seed: int) -> list[SimulatedUser]:
+def make_users(
+    n: int, noise: float, bias: dict[str, float], seed: int, hidden: str = "closeness"
+) -> list[SimulatedUser]:
     """`user-0` .. `user-<n-1>`, each with its own seeded rng and error rate noise + bias[name]
     (clipped to [0, 1])."""
     users = []
     for i in range(n):
         name = f"user-{i}"
         rate = min(1.0, max(0.0, noise + bias.get(name, 0.0)))
-        users.append(SimulatedUser(name, rate, random.Random(f"{seed}:{name}")))
+        users.append(SimulatedUser(name, rate, random.Random(f"{seed}:{name}"), hidden=hidden))
     return users
 
 
@@ -135,7 +153,9 @@ def run_users(
     return posted
 
 
-def policy_score(url: str, prompts: list[str], api_key: str | None = None, chunk: int = 16) -> float:
+def policy_score(
+    url: str, prompts: list[str], api_key: str | None = None, chunk: int = 16, hidden: str = "closeness"
+) -> float:
     """Mean hidden score of the served policy's greedy answers to `prompts`."""
     import openai
 
@@ -144,7 +164,7 @@ def policy_score(url: str, prompts: list[str], api_key: str | None = None, chunk
     for i in range(0, len(prompts), chunk):  # the endpoint caps prompts per request (serve.max_prompts)
         resp = client.completions.create(model="policy", prompt=prompts[i : i + chunk], max_tokens=6, temperature=0)
         texts += [c.text for c in sorted(resp.choices, key=lambda c: c.index)]
-    return sum(hidden_score(p, t) for p, t in zip(prompts, texts)) / len(prompts)
+    return sum(HIDDEN[hidden](p, t) for p, t in zip(prompts, texts)) / len(prompts)
 
 
 def _bias(spec: str) -> tuple[str, float]:
@@ -163,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20, help="rounds per user")
     ap.add_argument("--noise", type=float, default=0.0, help="every user's chance of preferring the worse answer")
     ap.add_argument("--bias", type=_bias, action="append", default=[], metavar="NAME:RATE", help="one user's extra")
+    ap.add_argument("--hidden", choices=sorted(HIDDEN), default="closeness", help="the users' hidden preference")
     ap.add_argument("--per-item", type=int, default=1, help="annotators labelling each comparison")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if not 0.0 <= args.noise <= 1.0:
         ap.error(f"--noise must be in [0, 1], got {args.noise}")
-    users = make_users(args.users, args.noise, dict(args.bias), args.seed)
+    users = make_users(args.users, args.noise, dict(args.bias), args.seed, args.hidden)
     posted = run_users(args.url.rstrip("/"), users, args.rounds, args.api_key, args.per_item)
     summary = {u.name: {**vars(u.stats), "errors": len(u.stats.errors), "rate": u.noise} for u in users}
     print(json.dumps({"posted": len(posted), "users": summary}, indent=2))
