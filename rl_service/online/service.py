@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import traceback
 from pathlib import Path
 
 from rl_service.config.online import OnlineRunConfig
@@ -141,8 +142,11 @@ class OnlineService:
             self._save()
             if self.state.rm.dir is not None:
                 row.update(self._ppo(round_dir, k))
-        except rounds.RoundFailed as err:
-            self.log(f"[online] round {k} failed: {err}")
+        except rounds.RoundInterrupted:
+            raise
+        except Exception as err:  # noqa: BLE001 - a round's failure never stops the serving
+            detail = "" if isinstance(err, rounds.RoundFailed) else "\n" + traceback.format_exc()
+            self.log(f"[online] round {k} failed: {type(err).__name__}: {err}{detail}")
             row["online/round_failed"] = 1
             self.state.watermark = len(pairs)  # retried after rm_every more pairs, not in a loop
         self.state.rounds = k

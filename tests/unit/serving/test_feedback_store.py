@@ -60,3 +60,13 @@ def test_the_feedback_route_takes_an_annotator_string_only():
         P.PreferenceFeedback(prompt="p", chosen="a", rejected="b", annotator=7)
     with pytest.raises(P.ValidationError):
         P.RatingFeedback(completion_id="c", rating=1.0, annotator="x" * 201)
+
+
+def test_prompts_are_every_distinct_prompt_asked_or_compared_first_seen_first(tmp_path):
+    """What the online service trains on (rl_service/online/service.py)."""
+    store = FeedbackStore(str(tmp_path / "fb.sqlite"))
+    store.record_completion("c1", "completion", "policy", 0, ["2+2=", "3+3="], [("4", "stop"), ("6", "stop")])
+    store.add_preference("f1", "1+1=", "2", "3", None)
+    store.record_completion("c2", "completion", "policy", 0, ["2+2="], [("5", "stop")])
+    assert store.prompts() == ["2+2=", "3+3=", "1+1="]
+    store.close()
