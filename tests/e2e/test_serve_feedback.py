@@ -3,12 +3,12 @@ subprocess, acknowledged feedback writes, kill -9 of the server and every proces
 (driver, raylet, GCS, proxy, replica), restart on the same database, all rows present;
 then `feedback export` writes {prompt, chosen, rejected} lines.
 
-Run on a real PostgreSQL 16 server (`serve.feedback_dsn`) started for the test from the binaries
-of the `postgres` extra (pgserver's wheel) on 127.0.0.1, data in a temp dir. The same kill of a
-whole serving tree on the default SQLite file, with every acknowledged preference found after the
-restart, is tests/e2e/test_online.py's (so the suite does not pay ~100 s for it twice); the
-store's SQLite writes and the export: tests/unit/serving/test_feedback_store.py. PostgreSQL refuses to run as root, so as root the server
-runs as `nobody`.
+Run on a real PostgreSQL 16 server (`serve.feedback_dsn`) started for the test from the
+binaries of the `postgres` extra (pgserver's wheel) on 127.0.0.1, data in a temp dir. The same
+kill of a whole serving tree on the default SQLite file, every acknowledged preference found
+after the restart, is tests/e2e/test_online.py's (the suite does not pay ~100 s for it twice);
+the store's SQLite writes and export: tests/unit/serving/test_feedback_store.py. PostgreSQL
+refuses to run as root, so as root the server runs as `nobody`.
 """
 
 from __future__ import annotations
