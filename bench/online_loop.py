@@ -4,8 +4,8 @@ round of `rl-service online`, with clean and with noisy labels, with and without
 Each side runs `rl-service online configs/online.yaml` (its own run dir, port and feedback
 database) while simulated users (rl_service/testing/simulated_users.py, over HTTP with the
 `openai` client) ask 2-digit additions and post which of two sampled answers they prefer under
-the HIDDEN preference (`exact`: a right sum beats a wrong one); each comparison is labelled by
-`PER_ITEM` users.
+the HIDDEN preference (`even` by default: an even answer beats anything else; ONLINE_HIDDEN=exact
+for the arithmetic one); each comparison is labelled by `PER_ITEM` users.
 
     clean        every user right
     noisy        users wrong with probability 0.05, 0.10, 0.25, 0.40, 0.50 (mean 0.26): labels as given
@@ -14,7 +14,7 @@ the HIDDEN preference (`exact`: a right sum beats a wrong one); each comparison 
 
 ONLINE_SIDES=clean,noisy,annotators runs some sides only.
 
-Reported per side and version: the served policy's hidden score (the exact-match accuracy of its
+Reported per side and version: the served policy's hidden score (the mean hidden score of its
 greedy answers on 100 fixed held-out task prompts, through the endpoint), and per round the
 adopted reward model's held-out pairwise accuracy as the service saw it (against the users'
 noisy labels) and against the truth (the same held-out comparisons, oriented by the hidden
@@ -41,10 +41,11 @@ SIDES = {
     "smoothing": (0.25, BIAS, ["preference.label_smoothing=0.25"]),
 }
 PER_ITEM = 3
-HIDDEN = "exact"
-"""The users' hidden preference: a right sum beats a wrong one (ties not posted). With `closeness`
-(nearer the sum is better) a first try gave reward models of 0.55-0.60 held-out accuracy from
-these pairs, and the served policy got worse under it (docs/serving.md)."""
+HIDDEN = os.environ.get("ONLINE_HIDDEN", "even")
+"""The users' hidden preference (simulated_users.HIDDEN): `even` (an even answer beats anything
+else) by default. The arithmetic ones (`exact`: a right sum beats a wrong one; `closeness`) gave
+reward models of 0.54-0.60 held-out accuracy from the few thousand comparisons these users post
+in a round, and the served policy got worse under them (docs/serving.md)."""
 FULL = dict(rounds=3, overrides=["online.ppo_steps=15"])
 QUICK = dict(rounds=1, overrides=["online.rm_every=16", "online.ppo_steps=2", "preference.steps=20"])
 
@@ -193,7 +194,10 @@ def run(quick: bool) -> dict:
     for name in only.split(",") if only else SIDES:
         log(f"online_loop: {name}")
         out[name] = _side(name, root, s, prompts)
-    return {"settings": {**s, "per_item": PER_ITEM, "bias": BIAS, "eval_prompts": len(prompts)}, "sides": out}
+    return {
+        "settings": {**s, "hidden": HIDDEN, "per_item": PER_ITEM, "bias": BIAS, "eval_prompts": len(prompts)},
+        "sides": out,
+    }
 
 
 def markdown(result: dict) -> str:
@@ -206,7 +210,8 @@ def markdown(result: dict) -> str:
         rows.append([name, r["noise"], scores, lab, tru, status, r["wall_s"]])
     s = result["settings"]
     return (
-        f"`rl-service online configs/online.yaml` for {s['rounds']} rounds per side; 5 simulated users, each "
+        f"`rl-service online configs/online.yaml` for {s['rounds']} rounds per side; 5 simulated users "
+        f"(hidden preference `{s['hidden']}`), each "
         f"comparison labelled by {s['per_item']}; hidden score on {s['eval_prompts']} held-out prompts "
         "(greedy, through the endpoint)\n\n"
         + table(

@@ -6,13 +6,13 @@
 Each user is one annotator (`user-<i>`). Per round it draws an addition prompt, asks the
 endpoint with the official `openai` client for 2 sampled completions, scores both with the
 HIDDEN preference (`--hidden closeness`, `hidden_score`: the closer the answer is to the true
-sum, the better, an answer that is no number worst; or `--hidden exact`: a right answer beats a
-wrong one), and posts to /v1/feedback a preference for the better one
-with its annotator id, flipped with probability `noise` + its own `bias` (an extra error rate,
-per annotator; a negative bias makes one more reliable). Equal scores are not posted. With
-`--per-item K` each comparison is labelled by K users (the asker and the next K - 1), as a crowd
-labels one item several times: the votes preference.noise=annotators learns reliabilities from. The
-endpoint never sees the hidden preference: what it learns of it comes through the labels.
+sum, the better, an answer that is no number worst; `--hidden exact`: a right answer beats a
+wrong one; `--hidden even`: an even number beats anything else), and posts to /v1/feedback a
+preference for the better one with its annotator id, flipped with probability `noise` + its
+own `bias` (an extra error rate, per annotator; a negative bias makes one more reliable). Equal
+scores are not posted. With `--per-item K` each comparison is labelled by K users (the asker
+and the next K - 1), as a crowd labels one item several times: the votes preference.noise=
+annotators learns reliabilities from. The endpoint never sees the hidden preference: what it learns of it comes through the labels.
 
 `policy_score` is the quantity a demo tracks over versions: the mean hidden score of the served
 policy's greedy answers on fixed prompts.
@@ -50,7 +50,15 @@ def exact_score(prompt: str, completion: str) -> float:
     return float(m is not None and int(m.group(1)) == a + b)
 
 
-HIDDEN = {"closeness": hidden_score, "exact": exact_score}
+def even_score(prompt: str, completion: str) -> float:
+    """1 when the completion starts with an even number, else 0: the hidden preference `even` (an
+    arbitrary taste a small reward model can learn from a few hundred comparisons: it is in the
+    last digit, no arithmetic needed; the demo of the online loop, docs/serving.md)."""
+    m = re.match(r"\s*(-?\d+)", completion)
+    return float(m is not None and int(m.group(1)) % 2 == 0)
+
+
+HIDDEN = {"closeness": hidden_score, "exact": exact_score, "even": even_score}
 """The hidden preferences a population can have (`--hidden`)."""
 
 
