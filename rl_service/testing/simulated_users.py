@@ -12,7 +12,8 @@ preference for the better one with its annotator id, flipped with probability `n
 own `bias` (an extra error rate, per annotator; a negative bias makes one more reliable). Equal
 scores are not posted. With `--per-item K` each comparison is labelled by K users (the asker
 and the next K - 1), as a crowd labels one item several times: the votes preference.noise=
-annotators learns reliabilities from. The endpoint never sees the hidden preference: what it learns of it comes through the labels.
+annotators learns reliabilities from. The endpoint never sees the hidden preference: what it
+learns of it comes through the labels.
 
 `policy_score` is the quantity a demo tracks over versions: the mean hidden score of the served
 policy's greedy answers on fixed prompts.
