@@ -127,11 +127,12 @@ def read_config_data(path: str | Path | None, overrides: list[str] | None = None
     return _merge(data, parse_overrides(overrides or []))
 
 
-def build_config(data: dict[str, Any]) -> Config:
-    """Validate `rl-service train` data and check its reward functions resolve and take their args."""
+def build_config(data: dict[str, Any], cls: type[M] = Config) -> M:
+    """Validate `rl-service train` data (or another command's config class with a `reward:`
+    section) and check its reward functions resolve and take their args."""
     from rl_service.reward.combined import reward_config_problem  # imports nothing heavy
 
-    cfg = validate(Config, data)
+    cfg = validate(cls, data)
     problem = reward_config_problem(cfg.reward)
     if problem:
         raise ConfigError(problem)
@@ -144,27 +145,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def load_online_config(path: str | Path | None, overrides: list[str] | None = None):
-    """YAML + overrides -> OnlineRunConfig (`rl-service online`), its reward section checked as train's."""
+    """YAML + overrides -> OnlineRunConfig (`rl-service online`)."""
     from rl_service.config.online import OnlineRunConfig
-    from rl_service.reward.combined import reward_config_problem
 
-    cfg = validate(OnlineRunConfig, read_config_data(path, overrides))
-    problem = reward_config_problem(cfg.reward)
-    if problem:
-        raise ConfigError(problem)
-    return cfg
+    return build_config(read_config_data(path, overrides), OnlineRunConfig)
 
 
 def load_ilql_config(path: str | Path | None, overrides: list[str] | None = None):
     """YAML + overrides -> ILQLRunConfig (`rl-service train-ilql`)."""
     from rl_service.config.ilql import ILQLRunConfig
-    from rl_service.reward.combined import reward_config_problem
 
-    cfg = validate(ILQLRunConfig, read_config_data(path, overrides))
-    problem = reward_config_problem(cfg.reward)
-    if problem:
-        raise ConfigError(problem)
-    return cfg
+    return build_config(read_config_data(path, overrides), ILQLRunConfig)
 
 
 def load_preference_config(

@@ -30,40 +30,21 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import free_port
-from tests.e2e.processes import alive, kill9_list, ray_temp_dirs
+from tests.e2e.processes import CliProcess, alive, kill9_list
 from tests.integration.conftest import REPO
 
 KEY = "durable-key"
 
 
-class ServerProcess:
+class ServerProcess(CliProcess):
     """`rl-service serve` in its own session; killed by PID (with its descendants) at the end."""
 
     def __init__(self, model_dir: Path, cfg_path: Path, log_path: Path, api_key: str | None = KEY):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k != "RL_SERVICE_API_KEY"}
-        self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rl_service.cli",
-                "serve",
-                "--checkpoint",
-                str(model_dir),
-                "--port",
-                str(self.port),
-                *(["--api-key", api_key] if api_key else []),
-                "--config",
-                str(cfg_path),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        key = ["--api-key", api_key] if api_key else []
+        args = ["serve", "--checkpoint", str(model_dir), "--port", str(self.port), *key, "--config", str(cfg_path)]
+        super().__init__(args, log_path)
 
     def wait_ready(self, timeout_s: float = 240) -> None:
         deadline = time.monotonic() + timeout_s
@@ -77,38 +58,10 @@ class ServerProcess:
             time.sleep(0.5)
         raise TimeoutError(f"server not ready after {timeout_s}s; see {self.log.name}")
 
-    def tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def kill9(self) -> None:
-        """SIGKILL the server and all its descendants by PID: a crash, nothing flushed."""
-        procs = self.tree()
-        ray_dirs = _ray_temp_dirs(procs)  # the killed driver cannot remove its Ray session dir
-        self.kill9_list(procs)
-        self.proc.wait(30)
-        self.log.close()
-        for d in ray_dirs:
-            shutil.rmtree(d, ignore_errors=True)
-
-    def terminate(self, timeout_s: float = 90) -> int | None:
-        procs = self.tree()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            rc = None
-        self.kill9_list([p for p in procs if _alive(p)])
-        self.log.close()
-        return rc
-
     kill9_list = staticmethod(kill9_list)
 
 
-_ray_temp_dirs, _alive = ray_temp_dirs, alive
+_alive = alive
 
 
 class PostgresProcess:
