@@ -3,12 +3,9 @@ subprocess, acknowledged feedback writes, kill -9 of the server and every proces
 (driver, raylet, GCS, proxy, replica), restart on the same database, all rows present;
 then `feedback export` writes {prompt, chosen, rejected} lines.
 
-Run on a real PostgreSQL 16 server (`serve.feedback_dsn`) started for the test from the
-binaries of the `postgres` extra (pgserver's wheel) on 127.0.0.1, data in a temp dir. The same
-kill of a whole serving tree on the default SQLite file, every acknowledged preference found
-after the restart, is tests/e2e/test_online.py's (the suite does not pay ~100 s for it twice);
-the store's SQLite writes and export: tests/unit/serving/test_feedback_store.py. PostgreSQL
-refuses to run as root, so as root the server runs as `nobody`.
+Run twice: on the default SQLite file (also the no-key, default-bind case), and on a real
+PostgreSQL 16 server (`serve.feedback_dsn`) started for the test from the binaries of the
+`postgres` extra (pgserver's wheel) on 127.0.0.1, data in a temp dir. PostgreSQL refuses to run as root, so as root the server runs as `nobody`.
 """
 
 from __future__ import annotations
@@ -181,7 +178,7 @@ def servers():
         s.kill9_list(s.tree())
 
 
-@pytest.mark.parametrize("backend", ["postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_feedback_survives_kill9_and_exports(backend, servers, tiny_model_dir, tmp_path, request):
     """On SQLite the server runs as `rl-service serve` does with no --host and no key: its HTTP
     socket must listen on 127.0.0.1 only (read from the process table, not assumed from the
