@@ -5,7 +5,8 @@ then `feedback export` writes {prompt, chosen, rejected} lines.
 
 Run twice: on the default SQLite file (also the no-key, default-bind case), and on a real
 PostgreSQL 16 server (`serve.feedback_dsn`) started for the test from the binaries of the
-`postgres` extra (pgserver's wheel) on 127.0.0.1, data in a temp dir. PostgreSQL refuses to run as root, so as root the server runs as `nobody`.
+`postgres` extra (pgserver's wheel) on 127.0.0.1, data in a temp dir. PostgreSQL
+refuses to run as root, so as root the server runs as `nobody`.
 """
 
 from __future__ import annotations
