@@ -117,7 +117,8 @@ def test_train_ilql_on_logged_rows_and_serving_refuses_vllm(tiny_model_dir, tmp_
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     common = [str(REPO / "configs" / "ilql.yaml"), f"run_root={tmp_path}", f"model.path={tiny_model_dir}",
-              "task.num_eval=20", "ilql.steps=30", "ilql.eval_every=30", "ilql.eval_betas=[0.0,1.0]"]  # fmt: skip
+              "task.num_eval=20", "ilql.steps=30", "ilql.eval_every=30", "ilql.eval_betas=[0.0,1.0]",
+              "ilql.beta=2.0"]  # fmt: skip
     done = _cli("train-ilql", *common, "--data", str(data))
     assert done.returncode == 0, done.stderr[-3000:]
     s = json.loads((tmp_path / "ilql" / "summary.json").read_text())
