@@ -80,6 +80,7 @@ class Users(threading.Thread):
                     except Exception:  # noqa: BLE001 - counted; the service may be between states
                         self.errors += 1
                 time.sleep(0.05)
+        self.errors += sum(len(u.stats.errors) for u in self.users)  # refused requests, non-200 feedback
 
 
 def _truth_accuracy(rm_dir: str, held: Path) -> float:

@@ -8,7 +8,7 @@ they define evaluated against the behaviour policy on the task's held-out prompt
                 sampled (behaviour temperature) and greedy rewards per held-out prompt; beta 0 is the
                 behaviour policy, so "ILQL - behaviour" is a paired difference per prompt, with its SE
 
-One process, CPU or the GPU when one is visible; the heads are small, the policy is only read.
+One process on the CPU (the heads are small, the policy is only read).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def train_ilql(cfg: ILQLRunConfig, model_dir: str, rows: list[dict], out: Path, 
     bind_task(task, model_dir, ic.max_new_tokens)
     held_out = held_out_prompts(task)
     reward = build_reward(cfg.reward)
-    engine = HFEngine(model_dir, seed=cfg.seed)
+    engine = HFEngine(model_dir, seed=cfg.seed, device="cpu")  # where the heads train
     engine.model.set_output_embeddings(ShiftedLMHead(engine.model.get_output_embeddings(), heads, ic.beta))
 
     metrics_path = out / "metrics.jsonl"

@@ -27,7 +27,9 @@ def round_problems(rows: list[dict], oc: OnlineConfig) -> list[str]:
         return ["the PPO round logged no step"]
     problems = []
     kls = [r["kl/mean"] for r in rows if isinstance(r.get("kl/mean"), (int, float))]
-    if kls and max(kls) > oc.max_kl:
+    if not kls:
+        problems.append("the PPO round logged no kl/mean (the KL guard cannot pass unmeasured)")
+    elif max(kls) > oc.max_kl:
         problems.append(f"kl/mean reached {max(kls):.4f} > online.max_kl={oc.max_kl}")
     first, last = rows[0], rows[-1]
     r0, r1, s0 = first.get("reward/mean"), last.get("reward/mean"), first.get("reward/std") or 0.0

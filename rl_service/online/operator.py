@@ -36,7 +36,13 @@ def unapplied(online_dir: Path, done: int) -> list[dict]:
     path = Path(online_dir) / REQUESTS
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()][done:]
+    out = []
+    for i, line in enumerate([x for x in path.read_text().splitlines() if x.strip()][done:], done + 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a hand-edited or cut line: answered as an error, not replayed
+            out.append({"id": f"line-{i}", "op": "unreadable", "version": None})
+    return out
 
 
 def refusal(state, version: int | None) -> str | None:
@@ -64,5 +70,8 @@ def apply(service, req: dict) -> str:
         st.pinned = v
         return f"pinned v{v}: no rounds until --unpin"
     if op == "rollback":
-        return service.rollback(v, "by the operator")
+        result = service.rollback(v, "by the operator")
+        if st.pinned is not None:  # still pinned, now to what is served
+            st.pinned = st.serving
+        return result
     return f"error: unknown request {op!r}"

@@ -80,7 +80,10 @@ def rm_config(cfg: OnlineRunConfig, warm_start: str | None) -> dict:
     else:
         model = (cfg.online.rm_model or cfg.model).model_dump(mode="json")
         model["lora"] = {"r": 0}  # a reward model trains all its weights
-    data = {"name": "rm", "seed": cfg.seed, "model": model, "preference": cfg.preference.model_dump(mode="json")}
+    pref = cfg.preference.model_dump(mode="json")
+    if warm_start is not None:
+        pref["rm_extra_layers"] = 0  # the adopted model has them already
+    data = {"name": "rm", "seed": cfg.seed, "model": model, "preference": pref}
     if cfg.task.name == "addition":  # what builds the tiny model when rm_model gives no path
         data["task"] = cfg.task.model_dump(mode="json")
     return data
@@ -98,6 +101,8 @@ def ppo_config(cfg: OnlineRunConfig, policy_dir: str, rm_dir: str, prompts: Path
     data["reward"].pop("fn", None)
     data["train"] = {**data["train"], "steps": cfg.online.ppo_steps, "eval_every": 0, "checkpoint_every": 0}
     data["eval"] = {**data["eval"], "metrics": []}
+    kl = data["learner"]["kl"]
+    kl["measure_every"] = max(1, kl.get("measure_every", 1))  # the KL guard reads kl/mean every step
     data["serve"] = {**data["serve"], "enabled": False}
     data["tracking"] = {**data["tracking"], "wandb": False}
     data["ray"] = {"address": None, "num_cpus": None}  # the child attaches through $RAY_ADDRESS

@@ -80,9 +80,14 @@ class OnlineService:
         sc = self.cfg.serve
         serving = self.state.serving
         self.follower = ServeFollower.start(sc, self.state.version(serving)["dir"])
+        self.store = FeedbackStore(sc.feedback_db, secret(sc.feedback_dsn))
         if serving:  # the replica loaded the directory as version 0: publish it under its number
             self._publish(serving, rollback=True)
-        self.store = FeedbackStore(sc.feedback_db, secret(sc.feedback_dsn))
+            self.follower.wait(serving, timeout_s=self.oc.swap_timeout_s, exact=True)
+            if "canary_agreement" not in self.state.version(serving):  # swapped in, then a crash
+                why = self._live_verdict(serving)
+                if why is not None:
+                    self.rollback(None, why)
 
     def stop(self) -> None:
         if self.follower is not None:
@@ -100,13 +105,15 @@ class OnlineService:
         second and the round is redone at the next start)."""
         self._stop = stop
         while not stop.is_set():
-            self.apply_operator_requests()
-            if self.state.pinned is None and self._due():
-                try:
+            try:
+                self.apply_operator_requests()
+                if self.state.pinned is None and self._due():
                     self.round()
-                except rounds.RoundInterrupted:
-                    self.log("[online] stopped during a round: it is redone at the next start")
-                    return
+            except rounds.RoundInterrupted:
+                self.log("[online] stopped during a round: it is redone at the next start")
+                return
+            except Exception as err:  # noqa: BLE001 - the store, a swap, a request: log, keep serving
+                self.log(f"[online] {type(err).__name__}: {err}; serving goes on\n{traceback.format_exc()}")
             stop.wait(self.oc.poll_s)
 
     def _between_polls(self) -> None:
@@ -138,10 +145,10 @@ class OnlineService:
                 shutil.rmtree(round_dir)
                 return
             row.update(self._refit(round_dir, k))
-            self.state.watermark = len(pairs)
-            self._save()
+            self._save()  # the adopted reward model; the feedback position moves when the round ends
             if self.state.rm.dir is not None:
                 row.update(self._ppo(round_dir, k))
+            self.state.watermark = len(pairs)
         except rounds.RoundInterrupted:
             raise
         except Exception as err:  # noqa: BLE001 - a round's failure never stops the serving
@@ -170,7 +177,7 @@ class OnlineService:
         rm.refits += 1
         if adopt:
             target = self.dir / "rm" / f"rm-{k:04d}"
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _clear(target)  # left by an attempt of this round that a crash cut short
             shutil.move(str(round_dir / "rm" / "model"), target)
             rm.dir, rm.accuracy, rm.adopted = str(target), after, rm.adopted + 1
         self.log(
@@ -222,7 +229,7 @@ class OnlineService:
             )
         v = st.next_version()
         target = self.dir / "versions" / f"v{v}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _clear(target)
         shutil.move(str(cand_dir), target)
         record = {
             "dir": str(target),
@@ -269,29 +276,35 @@ class OnlineService:
             return {"online/publish_failed": 1}
         st.set_serving(v)
         self._save()
+        why = self._live_verdict(v)
         rec = st.version(v)
+        out = {"online/canary_live": rec["canary_live"], "online/canary_agreement": rec["canary_agreement"]}
+        if why is not None:
+            self.rollback(previous, why)
+            return {**out, "online/rolled_back": 1}
+        self.log(
+            f"[online] serving v{v} (canary {rec['canary_live']:.3f}, {rec['canary_agreement']:.0%} as checked; "
+            f"v{previous} scored {rec['canary_served']:.3f})"
+        )
+        return out
+
+    def _live_verdict(self, v: int) -> str | None:
+        """Ask the endpoint (serving `v`) the canary; record the result; why it must go, or None."""
+        oc, rec = self.oc, self.state.version(v)
         live, agree = self._live_check(v)
         rec["canary_live"], rec["canary_agreement"] = live, agree
+        self._save()
         checked = rec["canary_checked"]
-        why = None
         if live is None:
-            why = "the endpoint failed its canary"
-        elif agree < oc.min_live_agreement:
-            why = (
+            return "the endpoint failed its canary"
+        if agree < oc.min_live_agreement:
+            return (
                 f"the endpoint answered {agree:.0%} of the canary as checked "
                 f"< online.min_live_agreement={oc.min_live_agreement}"
             )
-        elif live < checked - oc.canary_margin:
-            why = f"live canary score {live:.3f} < checked {checked:.3f} - online.canary_margin={oc.canary_margin}"
-        if why is not None:
-            self.rollback(previous, why)
-            return {"online/canary_live": live, "online/canary_agreement": agree, "online/rolled_back": 1}
-        self._save()
-        self.log(
-            f"[online] serving v{v} (canary {live:.3f}, {agree:.0%} as checked; "
-            f"v{previous} scored {rec['canary_served']:.3f})"
-        )
-        return {"online/canary_live": live, "online/canary_agreement": agree}
+        if live < checked - oc.canary_margin:
+            return f"live canary score {live:.3f} < checked {checked:.3f} - online.canary_margin={oc.canary_margin}"
+        return None
 
     def _live_check(self, v: int) -> tuple[float | None, float]:
         """(mean reward-model score of the endpoint's canary answers, fraction equal to the
@@ -337,12 +350,17 @@ class OnlineService:
         if to is None or str(to) not in st.versions:
             return f"no version {to} to roll back to"
         bad = st.serving
+        if to == bad:
+            return f"v{to} is already served"
         self._publish(to, rollback=True)
-        self.follower.wait(to, timeout_s=self.oc.swap_timeout_s, exact=True)
         st.version(bad).setdefault("problems", []).append(f"rolled back: {why}")
         st.set_serving(to, previous_status="rolled_back")
         st.rollbacks += 1
-        self._save()
+        self._save()  # decided: the board holds `to`; replicas that are slow to load it still will
+        try:
+            self.follower.wait(to, timeout_s=self.oc.swap_timeout_s, exact=True)
+        except TimeoutError as err:
+            self.log(f"[online] rollback to v{to}: {err}")
         self._log_metrics({"online/rolled_back": 1})
         msg = f"rolled back v{bad} -> v{to}: {why}"
         self.log(f"[online] {msg}")
@@ -352,7 +370,12 @@ class OnlineService:
 
     def apply_operator_requests(self) -> None:
         for req in operator.unapplied(self.dir, self.state.operator_done):
-            result = operator.apply(self, req)
+            try:
+                result = operator.apply(self, req)
+            except rounds.RoundInterrupted:
+                raise
+            except Exception as err:  # noqa: BLE001 - answered as failed, never replayed
+                result = f"error: {type(err).__name__}: {err}"
             self.state.operator_results[req["id"]] = result
             self.state.operator_done += 1
             self._save()
@@ -369,3 +392,10 @@ class OnlineService:
 
     def _log_metrics(self, row: dict) -> None:
         self.metrics.log_state(self.state, self.store, row)
+
+
+def _clear(target: Path) -> None:
+    """Make room for `target` (its parent made; an older copy of it removed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)

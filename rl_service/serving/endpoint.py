@@ -99,8 +99,9 @@ class PolicyServer:
     def apply_version(self, version: int, state_dict, meta=None, exact: bool = False) -> dict:
         """Waits for the running generation to finish; requests after it see the new weights.
         Versions not newer than the loaded one are ignored (handle swaps may arrive out of
-        order); `exact` (the version board, which holds one authoritative version): only the
-        version already loaded is ignored, so a rollback to an older one loads.
+        order); `exact` (the version board, whose serial already says it is newer): always loaded,
+        so a rollback to an older one loads, and so does the board's version 0 on a replica that
+        started from another directory (the online service resumed on a later version).
         With `meta` (a PolicyVersion or its ref) the load is verified (weight_sync.load_verified:
         checksum before loading, probe logprobs reported); a failure counts in `swap_errors`
         and raises WeightSyncError."""
@@ -109,7 +110,7 @@ class PolicyServer:
         start = time.perf_counter()
         busy = self.slot.active  # generations running when the swap was asked for: it waits for them
         with self._swap_lock:
-            if version == self.version or (version < self.version and not exact):
+            if version <= self.version and not exact:
                 return {"version": self.version, "applied": False}
             if isinstance(state_dict, list):
                 state_dict = ray.get(state_dict[0])

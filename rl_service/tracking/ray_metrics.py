@@ -43,6 +43,12 @@ GAUGES = {
     "online/reward_mean": "last-step mean reward of the latest PPO round",
     "online/kl_max": "largest per-token KL of the latest PPO round to the version it started from",
     "online/canary_live": "adopted reward model's mean score of the endpoint's canary answers",
+    "online/canary_agreement": "share of the endpoint's canary answers equal to the checked candidate's",
+    "online/canary_checked": "adopted reward model's mean score of the candidate's canary answers",
+    "online/rm_refit_accuracy": "held-out pairwise accuracy of the latest refit (adopted or not)",
+    "online/rm_adopted": "1 when the latest refit was adopted",
+    "online/rolled_back": "1 on a row of a rollback",
+    "online/refused": "1 when the round's version failed a guard",
     # cumulative totals of the run
     "samples/trained": "samples used in an update",
     "samples/dropped_stale": "samples dropped for exceeding train.max_policy_lag",

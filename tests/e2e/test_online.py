@@ -2,13 +2,14 @@
 (rl_service/testing/simulated_users.py: the official `openai` client, preferences posted over
 HTTP) asking and posting the whole time:
 
-- an injected bad version (RL_SERVICE_FAULT=bad_version:1: v1, trained from the users' feedback
-  and checked, is published scrambled with a matching checksum, as a bad deploy would be) is
-  rolled back to v0 by the live canary, automatically;
+- versions advance: v1 is trained from the users' feedback, checked and served;
+- an injected bad version (RL_SERVICE_FAULT=bad_version:2: v2, trained and checked, is published
+  scrambled with a matching checksum, as a bad deploy would be) is rolled back to v1 by the live
+  canary, automatically;
 - no request fails while the service is up, swaps and the rollback included (no retries);
 - the whole service tree is SIGKILLed at a random moment of the next round; the same command
-  resumes: it serves the version it served, every acknowledged preference is in the store, and
-  versions advance: it trains, checks and serves v2;
+  resumes: it serves the version it served (v1, from its own directory, under its number),
+  every acknowledged preference is in the store, and it trains, checks and serves v3;
 - the operator's rollback works on the running service, and a bad version number is refused
   in one line (exit 2).
 """
@@ -88,7 +89,7 @@ def test_online_service_learns_rolls_back_and_resumes_after_sigkill(tmp_path):
     db = tmp_path / "feedback.sqlite"
     args = ["online", CONFIG, f"run_root={tmp_path}", f"serve.port={port}", f"serve.feedback_db={db}"]
     run_dir = tmp_path / "ci-online"
-    env = {"RL_SERVICE_FAULT": "bad_version:1"}
+    env = {"RL_SERVICE_FAULT": "bad_version:2"}
 
     service = CliProcess(args, tmp_path / "service-1.log", env)
     users = None
@@ -101,16 +102,17 @@ def test_online_service_learns_rolls_back_and_resumes_after_sigkill(tmp_path):
         def versions() -> dict:
             return _state(run_dir).get("versions", {})
 
-        _wait(lambda: versions().get("1", {}).get("status") == "rolled_back", "v1 rolled back", service, 600)
+        _wait(lambda: versions().get("2", {}).get("status") == "rolled_back", "v2 rolled back", service, 900)
         st = _state(run_dir)
-        assert st["serving"] == 0 and st["versions"]["0"]["status"] == "serving", st["versions"]
-        assert st["versions"]["1"]["canary_agreement"] < 0.75  # the scrambled weights answer otherwise
-        assert any("rolled back" in p for p in st["versions"]["1"]["problems"])
-        assert _served_version(url) == 0
+        assert st["serving"] == 1 and st["versions"]["1"]["status"] == "serving", st["versions"]
+        assert st["versions"]["1"]["canary_agreement"] >= 0.75
+        assert st["versions"]["2"]["canary_agreement"] < 0.75  # the scrambled weights answer otherwise
+        assert any("rolled back" in p for p in st["versions"]["2"]["problems"])
+        assert _served_version(url) == 1
 
         # SIGKILL at a random moment of the next round (refit or PPO)
-        _wait(lambda: _state(run_dir).get("rounds", 0) >= 1 and (run_dir / "online/rounds/round-0002").exists(),
-              "round 2 started", service, 600)  # fmt: skip
+        _wait(lambda: _state(run_dir).get("rounds", 0) >= 2 and (run_dir / "online/rounds/round-0003").exists(),
+              "round 3 started", service, 600)  # fmt: skip
         time.sleep(random.uniform(0.0, 25.0))
         killed_at = time.time()
         service.kill9()
@@ -136,22 +138,22 @@ def test_online_service_learns_rolls_back_and_resumes_after_sigkill(tmp_path):
         assert bad.proc.wait(60) == 2
         assert "error: no version 99" in bad.output()
 
-        def v2_decided() -> bool:  # live-checked (then serving or rolled back), or refused before
-            v2 = versions().get("2", {})
-            return "canary_agreement" in v2 or v2.get("status") in ("refused", "failed")
+        def v3_decided() -> bool:  # live-checked (then serving or rolled back), or refused before
+            v3 = versions().get("3", {})
+            return "canary_agreement" in v3 or v3.get("status") in ("refused", "failed")
 
-        _wait(v2_decided, "v2 checked live", service, 600)
-        assert versions()["2"]["status"] == "serving", versions()["2"]
-        assert versions()["2"]["canary_agreement"] >= 0.75
-        assert _served_version(url) == 2
-        op = CliProcess([*args, "--rollback"], tmp_path / "op.log")  # the version before: v0
+        _wait(v3_decided, "v3 checked live", service, 600)
+        assert versions()["3"]["status"] == "serving", versions()["3"]
+        assert versions()["3"]["canary_agreement"] >= 0.75 and versions()["3"]["parent"] == 1
+        assert _served_version(url) == 3
+        op = CliProcess([*args, "--rollback"], tmp_path / "op.log")  # the version before: v1
         assert op.proc.wait(120) == 0, op.output()
-        assert "rolled back v2 -> v0" in op.output()
-        assert _served_version(url) == 0 and _state(run_dir)["versions"]["2"]["status"] == "rolled_back"
+        assert "rolled back v3 -> v1" in op.output()
+        assert _served_version(url) == 1 and _state(run_dir)["versions"]["3"]["status"] == "rolled_back"
         assert not users.failed_between(up_again, time.time()), users.failed_between(up_again, time.time())
 
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert {r.get("round") for r in rows} >= {1, 2}
+        assert {r.get("round") for r in rows} >= {1, 2, 3}
         assert any(r.get("online/rolled_back") for r in rows)
         assert all(isinstance(r.get("online/version_served"), int) for r in rows)
     finally:

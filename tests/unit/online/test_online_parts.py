@@ -60,6 +60,9 @@ def test_round_guards_on_kl_and_a_collapsing_reward():
     assert [p.split(" ")[0] for p in round_problems(collapsed, oc)] == ["reward/mean"]
     assert round_problems([fine[0], {"kl/mean": 0.0, "reward/mean": float("nan")}], oc)
     assert round_problems([], oc) == ["the PPO round logged no step"]
+    unmeasured = [{"reward/mean": 0.2, "reward/std": 0.5}, {"reward/mean": 0.3}]  # no kl/mean: not a pass
+    (problem,) = round_problems(unmeasured, oc)
+    assert "no kl/mean" in problem
 
 
 def test_the_board_rolls_back_only_when_asked():
@@ -94,6 +97,12 @@ def test_round_configs_validate_as_train_and_train_rm_configs(tmp_path, tiny_mod
     assert first.model.build == cfg.model.build and first.preference.steps == cfg.preference.steps
     warm = validate(PreferenceRunConfig, rounds.rm_config(cfg, str(tiny_model_dir)))
     assert warm.model.path == str(tiny_model_dir)
+    extra = load_online_config(CONFIG, [f"run_root={tmp_path}", "preference.rm_extra_layers=2"])
+    assert validate(PreferenceRunConfig, rounds.rm_config(extra, None)).preference.rm_extra_layers == 2
+    assert validate(PreferenceRunConfig, rounds.rm_config(extra, rm)).preference.rm_extra_layers == 0  # has them
+    unmeasured = load_online_config(CONFIG, ["learner.kl.coef=0", "learner.kl.measure_every=0"])
+    data = rounds.ppo_config(unmeasured, str(tiny_model_dir), rm, tmp_path / "p.jsonl", tmp_path / "p.jsonl", 1)
+    assert build_config(data).learner.kl.measure_every == 1  # the KL guard always has kl/mean
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
