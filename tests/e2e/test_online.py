@@ -10,8 +10,8 @@ HTTP) asking and posting the whole time:
 - the whole service tree is SIGKILLed at a random moment of the next round; the same command
   resumes: it serves the version it served (v1, from its own directory, under its number),
   every acknowledged preference is in the store, and it trains, checks and serves v3;
-- the operator's rollback works on the running service, and a bad version number is refused
-  in one line (exit 2).
+- the operator's rollback, pin and unpin work on the running service, and a bad version number
+  is refused in one line (exit 2).
 """
 
 from __future__ import annotations
@@ -150,6 +150,22 @@ def test_online_service_learns_rolls_back_and_resumes_after_sigkill(tmp_path):
         assert op.proc.wait(120) == 0, op.output()
         assert "rolled back v3 -> v1" in op.output()
         assert _served_version(url) == 1 and _state(run_dir)["versions"]["3"]["status"] == "rolled_back"
+        pin = CliProcess([*args, "--pin", "1"], tmp_path / "pin.log")  # what is served: pinned, no swap
+        assert pin.proc.wait(120) == 0 and "pinned v1" in pin.output(), pin.output()
+        assert _state(run_dir)["pinned"] == 1
+
+        def round_dirs() -> int:
+            return len(list((run_dir / "online" / "rounds").iterdir()))
+
+        # a round running when the pin came ends (its version refused); then none starts, although
+        # the users post a round's worth of pairs every few seconds
+        _wait(lambda: _state(run_dir)["rounds"] == round_dirs(), "the round in flight", service, 300)
+        n = round_dirs()
+        time.sleep(10)
+        assert round_dirs() == n
+        unpin = CliProcess([*args, "--unpin"], tmp_path / "unpin.log")
+        assert unpin.proc.wait(120) == 0 and "unpinned" in unpin.output(), unpin.output()
+        assert _state(run_dir)["pinned"] is None and _served_version(url) == 1
         assert not users.failed_between(up_again, time.time()), users.failed_between(up_again, time.time())
 
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
