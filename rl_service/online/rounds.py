@@ -18,6 +18,7 @@ import ctypes
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,3 +158,10 @@ def last_error(log: Path) -> str:
 
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def make_room(target: Path) -> None:
+    """Make room for `target` (its parent made; an older copy, e.g. of a cut attempt, removed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)

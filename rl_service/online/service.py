@@ -177,7 +177,7 @@ class OnlineService:
         rm.refits += 1
         if adopt:
             target = self.dir / "rm" / f"rm-{k:04d}"
-            _clear(target)  # left by an attempt of this round that a crash cut short
+            rounds.make_room(target)  # left by an attempt of this round that a crash cut short
             shutil.move(str(round_dir / "rm" / "model"), target)
             rm.dir, rm.accuracy, rm.adopted = str(target), after, rm.adopted + 1
         self.log(
@@ -229,7 +229,7 @@ class OnlineService:
             )
         v = st.next_version()
         target = self.dir / "versions" / f"v{v}"
-        _clear(target)
+        rounds.make_room(target)
         shutil.move(str(cand_dir), target)
         record = {
             "dir": str(target),
@@ -392,10 +392,3 @@ class OnlineService:
 
     def _log_metrics(self, row: dict) -> None:
         self.metrics.log_state(self.state, self.store, row)
-
-
-def _clear(target: Path) -> None:
-    """Make room for `target` (its parent made; an older copy of it removed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
