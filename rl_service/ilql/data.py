@@ -79,11 +79,7 @@ def feedback_rows(db: str) -> list[dict]:
 
     store = FeedbackStore(db)
     try:
-        rated = store._read(
-            "SELECT c.prompt, c.completion, AVG(r.rating) FROM ratings r JOIN completions c "
-            "ON c.id = r.completion_id AND c.choice_index = r.choice_index "
-            "GROUP BY r.completion_id, r.choice_index, c.prompt, c.completion ORDER BY MIN(r.created)"
-        )
+        rated = store.rated_completions()
     finally:
         store.close()
     if not rated:

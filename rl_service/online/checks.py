@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from rl_service.config.online import OnlineConfig
 
 
@@ -42,26 +40,12 @@ def round_problems(rows: list[dict], oc: OnlineConfig) -> list[str]:
     return problems
 
 
-@torch.no_grad()
 def greedy_answers(model_dir: str, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy completion text of each prompt, one prompt at a time (no padding to get wrong)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Greedy completion text of each prompt: the project's HF engine (transformers), on the CPU."""
+    from rl_service.rollout.hf_engine import HFEngine
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    out = []
-    for p in prompts:
-        ids = torch.tensor([tok(p).input_ids])
-        gen = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        )
-        out.append(tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
-    return out
+    engine = HFEngine(model_dir, device="cpu")
+    return [group[0].text for group in engine.generate(prompts, 1, max_new_tokens, temperature=0)]
 
 
 def endpoint_answers(

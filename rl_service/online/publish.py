@@ -2,7 +2,7 @@
 PolicyVersion record (checksum, probe logprobs), as the learner publishes a training step's.
 
 The tensors are read from the directory's safetensors file, i.e. exactly what vLLM loads when
-it starts from that directory; the probes are their logprobs under plain transformers, which
+it starts from that directory; the probes are their logprobs under the HF engine (transformers), which
 every replica compares with its own after loading (rollout/weight_sync.load_verified).
 """
 
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from rl_service.algo.logprobs import token_logprobs
 from rl_service.rollout.weight_sync import state_dict_bytes, state_dict_checksum
 from rl_service.testing import faults
 from rl_service.types import PolicyVersion
@@ -30,25 +29,20 @@ def load_state_dict(model_dir: str) -> dict[str, torch.Tensor]:
     return out
 
 
-@torch.no_grad()
 def version_record(version: int, state_dict: dict[str, torch.Tensor], model_dir: str, probe_texts: list[str]):
-    """PolicyVersion of these tensors, probed on `probe_texts` (token ids as the engines see them)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """PolicyVersion of these tensors, probed on `probe_texts`: the HF engine loads them into the
+    directory's model (the same `load_weights` a replica runs) and scores the probes."""
+    from rl_service.rollout.hf_engine import HFEngine
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    model.load_state_dict(state_dict, strict=False)  # tied weights may be absent from the file
-    probes = [tok(t).input_ids for t in probe_texts if len(tok(t).input_ids) > 1]
-    logprobs = []
-    for ids in probes:
-        x = torch.tensor([ids])
-        logprobs.append(tuple(token_logprobs(model(input_ids=x).logits[:, :-1], x[:, 1:])[0].tolist()))
+    engine = HFEngine(model_dir, device="cpu")
+    engine.load_weights(state_dict, version)
+    probes = [ids for ids in engine.tokenizer(probe_texts)["input_ids"] if len(ids) > 1] if probe_texts else []
     return PolicyVersion(
         version=version,
         checksum=state_dict_checksum(state_dict),
         num_bytes=state_dict_bytes(state_dict),
         probe_ids=tuple(tuple(p) for p in probes),
-        probe_logprobs=tuple(logprobs),
+        probe_logprobs=tuple(tuple(lp) for lp in engine.score(probes)),
     )
 
 

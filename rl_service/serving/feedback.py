@@ -205,6 +205,14 @@ class FeedbackStore:
         )
         return [prompt for prompt, _ in rows]
 
+    def rated_completions(self) -> list[tuple[str, str, float]]:
+        """(prompt, completion, mean rating) of every rated completion, first rated first."""
+        return self._read(
+            "SELECT c.prompt, c.completion, AVG(r.rating) FROM ratings r JOIN completions c "
+            "ON c.id = r.completion_id AND c.choice_index = r.choice_index "
+            "GROUP BY r.completion_id, r.choice_index, c.prompt, c.completion ORDER BY MIN(r.created)"
+        )
+
     def preference_pairs(self) -> list[dict[str, str]]:
         pairs = [
             {"prompt": p, "chosen": c, "rejected": r, **({"annotator": a} if a is not None else {})}
@@ -212,11 +220,7 @@ class FeedbackStore:
                 "SELECT prompt, chosen, rejected, annotator FROM preferences ORDER BY created, id"
             )
         ]
-        rated = self._read(
-            "SELECT c.prompt, c.completion, AVG(r.rating) FROM ratings r JOIN completions c "
-            "ON c.id = r.completion_id AND c.choice_index = r.choice_index "
-            "GROUP BY r.completion_id, r.choice_index, c.prompt, c.completion ORDER BY MIN(r.created)"
-        )
+        rated = self.rated_completions()
         by_prompt: dict[str, list[tuple[str, float]]] = defaultdict(list)
         for prompt, text, score in rated:
             by_prompt[prompt].append((text, score))
