@@ -14,12 +14,10 @@ child dies with the service (PR_SET_PDEATHSIG): a SIGKILLed service leaves no or
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from rl_service.config.online import OnlineRunConfig
+from rl_service.infra.child_process import die_with_parent, last_error
 from rl_service.preference.data import split_by_prompt, write_jsonl
 
 
@@ -115,12 +114,6 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the service's thread that started it dies."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def run_cli(
     args: list[str], log: Path, timeout_s: float, env: dict[str, str] | None = None, while_waiting=None
 ) -> None:
@@ -130,7 +123,7 @@ def run_cli(
     cmd = [sys.executable, "-m", "rl_service.cli", *args]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None:
@@ -148,12 +141,6 @@ def run_cli(
                 raise
     if proc.returncode != 0:
         raise RoundFailed(f"`rl-service {args[0]}` exited {proc.returncode}: {last_error(log)} (log: {log})")
-
-
-def last_error(log: Path) -> str:
-    lines = [x for x in Path(log).read_text(errors="replace").splitlines() if x.strip()]
-    errors = [x for x in lines if x.startswith("error:")]
-    return (errors or lines or ["(no output)"])[-1][:300]
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -16,7 +16,6 @@ kills it (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -26,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rl_service.infra.child_process import die_with_parent, last_error
 from rl_service.sweep.grid import overrides_of
 
 POLL_S = 1.0
@@ -75,7 +75,7 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             train_command(spec, point), cwd=spec.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
     follower = MetricFollower(run_dir / "metrics.jsonl", spec.metric)
     try:
@@ -128,13 +128,6 @@ def final_metrics(summary: dict, metric: str) -> dict[str, float]:
     return out
 
 
-def last_error(log: Path) -> str:
-    """The `error: ...` line a failed `rl-service train` printed (or its last line)."""
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    return (errors or lines or ["(no output)"])[-1][:300]
-
-
 def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after `grace_s`, if still running."""
     if proc.poll() is not None:
@@ -145,9 +138,3 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the trial process dies (Linux prctl)."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
